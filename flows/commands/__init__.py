@@ -1,0 +1,1 @@
+"""CLI command modules. Each module exposes `register(app)`; `flows.cli` discovers them."""
