@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from flows.runtime import configure_prefect
+from flows.runtime import configure_environment
 from storage import Lake, UserError
 
 app = typer.Typer(
@@ -212,6 +212,33 @@ def tables() -> None:
     print_frame(pd.DataFrame(rows), title=f"lake {lake.root}")
 
 
+DEMO_QUERIES = [
+    ("Examples per domain", "SELECT dataset, domain, count(*) AS examples, round(avg(difficulty), 2) AS "
+     "mean_difficulty FROM examples GROUP BY ALL ORDER BY ALL"),
+    ("Runs so far", "SELECT kind, method, status, count(*) AS runs FROM runs GROUP BY ALL ORDER BY ALL"),
+]
+
+
+@app.command()
+def demo(
+    quick: Annotated[bool, typer.Option("--quick", help="A small corpus and a shorter training run.")] = False,
+) -> None:
+    """Build the offline demo corpus and reference model, run every stage, print SQL and answers."""
+    from flows.runtime import run_job
+    from storage.gate import run_sql
+
+    lake = get_lake()
+    summary = run_job("flows.demo:demo_flow", lake_root=str(lake.root), quick=quick)
+    echo(f"lake: {lake.root}")
+    for name, result in summary["ingested"].items():
+        state = "unchanged" if result["unchanged"] else "ingested"
+        echo(f"  {name}: {result['rows']} examples {state} (version {result['version']}, {result['domains']})")
+    echo(f"reference model: {summary['model']}")
+    for title, query in DEMO_QUERIES + summary.get("queries", []):
+        echo(f"\n-- {title}\nassay sql \"{query}\"")
+        print_frame(run_sql(lake.root, query).to_pandas())
+
+
 def _register_command_modules() -> None:
     import flows.commands as commands
 
@@ -222,7 +249,7 @@ def _register_command_modules() -> None:
 
 
 def main() -> None:
-    configure_prefect()
+    configure_environment()
     _register_command_modules()
     try:
         app()  # standalone: click reports its own usage errors with exit status 2

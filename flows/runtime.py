@@ -7,6 +7,7 @@ logs stay quiet. `ASSAY_PREFECT=0` (or `--no-prefect`) calls the same flow funct
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from collections.abc import Callable
@@ -31,6 +32,18 @@ def configure_prefect() -> None:
     os.environ.setdefault("PREFECT_UI_ENABLED", "false")
 
 
+def configure_environment() -> None:
+    """Offline, quiet defaults for every CLI process (a user's own settings win)."""
+    configure_prefect()
+    # Nothing downloads at run time unless the user asks: ASSAY_ALLOW_DOWNLOADS=1 lifts this.
+    if os.environ.get("ASSAY_ALLOW_DOWNLOADS", "0") != "1":
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
 def use_prefect() -> bool:
     return os.environ.get("ASSAY_PREFECT", "1").lower() not in ("0", "false", "no", "off")
 
@@ -52,3 +65,28 @@ def run_job(target: str, **kwargs: Any) -> Any:
         return load_flow(target)(**kwargs)
     fn: Callable[..., Any] = getattr(load_flow(target), "fn")
     return fn(**kwargs)
+
+
+def step(fn: Callable[..., Any] | None = None, **task_options: Any) -> Any:
+    """Decorator: a Prefect task when called inside a running flow, the plain function otherwise.
+
+    Lets the same flow body run under Prefect (tasks, retries, caching) and as plain calls
+    (`ASSAY_PREFECT=0`, tests) without starting Prefect's API for a lone task call.
+    """
+
+    def wrap(f: Callable[..., Any]) -> Callable[..., Any]:
+        from prefect import task
+        from prefect.context import FlowRunContext
+
+        prefect_task = task(f, **task_options)
+
+        @functools.wraps(f)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if FlowRunContext.get() is not None:
+                return prefect_task(*args, **kwargs)
+            return f(*args, **kwargs)
+
+        call.task = prefect_task  # type: ignore[attr-defined]
+        return call
+
+    return wrap(fn) if fn is not None else wrap

@@ -1,0 +1,145 @@
+"""The lake contract: atomic partitions, complete runs only in views, crash safety, concurrency."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from storage import Lake, UserError
+from storage.lake import run_id_for
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def scores_frame(n: int, offset: float = 0.0) -> pd.DataFrame:
+    return pd.DataFrame({"train_id": [f"t{i}" for i in range(n)], "target_id": ["q"] * n,
+                         "score": [i + offset for i in range(n)]})
+
+
+def test_complete_run_is_visible_and_rerun_is_a_no_op(lake_dir: Path) -> None:
+    lake = Lake(lake_dir)
+    with lake.run("attribute", "test", params={"a": 1}, inputs={"x": "v1"}) as run:
+        assert not run.complete
+        run.write("scores", scores_frame(5))
+    assert lake.query("SELECT count(*) AS n FROM scores")["n"][0] == 5
+    assert lake.run_record(run.run_id)["status"] == "complete"
+    with lake.run("attribute", "test", params={"a": 1}, inputs={"x": "v1"}) as again:
+        assert again.complete and again.run_id == run.run_id
+    with lake.run("attribute", "test", params={"a": 2}, inputs={"x": "v1"}) as other:
+        assert other.run_id != run.run_id
+    assert (lake_dir / "catalog.duckdb").exists()
+
+
+def test_failed_run_is_recorded_and_invisible(lake_dir: Path) -> None:
+    lake = Lake(lake_dir)
+    with pytest.raises(RuntimeError):
+        with lake.run("attribute", "test") as run:
+            run.write("scores", scores_frame(3))
+            raise RuntimeError("boom")
+    record = lake.run_record(run.run_id)
+    assert record["status"] == "failed" and "boom" in record["error"]
+    assert lake.query("SELECT count(*) AS n FROM scores")["n"][0] == 0
+
+
+def test_lake_is_not_created_by_reading(lake_dir: Path) -> None:
+    lake = Lake(lake_dir)
+    assert lake.query("SELECT count(*) AS n FROM examples")["n"][0] == 0
+    with pytest.raises(UserError, match="unknown dataset"):
+        lake.examples("nope")
+    assert not lake_dir.exists()
+
+
+def test_shards_survive_a_failed_attempt_and_parts_are_redone(lake_dir: Path) -> None:
+    lake = Lake(lake_dir)
+    with pytest.raises(KeyboardInterrupt):
+        with lake.run("attribute", "sharded") as run:
+            run.write("scores", scores_frame(2), shard=0)
+            run.write("metrics", pd.DataFrame({"name": ["m"], "key": ["k"], "value": [1.0]}))
+            raise KeyboardInterrupt
+    with lake.run("attribute", "sharded") as run:
+        assert run.resumed and run.has_shard("scores", 0) and not run.has_shard("scores", 1)
+        assert not list(lake.run_dir("metrics", run.run_id).glob("part-*"))  # redone, not duplicated
+        run.write("scores", scores_frame(2, offset=10), shard=1)
+        run.write("metrics", pd.DataFrame({"name": ["m"], "key": ["k"], "value": [2.0]}))
+    assert sorted(lake.table("scores")["score"]) == [0, 1, 10, 11]
+    assert lake.table("metrics")["value"].tolist() == [2.0]
+
+
+WRITER = textwrap.dedent("""
+    import sys, time, pandas as pd
+    from storage import Lake
+    lake = Lake(sys.argv[1]); tag = sys.argv[2]; pause = float(sys.argv[3])
+    with lake.run("attribute", "proc", params={"tag": tag}) as run:
+        for shard in range(4):
+            if run.has_shard("scores", shard):
+                continue
+            frame = pd.DataFrame({"train_id": [f"{tag}-{shard}-{i}" for i in range(20000)],
+                                  "target_id": "q", "score": [float(i) for i in range(20000)]})
+            run.write("scores", frame, shard=shard)
+            print("shard", shard, flush=True)
+            time.sleep(pause)
+    print("done", run.run_id, flush=True)
+""")
+
+
+def start_writer(lake_dir: Path, tag: str, pause: float) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", WRITER, str(lake_dir), tag, str(pause)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_killed_writer_leaves_nothing_visible_and_rerun_matches(lake_dir: Path) -> None:
+    proc = start_writer(lake_dir, "k", pause=30)
+    assert proc.stdout.readline().startswith("shard 0")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    lake = Lake(lake_dir)
+    assert lake.query("SELECT count(*) AS n FROM scores")["n"][0] == 0
+    run_id = run_id_for("attribute", "proc", {"tag": "k"}, {}, None)
+    assert lake.run_record(run_id)["status"] == "running"  # the registry says it never finished
+    rerun = start_writer(lake_dir, "k", pause=0)
+    out, err = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, err
+    assert "shard 0" not in out  # resumed after the complete shard
+    rows = lake.query("SELECT train_id, score FROM scores ORDER BY train_id")
+    assert len(rows) == 4 * 20000 and rows["train_id"].is_unique
+
+
+def test_two_processes_write_different_runs_at_once(lake_dir: Path) -> None:
+    procs = [start_writer(lake_dir, tag, pause=0.2) for tag in ("a", "b")]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    counts = Lake(lake_dir).query("SELECT run_id, count(*) AS n FROM scores GROUP BY 1")
+    assert sorted(counts["n"]) == [80000, 80000]
+
+
+def test_second_writer_of_the_same_run_is_refused(lake_dir: Path) -> None:
+    first = start_writer(lake_dir, "same", pause=3)
+    assert first.stdout.readline().startswith("shard 0")
+    second = start_writer(lake_dir, "same", pause=0)
+    _, err = second.communicate(timeout=60)
+    assert second.returncode != 0 and "being written by another process" in err
+    first.communicate(timeout=120)
+    assert first.returncode == 0
+
+
+def test_readers_during_a_write_see_old_or_new_state(lake_dir: Path) -> None:
+    lake = Lake(lake_dir)
+    with lake.run("attribute", "base") as run:
+        run.write("scores", scores_frame(10))
+    writer = start_writer(lake_dir, "r", pause=0.3)
+    seen = set()
+    deadline = time.time() + 60
+    while writer.poll() is None and time.time() < deadline:
+        seen.add(int(lake.query("SELECT count(*) AS n FROM scores")["n"][0]))
+    writer.communicate(timeout=60)
+    seen.add(int(lake.query("SELECT count(*) AS n FROM scores")["n"][0]))
+    assert seen <= {10, 10 + 80000} and 10 + 80000 in seen
