@@ -239,7 +239,13 @@ def demo(
         print_frame(run_sql(lake.root, query).to_pandas())
 
 
+_REGISTERED: list[bool] = []
+
+
 def _register_command_modules() -> None:
+    if _REGISTERED:
+        return
+    _REGISTERED.append(True)
     import flows.commands as commands
 
     for module in pkgutil.iter_modules(commands.__path__):
@@ -248,14 +254,22 @@ def _register_command_modules() -> None:
             mod.register(app)
 
 
-def main() -> None:
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI on `argv`; returns the exit status (2 for every user error)."""
     configure_environment()
     _register_command_modules()
     try:
-        app()  # standalone: click reports its own usage errors with exit status 2
+        app(args=argv, prog_name="assay")  # standalone: click reports usage errors with status 2
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        return 2
+    return 0
+
+
+def main() -> None:
+    sys.exit(run())
 
 
 if __name__ == "__main__":
