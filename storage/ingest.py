@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 
 from storage.errors import UserError
-from storage.lake import Lake, canonical_json
+from storage.lake import Lake
 from storage.schemas import TABLES
 
 DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -266,6 +266,7 @@ def normalize(rows: list[dict[str, Any]], dataset: str, columns: ColumnMap, sour
         seen[example_id] = index
         domain = columns.domain_value or _text(row.get(columns.domain), where, columns.domain, required=False)
         meta = {k: v for k, v in row.items() if k not in known}
+        meta_json = json.dumps(meta, sort_keys=True, default=str, ensure_ascii=False) if meta else "{}"
         answer = row.get(columns.answer)
         records.append({
             "dataset": dataset,
@@ -277,17 +278,25 @@ def normalize(rows: list[dict[str, Any]], dataset: str, columns: ColumnMap, sour
             "response": response,
             "messages": messages,
             "answer": None if answer is None else str(answer),
-            "meta": canonical_json(meta),
+            "meta": meta_json,
         })
     return records
 
 
-def dataset_version(records: list[dict]) -> str:
-    digest = hashlib.sha256()
-    for record in records:
-        digest.update(canonical_json(record).encode())
-        digest.update(b"\n")
-    return digest.hexdigest()[:12]
+EXAMPLE_COLUMNS = TABLES["examples"].remove(0).remove(1)  # without run_id and version
+
+
+def records_table(records: list[dict]) -> pa.Table:
+    columns = {f.name: pa.array([r[f.name] for r in records], type=f.type) for f in EXAMPLE_COLUMNS}
+    return pa.table(columns, schema=EXAMPLE_COLUMNS)
+
+
+def dataset_version(table: pa.Table) -> str:
+    """A content hash of the normalised examples (Arrow IPC bytes are deterministic for equal data)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return hashlib.sha256(sink.getvalue()).hexdigest()[:12]
 
 
 # ------------------------------------------------------------------------------- the stage
@@ -309,13 +318,12 @@ def ingest(
 
 def ingest_records(lake: Lake, records: list[dict], dataset: str, columns: ColumnMap, source: str) -> IngestResult:
     """Write already-normalised records as a dataset version (no-op when the version exists)."""
-    version = dataset_version(records)
+    table = records_table(records)
+    version = dataset_version(table)
     params = {"dataset": dataset, "columns": asdict(columns)}
     with lake.run("ingest", "examples", params=params, inputs={"version": version}) as run:
         if not run.complete:
-            table = pa.Table.from_pylist([{**r, "version": version} for r in records],
-                                         schema=TABLES["examples"].remove(0))
-            run.write("examples", table)
+            run.write("examples", table.add_column(1, "version", pa.array([version] * len(table), pa.string())))
         unchanged = run.complete
     domains: dict[str, int] = {}
     for record in records:
