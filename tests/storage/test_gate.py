@@ -9,7 +9,16 @@ import pytest
 
 from storage import Lake, UserError
 from storage.gate import run_sql, select_where
+from assay_figures import record
 from assay_testing import tree_digest
+
+HELD: list[str] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def record_attacks():
+    yield
+    record("SQL attacks", len(ATTACKS) + 1, len(HELD), "refused or stopped by the gate, lake unchanged")
 
 
 @pytest.fixture
@@ -47,12 +56,14 @@ def test_attacks_are_refused_and_the_lake_is_unchanged(lake: Lake, name: str) ->
         run_sql(lake.root, ATTACKS[name].format(lake=lake.root), timeout_s=10)
     assert tree_digest(lake.root) == before
     assert not list(Path("/tmp").glob("assay-gate-leak*"))
+    HELD.append(name)
 
 
 def test_endless_query_is_stopped(lake: Lake) -> None:
     endless = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT count(*) FROM r"
     with pytest.raises(UserError, match="time limit"):
         run_sql(lake.root, endless, timeout_s=1)
+    HELD.append("endless recursive CTE")
 
 
 def test_reads_and_predicates_work(lake: Lake) -> None:
