@@ -111,6 +111,14 @@ register_table(
     pa.schema([("name", pa.string()), ("key", pa.string()), ("value", pa.float64())]),
 )
 
+# The mixture schedule of a mix run: each group's sampling probability at each training step.
+# `group_name`, not `group`: GROUP is an SQL keyword and users query this table.
+register_table(
+    "mixture_schedule",
+    pa.schema([("step", pa.int64()), ("group_name", pa.string()), ("tau", pa.float64()),
+               ("probability", pa.float64())]),
+)
+
 RUNS = pa.schema(
     [
         ("run_id", pa.string()),
