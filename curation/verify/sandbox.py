@@ -1,0 +1,414 @@
+"""Run untrusted code in a confined subprocess.
+
+Every execution gets a fresh temporary directory (its cwd, HOME and TMPDIR), a scrubbed environment,
+wall-clock and CPU time limits, an address-space limit, a file-size limit, a process-count limit and
+an open-files limit; stdout / stderr are captured and truncated (head and tail kept); the whole
+process tree is killed on timeout. Where the kernel allows it (see `_launcher.py`):
+
+- network, PID and IPC namespaces: no network at all (not even loopback), no view of or signals to
+  outside processes, and everything the program leaves behind dies with it;
+- Landlock: writes only below the sandbox directory (and /dev/null), no TCP bind/connect, no
+  signals or abstract unix sockets outside the sandbox;
+- as root: cgroups bound the total process count and memory of the tree (root is exempt from
+  RLIMIT_NPROC), and the program runs under a throwaway uid when the interpreter is readable by
+  other users, else as uid 0 with every capability dropped.
+`SandboxResult.isolation` says which of these were in effect for that execution;
+`isolation_support()` probes the host once.
+
+Safe to call from many threads (no preexec_fn, no signals) and from worker processes.
+"""
+
+from __future__ import annotations
+
+import collections
+import marshal
+import os
+import secrets
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+LAUNCHER = Path(__file__).with_name("_launcher.py")
+SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+@dataclass(frozen=True)
+class Limits:
+    wall_s: float = 10.0
+    cpu_s: float = 5.0
+    memory_mb: int = 1024  # per-process address space; also the whole tree's memory under a cgroup
+    file_size_mb: int = 16
+    max_procs: int = 8  # tasks (processes and threads) the program may run at once
+    max_open_files: int = 256
+    max_output_bytes: int = 64_000  # kept per stream: half from the head, half from the tail
+    kill_output_bytes: int = 4_000_000  # total output past which the program is killed
+
+
+@dataclass
+class SandboxResult:
+    status: str  # exited | timeout | output_limit | signaled | setup_error
+    returncode: int | None
+    signal: str | None
+    stdout: str
+    stderr: str
+    stdout_truncated: bool
+    stderr_truncated: bool
+    wall_s: float
+    cpu_s: float | None
+    oom_killed: bool = False
+    isolation: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "exited" and self.returncode == 0
+
+
+class _Capture:
+    """Keeps the first and last `keep // 2` bytes of a stream and counts the rest."""
+
+    def __init__(self, keep: int) -> None:
+        self.half = max(1, keep // 2)
+        self.head = bytearray()
+        self.tail: collections.deque[bytes] = collections.deque()
+        self.tail_len = 0
+        self.total = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        room = self.half - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+            chunk = chunk[room:]
+        if chunk:
+            self.tail.append(chunk)
+            self.tail_len += len(chunk)
+            while self.tail_len - len(self.tail[0]) >= self.half:
+                self.tail_len -= len(self.tail.popleft())
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > len(self.head) + self.half
+
+    def text(self) -> str:
+        tail = b"".join(self.tail)
+        if not self.truncated:
+            return (bytes(self.head) + tail).decode("utf-8", "replace")
+        dropped = self.total - len(self.head) - self.half
+        marker = f"\n...[{dropped} bytes truncated]...\n".encode()
+        return (bytes(self.head) + marker + tail[-self.half:]).decode("utf-8", "replace")
+
+
+# ---- cgroups (root only) ---------------------------------------------------------------------
+
+@cache
+def _cgroup_roots() -> dict[str, Path]:
+    """Writable cgroup directories for the pids and memory controllers (v1 mounts or v2)."""
+    roots: dict[str, Path] = {}
+    try:
+        mountinfo = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return roots
+    for line in mountinfo:
+        pre, _, post = line.partition(" - ")
+        fstype, _, options = (post.split() + ["", "", ""])[:3]
+        mount = Path(pre.split()[4])
+        if fstype == "cgroup":
+            for controller in ("pids", "memory"):
+                if controller in options.split(","):
+                    roots.setdefault(controller, mount)
+        elif fstype == "cgroup2":
+            try:
+                enabled = (mount / "cgroup.subtree_control").read_text().split()
+            except OSError:
+                continue
+            for controller in ("pids", "memory"):
+                if controller in enabled:
+                    roots.setdefault(controller, mount)
+    return {c: p for c, p in roots.items() if os.access(p, os.W_OK)}
+
+
+@cache
+def _remove_stale_cgroups() -> None:
+    """Once per process: remove groups left by sandboxing processes that died (killed mid-run)."""
+    for root in _cgroup_roots().values():
+        for path in root.glob("assay-sandbox-*"):
+            owner = path.name.split("-")[2]
+            if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+                _remove_cgroup(path)
+
+
+class _Cgroups:
+    def __init__(self, limits: Limits) -> None:
+        _remove_stale_cgroups()
+        self.dirs: dict[str, Path] = {}
+        name = f"assay-sandbox-{os.getpid()}-{secrets.token_hex(4)}"
+        for controller, root in _cgroup_roots().items():
+            path = root / name
+            try:
+                path.mkdir()
+                if controller == "pids":
+                    # +1: the launcher that waits for the program lives in the same group
+                    (path / "pids.max").write_text(str(limits.max_procs + 1))
+                else:
+                    limit = str(limits.memory_mb * 1024 * 1024)
+                    v1 = (path / "memory.limit_in_bytes").exists()
+                    (path / ("memory.limit_in_bytes" if v1 else "memory.max")).write_text(limit)
+                    if not v1 and (path / "memory.swap.max").exists():
+                        (path / "memory.swap.max").write_text("0")
+            except OSError:
+                _remove_cgroup(path)
+                continue
+            self.dirs[controller] = path
+
+    def procs_files(self) -> dict[str, str]:
+        return {c: str(p / "cgroup.procs") for c, p in self.dirs.items()}
+
+    def oom_killed(self) -> bool:
+        path = self.dirs.get("memory")
+        if path is None:
+            return False
+        for name in ("memory.events", "memory.oom_control"):
+            try:
+                for line in (path / name).read_text().splitlines():
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill" and int(value) > 0:
+                        return True
+            except (OSError, ValueError):
+                continue
+        return False
+
+    def kill_and_remove(self) -> None:
+        for path in self.dirs.values():
+            _remove_cgroup(path)
+
+
+def _remove_cgroup(path: Path) -> None:
+    for _ in range(200):
+        try:
+            pids = [int(p) for p in (path / "cgroup.procs").read_text().split()]
+        except OSError:
+            pids = []
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            path.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.005)
+
+
+# ---- privileges ------------------------------------------------------------------------------
+
+@cache
+def _interpreter_readable_by_others() -> bool:
+    """Whether a throwaway uid could still run this interpreter and import the stdlib."""
+    paths = {Path(os.path.realpath(sys.executable)), Path(sys.base_prefix) / "lib", Path(sys.prefix)}
+    for path in paths:
+        for part in [path, *path.parents]:
+            try:
+                mode = part.stat().st_mode
+            except OSError:
+                return False
+            if not mode & 0o001:  # others may not traverse
+                return False
+    return True
+
+
+def _throwaway_uid() -> int:
+    # A uid far above any real account, so RLIMIT_NPROC counts this execution's tasks alone.
+    return 1_900_000_000 + secrets.randbelow(100_000_000)
+
+
+# ---- running ---------------------------------------------------------------------------------
+
+def run_python(source: str, *, limits: Limits | None = None, files: Mapping[str, str | bytes] | None = None,
+               stdin: str | bytes | None = None, env: Mapping[str, str] | None = None,
+               site_packages: bool = False) -> SandboxResult:
+    """Run Python `source` as `main.py` in a fresh sandbox (the interpreter running this code).
+
+    Without `site_packages` only the standard library is importable, and each run starts several
+    times faster (this environment's site setup costs more than the rest of the interpreter start).
+    """
+    files = {**(files or {}), "main.py": source}
+    return _run("python", ["main.py"], limits or Limits(), files, stdin, env, site_packages)
+
+
+def run_command(argv: Sequence[str], *, limits: Limits | None = None,
+                files: Mapping[str, str | bytes] | None = None, stdin: str | bytes | None = None,
+                env: Mapping[str, str] | None = None) -> SandboxResult:
+    """Run an executable in a fresh sandbox; `files` are written into its directory first."""
+    if not argv:
+        raise ValueError("run_command needs a non-empty argv")
+    return _run("exec", list(argv), limits or Limits(), dict(files or {}), stdin, env, False)
+
+
+def _run(mode: str, argv: list[str], limits: Limits, files: dict, stdin, env, site: bool) -> SandboxResult:
+    as_root = os.geteuid() == 0
+    uid = _throwaway_uid() if as_root and _interpreter_readable_by_others() else None
+    workdir = Path(tempfile.mkdtemp(prefix="assay-sandbox-"))
+    cgroups = _Cgroups(limits) if as_root else None
+    status_r, status_w = os.pipe()
+    proc = None
+    try:
+        for name, content in files.items():
+            target = workdir / name
+            if target.resolve().parent != workdir.resolve():
+                raise ValueError(f"sandbox file name must be a plain name: {name!r}")
+            data = content.encode() if isinstance(content, str) else content
+            target.write_bytes(data)
+        stdin_path = workdir / ".stdin"
+        stdin_path.write_bytes(stdin.encode() if isinstance(stdin, str) else (stdin or b""))
+        if uid is not None:
+            for path in [workdir, *workdir.iterdir()]:
+                os.chown(path, uid, uid)
+        cfg = {
+            "mode": mode, "argv": argv, "status_fd": status_w, "as_root": as_root, "uid": uid,
+            "cpu_s": limits.cpu_s, "memory_mb": limits.memory_mb, "file_size_mb": limits.file_size_mb,
+            "max_open_files": limits.max_open_files, "max_procs": limits.max_procs,
+            "cgroup_procs": cgroups.procs_files() if cgroups else {},
+            "write_dirs": [str(workdir)], "write_files": ["/dev/null"],
+        }
+        child_env = {
+            "PATH": SAFE_PATH, "HOME": str(workdir), "TMPDIR": str(workdir), "LANG": "C.UTF-8",
+            "PYTHONIOENCODING": "utf-8", "PYTHONDONTWRITEBYTECODE": "1",
+            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+            **(env or {}),
+        }
+        start = time.monotonic()
+        with open(stdin_path, "rb") as stdin_file:
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-B", *([] if site else ["-S"]), str(LAUNCHER), marshal.dumps(cfg).hex()],
+                cwd=workdir, env=child_env, stdin=stdin_file, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, pass_fds=(status_w,), start_new_session=True,
+            )
+        os.close(status_w)
+        status_w = -1
+        out, err, status_lines, reason = _collect(proc, status_r, start + limits.wall_s, limits)
+        wall = time.monotonic() - start
+        oom = cgroups.oom_killed() if cgroups else False
+    finally:
+        if proc is not None:
+            _kill_tree(proc, uid)
+        if cgroups:
+            cgroups.kill_and_remove()
+        if status_w >= 0:
+            os.close(status_w)
+        os.close(status_r)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return _result(reason, status_lines, out, err, wall, limits, oom)
+
+
+def _collect(proc: subprocess.Popen, status_r: int, deadline: float, limits: Limits):
+    captures = {proc.stdout.fileno(): _Capture(limits.max_output_bytes),
+                proc.stderr.fileno(): _Capture(limits.max_output_bytes)}
+    status = bytearray()
+    reason = None
+    with selectors.DefaultSelector() as sel:
+        for fd in [*captures, status_r]:
+            sel.register(fd, selectors.EVENT_READ)
+        exited_at = None
+        while sel.get_map():
+            now = time.monotonic()
+            if now >= deadline:
+                reason = "timeout"
+                break
+            if exited_at is None and proc.poll() is not None:
+                exited_at = now
+            # Without a PID namespace a leftover child can hold the pipes open: stop shortly after exit.
+            if exited_at is not None and now - exited_at > 0.5:
+                break
+            for key, _ in sel.select(timeout=min(0.1, deadline - now)):
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    sel.unregister(key.fd)
+                elif key.fd == status_r:
+                    status += chunk
+                else:
+                    captures[key.fd].add(chunk)
+            if sum(c.total for c in captures.values()) > limits.kill_output_bytes:
+                reason = "output_limit"
+                break
+    if reason is None:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            reason = "timeout"
+    out, err = captures[proc.stdout.fileno()], captures[proc.stderr.fileno()]
+    proc.stdout.close()
+    proc.stderr.close()
+    return out, err, _frames(bytes(status)), reason
+
+
+def _frames(data: bytes) -> list[dict]:
+    """The launcher's length-prefixed marshal messages (a truncated last one is dropped)."""
+    out, pos = [], 0
+    while pos + 4 <= len(data):
+        size = int.from_bytes(data[pos:pos + 4], "little")
+        if pos + 4 + size > len(data):
+            break
+        out.append(marshal.loads(data[pos + 4:pos + 4 + size]))
+        pos += 4 + size
+    return out
+
+
+def _kill_tree(proc: subprocess.Popen, uid: int | None) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    if uid is not None:  # anything that escaped the process group still runs under the throwaway uid
+        for pid in os.listdir("/proc"):
+            try:
+                if pid.isdigit() and os.stat(f"/proc/{pid}").st_uid == uid:
+                    os.kill(int(pid), signal.SIGKILL)
+            except OSError:
+                continue
+    proc.wait()
+
+
+def _result(reason, status_lines, out, err, wall, limits, oom) -> SandboxResult:
+    merged: dict = {}
+    for line in status_lines:
+        merged.update(line)
+    setup, result = merged.get("setup", {}), merged.get("result", {})
+    sig = result.get("signal")
+    cpu = result.get("cpu_s")
+    code = result.get("exit")
+    if reason is None:
+        if "setup_error" in merged or not result:
+            reason = "setup_error" if "setup_error" in merged else "signaled"
+        elif sig is not None:
+            # SIGKILL at the CPU rlimit (soft == hard) reads as a timeout, like the wall clock
+            cpu_hit = cpu is not None and cpu >= limits.cpu_s - 0.05 and sig in (signal.SIGKILL, signal.SIGXCPU)
+            reason = "timeout" if cpu_hit else "signaled"
+        else:
+            reason = "exited"
+    stderr = err.text()
+    if "setup_error" in merged:
+        stderr += f"\n[sandbox setup failed: {merged['setup_error']}]"
+    return SandboxResult(
+        status=reason, returncode=code if reason == "exited" else None,
+        signal=signal.Signals(sig).name if sig is not None else None,
+        stdout=out.text(), stderr=stderr, stdout_truncated=out.truncated, stderr_truncated=err.truncated,
+        wall_s=wall, cpu_s=cpu, oom_killed=oom, isolation=setup,
+    )
+
+
+@cache
+def isolation_support() -> dict:
+    """What this host lets the sandbox do, probed once with a trivial program."""
+    res = run_python("pass", limits=Limits(wall_s=20, cpu_s=5))
+    return {"status": res.status, **res.isolation}
