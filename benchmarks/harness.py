@@ -53,9 +53,9 @@ def machine() -> dict:
 
 
 def markdown(name: str, result: dict) -> str:
-    lines = [f"## {name}", "", f"Measured {result['finished_at']} in {result['seconds']:.0f} s "
+    lines = [f"## {name}", "", (f"Measured {result['finished_at']} in {result['seconds']:.0f} s "
              f"({'quick' if result['quick'] else 'full'}) on {result['machine']['cores']} cores, "
-             f"{result['machine']['memory_gib']} GiB, device {result['machine']['device']}.", ""]
+             f"{result['machine']['memory_gib']} GiB, device {result['machine']['device']}."), ""]
     if result.get("error"):
         lines += ["Failed:", "", "```", result["error"], "```", ""]
     for table in result.get("tables", []):
@@ -80,7 +80,7 @@ def run_benchmark(name: str, quick: bool) -> dict:
     try:
         module = importlib.import_module(f"benchmarks.{name}.bench")
         result["tables"] = module.run(quick=quick)
-    except Exception:  # a failing benchmark is reported, the others still run
+    except Exception:  # noqa: BLE001 - a failing benchmark is reported, the others still run
         result["error"] = traceback.format_exc(limit=8)
     result["seconds"] = time.perf_counter() - started
     result["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")

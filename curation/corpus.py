@@ -66,10 +66,10 @@ def _level4(rng: random.Random) -> tuple[str, list[str], Fraction]:
     steps = [
         f"The price starts at {price}.",
         f"First, an increase of {up}% multiplies it by {100 + up}/100: {price} * {100 + up}/100 = {_fmt(raised)}.",
-        f"Then a decrease of {down}% multiplies it by {100 - down}/100: "
-        f"{_fmt(raised)} * {100 - down}/100 = {_fmt(final)}.",
-        f"Check: overall the factor is {_fmt(Fraction(100 + up, 100) * Fraction(100 - down, 100))}, "
-        f"and {price} times it is {_fmt(final)}.",
+        (f"Then a decrease of {down}% multiplies it by {100 - down}/100: "
+        f"{_fmt(raised)} * {100 - down}/100 = {_fmt(final)}."),
+        (f"Check: overall the factor is {_fmt(Fraction(100 + up, 100) * Fraction(100 - down, 100))}, "
+        f"and {price} times it is {_fmt(final)}."),
     ]
     question = (f"A jacket costs {price} dollars. Its price is increased by {up}% and then the new price "
                 f"is decreased by {down}%. What is the final price in dollars?")
@@ -167,7 +167,6 @@ def write_jsonl(records: list[Record], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w") as fh:
-        for record in records:
-            fh.write(json.dumps(record) + "\n")
+        fh.writelines(json.dumps(record) + "\n" for record in records)
     tmp.replace(path)
     return path

@@ -213,8 +213,8 @@ def tables() -> None:
 
 
 DEMO_QUERIES = [
-    ("Examples per domain", "SELECT dataset, domain, count(*) AS examples, round(avg(difficulty), 2) AS "
-     "mean_difficulty FROM examples GROUP BY ALL ORDER BY ALL"),
+    ("Examples per domain", ("SELECT dataset, domain, count(*) AS examples, round(avg(difficulty), 2) AS "
+     "mean_difficulty FROM examples GROUP BY ALL ORDER BY ALL")),
     ("Runs so far", "SELECT kind, method, status, count(*) AS runs FROM runs GROUP BY ALL ORDER BY ALL"),
 ]
 
@@ -246,7 +246,7 @@ def _register_command_modules() -> None:
     if _REGISTERED:
         return
     _REGISTERED.append(True)
-    import flows.commands as commands
+    from flows import commands
 
     for module in pkgutil.iter_modules(commands.__path__):
         mod = importlib.import_module(f"flows.commands.{module.name}")

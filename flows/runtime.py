@@ -30,6 +30,8 @@ def configure_prefect() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
     os.environ.setdefault("PREFECT_UI_ENABLED", "false")
+    # The ephemeral server's default 20 s start-up limit is too short on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 def configure_environment() -> None:
@@ -63,7 +65,7 @@ def run_job(target: str, **kwargs: Any) -> Any:
         configure_prefect()
         (state_dir() / "prefect").mkdir(parents=True, exist_ok=True)
         return load_flow(target)(**kwargs)
-    fn: Callable[..., Any] = getattr(load_flow(target), "fn")
+    fn: Callable[..., Any] = load_flow(target).fn
     return fn(**kwargs)
 
 

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -32,4 +31,4 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, prefect: bool = Fals
     full_env = {**os.environ, "ASSAY_PREFECT": "1" if prefect else "0", "ASSAY_HOME": str(cwd / ".assay"),
                 **(env or {})}
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from assay_crash import kill_points
 from assay_figures import record
+
 from storage import Lake
 
 POINTS = 6
@@ -14,9 +15,8 @@ POINTS = 6
 
 def prepare(folder: Path) -> None:
     with open(folder / "data.jsonl", "w") as fh:
-        for i in range(20_000):
-            fh.write(json.dumps({"id": i, "prompt": f"q{i} " * 10, "response": f"a{i} " * 20,
-                                "domain": "math" if i % 3 else "code", "difficulty": i % 5 + 1}) + "\n")
+        fh.writelines(json.dumps({"id": i, "prompt": f"q{i} " * 10, "response": f"a{i} " * 20,
+                                "domain": "math" if i % 3 else "code", "difficulty": i % 5 + 1}) + "\n" for i in range(20_000))
 
 
 def examples(lake: Lake):

@@ -8,11 +8,11 @@ import string
 from pathlib import Path
 
 import pytest
+from assay_figures import record
+from assay_testing import tree_digest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from assay_figures import record
-from assay_testing import tree_digest
 from storage import Lake, UserError
 from storage.ingest import ingest
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from assay_figures import record
+from assay_testing import tree_digest
 
 from storage import Lake, UserError
 from storage.gate import run_sql, select_where
-from assay_figures import record
-from assay_testing import tree_digest
 
 HELD: list[str] = []
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from assay_testing import run_cli, tree_digest
 
 from storage import Lake, UserError
 from storage.ingest import ColumnMap, ingest
-from assay_testing import run_cli, tree_digest
 
 ROWS = [
     {"prompt": "What is 2 + 2?", "response": "4", "domain": "math", "difficulty": 1, "answer": "4", "src": "a"},
@@ -121,8 +121,8 @@ def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path: Path) 
     (tmp_path / "bad.jsonl").write_text('{"prompt": "a", "response": "b"}\n{oops}\n')
     result = run_cli("ingest", "bad.jsonl", "--dataset", "d", cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["error: bad.jsonl: line 2: malformed JSON "
-                                                  "(Expecting property name enclosed in double quotes)"]
+    assert result.stderr.strip().splitlines() == [("error: bad.jsonl: line 2: malformed JSON "
+                                                  "(Expecting property name enclosed in double quotes)")]
     assert not (tmp_path / "lake").exists() and not (tmp_path / ".assay").exists()
     unknown = run_cli("sql", "select 1", "--format", "xml", cwd=tmp_path)
     assert unknown.returncode == 2 and "--format xml" in unknown.stderr

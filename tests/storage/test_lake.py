@@ -40,10 +40,9 @@ def test_complete_run_is_visible_and_rerun_is_a_no_op(lake_dir: Path) -> None:
 
 def test_failed_run_is_recorded_and_invisible(lake_dir: Path) -> None:
     lake = Lake(lake_dir)
-    with pytest.raises(RuntimeError):
-        with lake.run("attribute", "test") as run:
-            run.write("scores", scores_frame(3))
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), lake.run("attribute", "test") as run:
+        run.write("scores", scores_frame(3))
+        raise RuntimeError("boom")
     record = lake.run_record(run.run_id)
     assert record["status"] == "failed" and "boom" in record["error"]
     assert lake.query("SELECT count(*) AS n FROM scores")["n"][0] == 0
@@ -59,11 +58,10 @@ def test_lake_is_not_created_by_reading(lake_dir: Path) -> None:
 
 def test_shards_survive_a_failed_attempt_and_parts_are_redone(lake_dir: Path) -> None:
     lake = Lake(lake_dir)
-    with pytest.raises(KeyboardInterrupt):
-        with lake.run("attribute", "sharded") as run:
-            run.write("scores", scores_frame(2), shard=0)
-            run.write("metrics", pd.DataFrame({"name": ["m"], "key": ["k"], "value": [1.0]}))
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), lake.run("attribute", "sharded") as run:
+        run.write("scores", scores_frame(2), shard=0)
+        run.write("metrics", pd.DataFrame({"name": ["m"], "key": ["k"], "value": [1.0]}))
+        raise KeyboardInterrupt
     with lake.run("attribute", "sharded") as run:
         assert run.resumed and run.has_shard("scores", 0) and not run.has_shard("scores", 1)
         assert not list(lake.run_dir("metrics", run.run_id).glob("part-*"))  # redone, not duplicated
