@@ -1,15 +1,21 @@
-"""Sandbox launcher: run as a script (`python -I -B _launcher.py CONFIG_JSON`), never imported.
+"""Sandbox launcher: run as a script (`python -I -B _launcher.py CONFIG_HEX`), never imported.
 
 It confines itself and then runs the untrusted program, in this order:
   1. join the sandbox's cgroups (pids / memory), made by the parent when it runs as root;
-  2. unshare network, PID and IPC namespaces (plus a user namespace when not root);
+  2. unshare network, PID and IPC namespaces (plus a user namespace when not root; a mount
+     namespace when root and the kernel has no Landlock);
   3. fork: the child is PID 1 of the new PID namespace, so when it exits the kernel kills every
      process it left behind; this process waits for it and reports its exit status and CPU time;
-  4. in the child: resource limits, then (root) a switch to a throwaway uid or dropping every
-     capability, no_new_privs, a Landlock ruleset (writes only under the sandbox directory, no TCP,
-     no signals or abstract sockets outside), and finally the program itself.
+  4. in the child: (root without Landlock) every mount made read-only and nosuid but the sandbox
+     directory, resource limits, then (root) a switch to a throwaway uid or dropping every
+     capability, no_new_privs, a Landlock ruleset (reads only of the paths the parent lists, which
+     are what the interpreter needs, plus the sandbox directory; writes only under the sandbox
+     directory; no TCP, no signals or abstract sockets outside), a seccomp filter (no unix-domain
+     sockets, ptrace, cross-process memory access or io_uring; no chmod, chown, utime or xattr
+     changes, which Landlock does not cover and uid 0 owns the files outside; no setuid / setgid
+     bits on new files), and finally the program itself.
 Each step that the kernel refuses is skipped and reported, never fatal: the parent decides what is
-acceptable. The report goes to the status pipe (`status_fd`) as JSON lines.
+acceptable. The report goes to the status pipe (`status_fd`).
 
 Stdlib only, and few imports (json would pull in `re`, signal `enum`: tens of milliseconds per start):
 this file starts in a fresh interpreter for every execution. The config arrives hex-encoded
@@ -32,6 +38,12 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 
+# mount(2) and mount_setattr(2); the syscall number is shared by x86_64 and aarch64
+MS_BIND, MS_REC, MS_PRIVATE = 1 << 12, 1 << 14, 1 << 18
+SYS_MOUNT_SETATTR = 442
+AT_FDCWD, AT_RECURSIVE = -100, 0x8000
+MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID = 0x1, 0x2
+
 PR_SET_PDEATHSIG = 1
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
@@ -44,12 +56,47 @@ SYS_LANDLOCK_ADD_RULE = 445
 SYS_LANDLOCK_RESTRICT_SELF = 446
 LANDLOCK_CREATE_RULESET_VERSION = 1
 LANDLOCK_RULE_PATH_BENEATH = 1
-FS_WRITE_FILE = 1 << 1
+FS_EXECUTE, FS_WRITE_FILE, FS_READ_FILE, FS_READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+FS_READ = FS_EXECUTE | FS_READ_FILE | FS_READ_DIR
 FS_WRITE_ABI1 = FS_WRITE_FILE | sum(1 << b for b in range(4, 13))  # remove_*, make_*
 FS_REFER = 1 << 13  # ABI 2
 FS_TRUNCATE = 1 << 14  # ABI 3
 NET_BIND_TCP, NET_CONNECT_TCP = 1 << 0, 1 << 1  # ABI 4
 SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1 << 0, 1 << 1  # ABI 6
+S_IFMT, S_IFDIR = 0o170000, 0o040000
+
+# seccomp (linux/seccomp.h, linux/filter.h, linux/audit.h)
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
+RET_ALLOW, RET_ERRNO = 0x7FFF0000, 0x00050000
+EPERM, EACCES, ENOSYS = 1, 13, 38
+LD_ABS_W, JEQ_K, JGE_K, JSET_K, RET_K = 0x20, 0x15, 0x35, 0x45, 0x06
+AF_UNIX = 1
+SETID_BITS = 0o6000  # S_ISUID | S_ISGID
+# Per architecture: (audit arch, syscall-number floor of a foreign ABI to refuse, rules). A rule is
+# (number, what): "deny" refuses the call, "enosys" says it does not exist (callers fall back),
+# ("mode", i) refuses it when argument i carries setuid / setgid bits, "unix" refuses AF_UNIX sockets.
+SECCOMP_ARCHES = {
+    "x86_64": (0xC000003E, 0x40000000, [  # the floor refuses x32 calls
+        (41, "unix"),  # socket
+        *[(n, "deny") for n in (101, 310, 311, 425)],  # ptrace, process_vm_readv / writev, io_uring_setup
+        (437, "enosys"),  # openat2 (its mode sits in a struct a filter cannot read)
+        # chmod, fchmod, fchmodat, fchmodat2, chown, fchown, lchown, fchownat, utime, utimes, futimesat,
+        # utimensat, set / remove xattr (path, link, fd, at)
+        *[(n, "deny") for n in (90, 91, 268, 452, 92, 93, 94, 260, 132, 235, 261, 280,
+                                188, 189, 190, 197, 198, 199, 463, 466)],
+        # open, openat, creat, mknod, mknodat, mkdir, mkdirat with setuid / setgid bits
+        (2, ("mode", 2)), (257, ("mode", 3)), (85, ("mode", 1)), (133, ("mode", 1)), (259, ("mode", 2)),
+        (83, ("mode", 1)), (258, ("mode", 2)),
+    ]),
+    "aarch64": (0xC00000B7, None, [
+        (198, "unix"),
+        *[(n, "deny") for n in (117, 270, 271, 425)],
+        (437, "enosys"),
+        *[(n, "deny") for n in (52, 53, 452, 54, 55, 88, 5, 6, 7, 14, 15, 16, 463, 466)],
+        (56, ("mode", 3)), (33, ("mode", 2)), (34, ("mode", 2)),
+    ]),
+}
+
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
@@ -63,6 +110,20 @@ class RulesetAttr(ctypes.Structure):
 class PathBeneathAttr(ctypes.Structure):
     _pack_ = 1
     _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+class MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+class SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                ("k", ctypes.c_uint32)]
+
+
+class SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
 
 
 class CapHeader(ctypes.Structure):
@@ -90,17 +151,53 @@ def join_cgroups(procs_files: dict[str, str], report: dict) -> None:
     report["cgroups"] = joined
 
 
-def enter_namespaces(as_root: bool, report: dict) -> None:
+def landlock_abi() -> int:
+    return max(0, libc.syscall(SYS_LANDLOCK_CREATE_RULESET, None, 0, LANDLOCK_CREATE_RULESET_VERSION))
+
+
+def enter_namespaces(as_root: bool, mount_ns: bool, report: dict) -> None:
     base = CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC
-    attempts = [base] if as_root else [base | CLONE_NEWUSER, CLONE_NEWUSER | CLONE_NEWNET]
+    if as_root:
+        attempts = [base | CLONE_NEWNS, base] if mount_ns else [base]
+    else:
+        attempts = [base | CLONE_NEWUSER, CLONE_NEWUSER | CLONE_NEWNET]
     for flags in attempts:
         if libc.unshare(flags) == 0:
             report["net_namespace"] = bool(flags & CLONE_NEWNET)
             report["pid_namespace"] = bool(flags & CLONE_NEWPID)
             report["user_namespace"] = bool(flags & CLONE_NEWUSER)
+            report["mount_namespace"] = bool(flags & CLONE_NEWNS)
             return
         report.setdefault("problems", []).append(f"unshare({flags:#x}): {_errno_text()}")
-    report.update(net_namespace=False, pid_namespace=False, user_namespace=False)
+    report.update(net_namespace=False, pid_namespace=False, user_namespace=False, mount_namespace=False)
+
+
+def mount_setattr(path: str, flags: int, attr_set: int, attr_clr: int) -> bool:
+    attr = MountAttr(attr_set, attr_clr, 0, 0)
+    return libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, os.fsencode(path), flags, ctypes.byref(attr),
+                        ctypes.sizeof(attr)) == 0
+
+
+def readonly_root(write_dirs: list[str], report: dict) -> None:
+    """Root on a kernel without Landlock: in the sandbox's own mount namespace every mount becomes
+    read-only and nosuid, then each write dir is bound onto itself and made writable again, so
+    writes, chmod, chown, utime and xattrs outside fail (EROFS) even for uid 0. Writes through
+    Landlock fail with EACCES instead, which is why this is the fallback and not the rule. The
+    host's mounts are untouched: the namespace's mounts are made private first."""
+    report["readonly_root"] = False
+    if libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        report.setdefault("problems", []).append(f"mount private: {_errno_text()}")
+        return
+    if not mount_setattr("/", AT_RECURSIVE, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0):
+        report.setdefault("problems", []).append(f"mount_setattr read-only: {_errno_text()}")
+        return
+    for path in write_dirs:
+        # a bind mount inherits read-only from its source: clear it on the new mount alone
+        if libc.mount(os.fsencode(path), os.fsencode(path), None, MS_BIND, None) != 0 or \
+                not mount_setattr(path, 0, 0, MOUNT_ATTR_RDONLY):
+            raise OSError(ctypes.get_errno(), f"cannot make the sandbox directory writable: {_errno_text()}")
+    os.chdir(os.getcwd())  # the working directory still points into the read-only mount below
+    report["readonly_root"] = True
 
 
 def nproc_limit(cfg: dict, report: dict) -> int:
@@ -165,13 +262,17 @@ def drop_root(cfg: dict, report: dict) -> None:
     report["capabilities_dropped"] = dropped
 
 
-def apply_landlock(write_dirs: list[str], write_files: list[str], report: dict) -> None:
-    abi = libc.syscall(SYS_LANDLOCK_CREATE_RULESET, None, 0, LANDLOCK_CREATE_RULESET_VERSION)
+def apply_landlock(cfg: dict, report: dict) -> None:
+    """Writes only below `write_dirs` (and to `write_files`); reads and executes only below `read_paths`
+    and the write dirs; no TCP; no signals or abstract unix sockets outside the sandbox."""
+    abi = landlock_abi() if cfg["landlock"] else 0
     if abi < 1:
         report["landlock_abi"] = 0
-        report.setdefault("problems", []).append(f"landlock unavailable: {_errno_text()}")
+        report.setdefault("problems", []).append(
+            f"landlock unavailable: {_errno_text()}" if cfg["landlock"] else "landlock turned off")
         return
-    fs = FS_WRITE_ABI1 | (FS_REFER if abi >= 2 else 0) | (FS_TRUNCATE if abi >= 3 else 0)
+    write = FS_WRITE_ABI1 | (FS_REFER if abi >= 2 else 0) | (FS_TRUNCATE if abi >= 3 else 0)
+    fs = write | FS_READ
     net = (NET_BIND_TCP | NET_CONNECT_TCP) if abi >= 4 else 0
     scoped = (SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL) if abi >= 6 else 0
     attr = RulesetAttr(fs, net, scoped)
@@ -180,12 +281,18 @@ def apply_landlock(write_dirs: list[str], write_files: list[str], report: dict) 
     if ruleset < 0:
         report.setdefault("problems", []).append(f"landlock_create_ruleset: {_errno_text()}")
         return
-    file_rights = FS_WRITE_FILE | (FS_TRUNCATE if abi >= 3 else 0)
-    for path, rights in [(d, fs) for d in write_dirs] + [(f, file_rights) for f in write_files]:
+    file_write = FS_WRITE_FILE | (FS_TRUNCATE if abi >= 3 else 0)
+    rules = ([(d, fs, fs & ~FS_READ_DIR) for d in cfg["write_dirs"]]
+             + [(f, file_write | FS_READ_FILE, file_write | FS_READ_FILE) for f in cfg["write_files"]]
+             + [(p, FS_READ, FS_READ_FILE | FS_EXECUTE) for p in cfg["read_paths"]])
+    for path, dir_rights, file_rights in rules:
         try:
+            # follows symlinks: /proc/self becomes this process's own /proc/<pid>, /lib its target
             fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
         except OSError:
             continue
+        # a rule on a file may carry file rights only
+        rights = dir_rights if os.fstat(fd).st_mode & S_IFMT == S_IFDIR else file_rights
         rule = PathBeneathAttr(rights, fd)
         if libc.syscall(SYS_LANDLOCK_ADD_RULE, ruleset, LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(rule), 0):
             report.setdefault("problems", []).append(f"landlock_add_rule {path}: {_errno_text()}")
@@ -194,9 +301,49 @@ def apply_landlock(write_dirs: list[str], write_files: list[str], report: dict) 
         report.setdefault("problems", []).append(f"landlock_restrict_self: {_errno_text()}")
     else:
         report["landlock_abi"] = int(abi)
+        report["landlock_read"] = True
         report["landlock_net"] = bool(net)
         report["landlock_scoped"] = bool(scoped)
     os.close(ruleset)
+
+
+def seccomp_program(arch: int, foreign_floor: int | None, rules: list) -> list[tuple[int, int, int, int]]:
+    """A classic-BPF filter: calls of another ABI get ENOSYS; each rule's call is judged by its block."""
+    def ret(errno: int) -> tuple:
+        return (RET_K, 0, 0, RET_ERRNO | errno)
+
+    def load_arg(i: int) -> tuple:  # low 32 bits of argument i (little-endian seccomp_data)
+        return (LD_ABS_W, 0, 0, 16 + 8 * i)
+
+    prog = [(LD_ABS_W, 0, 0, 4), (JEQ_K, 1, 0, arch), ret(ENOSYS), (LD_ABS_W, 0, 0, 0)]
+    if foreign_floor is not None:
+        prog += [(JGE_K, 0, 1, foreign_floor), ret(ENOSYS)]
+    for number, what in rules:
+        if what == "deny":
+            block = [ret(EPERM)]
+        elif what == "enosys":
+            block = [ret(ENOSYS)]
+        elif what == "unix":
+            block = [load_arg(0), (JEQ_K, 0, 1, AF_UNIX), ret(EACCES), (RET_K, 0, 0, RET_ALLOW)]
+        else:
+            block = [load_arg(what[1]), (JSET_K, 0, 1, SETID_BITS), ret(EPERM), (RET_K, 0, 0, RET_ALLOW)]
+        prog += [(JEQ_K, 0, len(block), number), *block]
+    return prog + [(RET_K, 0, 0, RET_ALLOW)]
+
+
+def apply_seccomp(report: dict) -> None:
+    spec = SECCOMP_ARCHES.get(os.uname().machine)
+    if spec is None:
+        report["seccomp"] = False
+        report.setdefault("problems", []).append(f"seccomp: no filter for {os.uname().machine}")
+        return
+    prog = seccomp_program(*spec)
+    filters = (SockFilter * len(prog))(*[SockFilter(*insn) for insn in prog])
+    fprog = SockFprog(len(prog), filters)
+    ok = libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) == 0
+    if not ok:
+        report.setdefault("problems", []).append(f"seccomp: {_errno_text()}")
+    report["seccomp"] = ok
 
 
 def send(fd: int, message: dict) -> None:
@@ -208,6 +355,8 @@ def confine_child(cfg: dict, report: dict, status_fd: int) -> None:
     """Runs in the forked child (PID 1 of the new namespace when there is one)."""
     parent = os.getppid()
     libc.prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)
+    if report.get("mount_namespace"):
+        readonly_root(cfg["write_dirs"], report)
     set_limits(cfg, report)
     if cfg["as_root"]:
         drop_root(cfg, report)
@@ -216,7 +365,8 @@ def confine_child(cfg: dict, report: dict, status_fd: int) -> None:
         os._exit(137)
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         report.setdefault("problems", []).append(f"no_new_privs: {_errno_text()}")
-    apply_landlock(cfg["write_dirs"], cfg["write_files"], report)
+    apply_landlock(cfg, report)
+    apply_seccomp(report)
     send(status_fd, {"setup": report})
     os.close(status_fd)
 
@@ -241,7 +391,8 @@ def main() -> None:
     status_fd = int(cfg["status_fd"])
     report: dict = {}
     join_cgroups(cfg["cgroup_procs"], report)
-    enter_namespaces(cfg["as_root"], report)
+    # without Landlock, root's writes are confined by a read-only mount namespace instead
+    enter_namespaces(cfg["as_root"], cfg["as_root"] and not (cfg["landlock"] and landlock_abi()), report)
     pid = os.fork()
     if pid == 0:
         try:

@@ -7,8 +7,15 @@ process tree is killed on timeout. Where the kernel allows it (see `_launcher.py
 
 - network, PID and IPC namespaces: no network at all (not even loopback), no view of or signals to
   outside processes, and everything the program leaves behind dies with it;
-- Landlock: writes only below the sandbox directory (and /dev/null), no TCP bind/connect, no
+- Landlock: reads only of what the interpreter needs (`read_paths()`: its prefixes, stdlib and
+  site-packages, /usr, /lib*, /bin, a few /etc and /dev entries, /proc/self) and of the sandbox
+  directory; writes only below the sandbox directory (and /dev/null); no TCP bind/connect; no
   signals or abstract unix sockets outside the sandbox;
+- seccomp: no unix-domain sockets (socketpair stays), no ptrace or cross-process memory access, no
+  io_uring, no chmod / chown / utime / xattr changes (Landlock does not cover them, and uid 0 owns
+  the files outside), no setuid / setgid bits on new files;
+- as root on a kernel without Landlock: a mount namespace in which everything but the sandbox
+  directory is read-only and nosuid;
 - as root: cgroups bound the total process count and memory of the tree (root is exempt from
   RLIMIT_NPROC), and the program runs under a throwaway uid when the interpreter is readable by
   other users, else as uid 0 with every capability dropped.
@@ -29,6 +36,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -38,6 +46,16 @@ from pathlib import Path
 
 LAUNCHER = Path(__file__).with_name("_launcher.py")
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+# Tests turn Landlock off to exercise the fallbacks of older kernels.
+LANDLOCK_ENABLED = True
+# Readable by every sandboxed program besides the interpreter's own directories: system binaries and
+# libraries, the dynamic loader's files, the time zone, entropy, its own /proc entry, CPU topology
+# (numpy / OpenBLAS read it). Not /etc as a whole (passwd, shadow, keys), not /home, /root, /tmp.
+SYSTEM_READ_PATHS = (
+    "/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin",
+    "/etc/localtime", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/ld.so.preload",
+    "/dev/zero", "/dev/urandom", "/dev/random", "/proc/self", "/proc/cpuinfo", "/sys/devices/system/cpu",
+)
 
 
 @dataclass(frozen=True)
@@ -232,30 +250,70 @@ def _throwaway_uid() -> int:
     return 1_900_000_000 + secrets.randbelow(100_000_000)
 
 
+# ---- what the program may read ---------------------------------------------------------------
+
+def _too_broad(path: Path, guarded: list[Path]) -> bool:
+    """`path` is the root, or holds the home, working or temp directory (a venv's prefix never does)."""
+    return path == Path("/") or any(path == g or path in g.parents for g in guarded)
+
+
+@cache
+def read_paths() -> tuple[str, ...]:
+    """Everything a sandboxed interpreter may read: the prefixes of this interpreter (for a venv the
+    venv itself and its base installation), its stdlib and site-packages, its binary's directory, and
+    SYSTEM_READ_PATHS. A prefix that would also open the home, working or temp directory (a venv
+    made in a project's root) is narrowed to its stdlib and site-packages directories."""
+    guarded = []
+    for where in (Path.home, Path.cwd, lambda: Path(tempfile.gettempdir())):
+        try:
+            guarded.append(where().resolve())
+        except (OSError, RuntimeError):
+            continue
+    scheme = sysconfig.get_paths()
+    narrow = [scheme.get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")]
+    narrow += [sysconfig.get_config_var("LIBDIR"), os.path.dirname(os.path.realpath(sys.executable))]
+    prefixes = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
+    out: list[str] = []
+    for raw in [*prefixes, *narrow]:
+        if not raw:
+            continue
+        path = Path(raw).resolve()
+        if path.exists() and not _too_broad(path, guarded) and str(path) not in out:
+            out.append(str(path))
+    # a directory below another listed one adds nothing
+    out = [p for p in out if not any(Path(q) in Path(p).parents for q in out)]
+    return (*out, *SYSTEM_READ_PATHS)
+
+
 # ---- running ---------------------------------------------------------------------------------
 
 def run_python(source: str, *, limits: Limits | None = None, files: Mapping[str, str | bytes] | None = None,
                stdin: str | bytes | None = None, env: Mapping[str, str] | None = None,
-               site_packages: bool = False) -> SandboxResult:
+               site_packages: bool = False, extra_read_paths: Sequence[str] = ()) -> SandboxResult:
     """Run Python `source` as `main.py` in a fresh sandbox (the interpreter running this code).
 
     Without `site_packages` only the standard library is importable, and each run starts several
     times faster (this environment's site setup costs more than the rest of the interpreter start).
+    Packages installed in editable mode outside the interpreter's prefix are not readable there
+    (the project's own source among them); `extra_read_paths` grants read access to more paths.
     """
     files = {**(files or {}), "main.py": source}
-    return _run("python", ["main.py"], limits or Limits(), files, stdin, env, site_packages)
+    return _run("python", ["main.py"], limits or Limits(), files, stdin, env, site_packages, extra_read_paths)
 
 
 def run_command(argv: Sequence[str], *, limits: Limits | None = None,
                 files: Mapping[str, str | bytes] | None = None, stdin: str | bytes | None = None,
-                env: Mapping[str, str] | None = None) -> SandboxResult:
-    """Run an executable in a fresh sandbox; `files` are written into its directory first."""
+                env: Mapping[str, str] | None = None, extra_read_paths: Sequence[str] = ()) -> SandboxResult:
+    """Run an executable in a fresh sandbox; `files` are written into its directory first. The
+    executable must lie in a readable path (`read_paths()`, `extra_read_paths`, or the sandbox)."""
     if not argv:
         raise ValueError("run_command needs a non-empty argv")
-    return _run("exec", list(argv), limits or Limits(), dict(files or {}), stdin, env, False)
+    return _run("exec", list(argv), limits or Limits(), dict(files or {}), stdin, env, False,
+                extra_read_paths)
 
 
-def _run(mode: str, argv: list[str], limits: Limits, files: dict, stdin, env, site: bool) -> SandboxResult:
+def _run(mode: str, argv: list[str], limits: Limits, files: dict, stdin, env, site: bool,
+         extra_read_paths: Sequence[str] = ()) -> SandboxResult:
     as_root = os.geteuid() == 0
     uid = _throwaway_uid() if as_root and _interpreter_readable_by_others() else None
     workdir = Path(tempfile.mkdtemp(prefix="assay-sandbox-"))
@@ -280,6 +338,7 @@ def _run(mode: str, argv: list[str], limits: Limits, files: dict, stdin, env, si
             "max_open_files": limits.max_open_files, "max_procs": limits.max_procs,
             "cgroup_procs": cgroups.procs_files() if cgroups else {},
             "write_dirs": [str(workdir)], "write_files": ["/dev/null"],
+            "read_paths": [*read_paths(), *map(str, extra_read_paths)], "landlock": LANDLOCK_ENABLED,
         }
         child_env = {
             "PATH": SAFE_PATH, "HOME": str(workdir), "TMPDIR": str(workdir), "LANG": "C.UTF-8",
