@@ -18,8 +18,10 @@ IGNORE_INDEX = -100
 def split_record(record: dict) -> tuple[list[dict], str]:
     """(conversation before the response, response) of a record, as chat messages."""
     messages = record.get("messages")
-    if isinstance(messages, str) and messages.strip():
-        messages = json.loads(messages)
+    if isinstance(messages, str):
+        messages = json.loads(messages) if messages.strip() else None
+    if messages is not None and not isinstance(messages, list):  # a numpy array from a lake table
+        messages = list(messages)
     if messages:
         last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
         if last is None:

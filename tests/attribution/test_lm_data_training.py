@@ -1,10 +1,9 @@
 import torch
+from tiny_lm import make_model
 
 from attribution.lm_data import IGNORE_INDEX, collate, encode_sft, prompt_text
 from attribution.lm_loss import example_loss, forward_logits
 from attribution.training import encode_records, finetune_causal_lm
-
-from tiny_lm import make_model
 
 REC = {"prompt": "What is 2 + 3?", "response": "2 + 3 = 5.\nSo the answer is 5."}
 
