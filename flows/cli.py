@@ -234,6 +234,8 @@ def demo(
         state = "unchanged" if result["unchanged"] else "ingested"
         echo(f"  {name}: {result['rows']} examples {state} (version {result['version']}, {result['domains']})")
     echo(f"reference model: {summary['model']}")
+    for stage, run_id in summary.get("runs", {}).items():
+        echo(f"  {stage}: run {run_id}")
     for title, query in DEMO_QUERIES + summary.get("queries", []):
         echo(f"\n-- {title}\nassay sql \"{query}\"")
         print_frame(run_sql(lake.root, query).to_pandas())

@@ -47,6 +47,42 @@ def build_reference_model(train_path: str, quick: bool) -> str:
     return str(reference_model(records, cache_dir(), **SIZES[quick]["model"]))
 
 
+@step
+def attribute(lake_root: str, model_dir: str) -> str:
+    """EK-FAC influence (Infra's setting) at token level: writes scores, segment_scores, token_scores."""
+    from attribution.stage import run_attribution
+
+    return run_attribution(Lake(lake_root), model_dir, DEMO_TRAIN, DEMO_TARGETS, method="ekfac", level="token")
+
+
+ATTRIBUTION_QUERIES = [
+    ("Most helpful and most harmful training examples per target domain (positive = helpful)",
+     """WITH mean AS (
+  SELECT tg.domain AS target_domain, tr.domain AS train_domain, s.train_id, avg(s.score) AS score
+  FROM scores s JOIN examples tr ON tr.example_id = s.train_id AND tr.dataset = 'demo_train'
+  JOIN examples tg ON tg.example_id = s.target_id AND tg.dataset = 'demo_targets'
+  WHERE s.run_id = '{run}' GROUP BY ALL),
+ranked AS (
+  SELECT *, row_number() OVER (PARTITION BY target_domain ORDER BY score DESC) AS top,
+            row_number() OVER (PARTITION BY target_domain ORDER BY score) AS bottom FROM mean)
+SELECT target_domain, CASE WHEN top <= 3 THEN 'helpful' ELSE 'harmful' END AS kind, train_id, train_domain,
+       round(score, 1) AS score
+FROM ranked WHERE top <= 3 OR bottom <= 3
+ORDER BY target_domain, kind DESC, score DESC"""),
+    ("Mean influence by (train domain, difficulty) x target domain: Infra's cross-domain table",
+     """SELECT tr.domain AS train_domain, tr.difficulty,
+       round(avg(s.score) FILTER (WHERE tg.domain = 'math'), 2) AS on_math,
+       round(avg(s.score) FILTER (WHERE tg.domain = 'code'), 2) AS on_code
+FROM scores s JOIN examples tr ON tr.example_id = s.train_id AND tr.dataset = 'demo_train'
+JOIN examples tg ON tg.example_id = s.target_id AND tg.dataset = 'demo_targets'
+WHERE s.run_id = '{run}' GROUP BY ALL ORDER BY ALL"""),
+    ("Training tokens with the most influence on math targets",
+     """SELECT trim(token) AS token, count(*) AS n, round(avg(score), 1) AS mean_influence
+FROM token_scores WHERE run_id = '{run}' AND target_id = 'domain=math' AND trim(token) <> ''
+GROUP BY 1 HAVING count(*) >= 5 ORDER BY mean_influence DESC LIMIT 8"""),
+]
+
+
 @flow(name="demo", log_prints=True)
 def demo_flow(lake_root: str, quick: bool = False) -> dict:
     paths = build_corpus(quick)
@@ -55,4 +91,7 @@ def demo_flow(lake_root: str, quick: bool = False) -> dict:
         DEMO_TARGETS: ingest_file(lake_root, paths["targets"], DEMO_TARGETS),
     }
     model_dir = build_reference_model(paths["train"], quick)
-    return {"lake": lake_root, "files": paths, "ingested": ingested, "model": model_dir}
+    attribution_run = attribute(lake_root, model_dir)
+    queries = [(title, sql.format(run=attribution_run)) for title, sql in ATTRIBUTION_QUERIES]
+    return {"lake": lake_root, "files": paths, "ingested": ingested, "model": model_dir,
+            "runs": {"attribute": attribution_run}, "queries": queries}

@@ -1,0 +1,167 @@
+"""One loop for every method and level: prepare the method once, then score training shards and turn
+each shard into `scores` / `segment_scores` / `token_scores` frames.
+
+A shard is a contiguous block of training items; its frames depend only on the shard and the prepared
+method, so a resumed run that skips finished shards ends with exactly the rows of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from attribution.ekfac import STRATEGIES, InfluenceConfig, InfluenceScorer
+from attribution.gradsim import GradSimConfig, GradSimScorer
+from attribution.segments import segment_sums, split_segments, token_segments
+from attribution.sources import Prepared
+from attribution.trak_adapter import TrakConfig, TrakScorer
+
+METHODS = (*STRATEGIES, "trak", "gradsim")
+LEVELS = ("example", "segment", "token")
+
+
+def method_config(method: str, params: dict | None = None) -> Any:
+    """The method's config dataclass from user params (unknown keys are the user's error)."""
+    params = dict(params or {})
+    if method in STRATEGIES:
+        return InfluenceConfig(strategy=method, **params)
+    if method == "trak":
+        return TrakConfig(**params)
+    if method == "gradsim":
+        return GradSimConfig(**params)
+    raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+
+
+def check_level(method: str, level: str, prepared: Prepared | None = None) -> None:
+    if level not in LEVELS:
+        raise ValueError(f"unknown level {level!r}; use one of {', '.join(LEVELS)}")
+    if level != "example" and method not in STRATEGIES:
+        raise ValueError(f"level {level!r} needs per-token scores: use method ekfac, kfac, diagonal or identity")
+    if level != "example" and prepared is not None and prepared.texts is None:
+        raise ValueError(f"level {level!r} needs the training items' tokens (train_tokens for a plain module)")
+
+
+class ShardScorer:
+    """A prepared method: `score(indices, per_token)` gives (n_targets x n_shard [x seq]) scores."""
+
+    def __init__(self, method: str, prepared: Prepared, config: Any, device: torch.device, work_dir: Path,
+                 checkpoints: Sequence[dict] | None = None, seed: int = 0, progress: bool = False):
+        self.method, self.p, self.config, self.device = method, prepared, config, device
+        self.work_dir, self.checkpoints, self.seed, self.progress = work_dir, checkpoints, seed, progress
+
+    def prepare(self) -> None:
+        p = self.p
+        torch.manual_seed(self.seed)  # sampled Fisher labels: a rerun fits the same factors
+        if self.method in STRATEGIES:
+            model = copy.deepcopy(p.model)  # kronfluence wraps and freezes the model it is given
+            self.impl: Any = InfluenceScorer(model, p.kron_task, self.work_dir / "kronfluence", self.config,
+                                             self.device, p.collate_fn, p.empirical_fisher, self.progress,
+                                             seed=self.seed)
+            self.impl.fit(p.train_items)
+        elif self.method == "trak":
+            if p.trak_output is None:
+                raise ValueError("trak on a plain module needs a traker model output (trak_output=...)")
+            checkpoints = list(self.checkpoints or [p.model.state_dict()])
+            self.impl = TrakScorer(copy.deepcopy(p.model), p.trak_output, self.work_dir / "trak", self.config,
+                                   self.device, p.to_tuple, p.collate_fn, p.param_names(), self.progress)
+            self.impl.fit(p.train_items, p.target_items, checkpoints)
+        else:
+            self.impl = GradSimScorer(p.model, p.loss, p.target, self.config, self.device, p.collate_fn,
+                                      p.param_names(), seed=self.seed)
+            self.impl.fit(p.target_items)
+
+    def score(self, indices: Sequence[int], per_token: bool = False) -> torch.Tensor:
+        items = [self.p.train_items[i] for i in indices]
+        if self.method in STRATEGIES:
+            if per_token and self.p.pad_shard is not None:
+                items = self.p.pad_shard(items)
+            return self.impl.score(self.p.target_items, items, per_token=per_token)
+        if self.method == "trak":
+            return self.impl.score(indices)
+        return self.impl.score(items)
+
+
+@dataclass
+class Levels:
+    """How segment / token rows are formed: the segment splitter, and which targets they are about."""
+
+    segmenter: str = "lines"
+    token_targets: str = "groups"  # "groups": the target groups (e.g. domain=math, all); "each": every target
+
+
+def _targets_for_tokens(p: Prepared, how: str) -> tuple[list[str], np.ndarray]:
+    """Keys and a (n_keys x n_targets) averaging matrix for segment / token rows."""
+    if how == "each":
+        return list(p.target_ids), np.eye(len(p.target_ids))
+    keys = list(p.target_groups)
+    mat = np.zeros((len(keys), len(p.target_ids)))
+    for k, key in enumerate(keys):
+        mat[k, p.target_groups[key]] = 1.0 / max(1, len(p.target_groups[key]))
+    return keys, mat
+
+
+def shard_frames(p: Prepared, indices: Sequence[int], scores: torch.Tensor, level: str, levels: Levels
+                 ) -> dict[str, pd.DataFrame]:
+    """Frames of one shard from its scores ((n_targets x n_shard) or per token (... x seq))."""
+    s = scores.double().numpy()
+    example = s.sum(-1) if s.ndim == 3 else s  # per-token scores sum to the example score
+    train_ids = [p.train_ids[i] for i in indices]
+    frames = {"scores": pd.DataFrame({
+        "train_id": np.repeat(train_ids, len(p.target_ids)),
+        "target_id": np.tile(p.target_ids, len(train_ids)),
+        "score": example.T.reshape(-1),
+    })}
+    if level == "example":
+        return frames
+    keys, avg = _targets_for_tokens(p, levels.token_targets)
+    seg_rows: list[dict] = []
+    tok_parts: list[pd.DataFrame] = []
+    for j, i in enumerate(indices):
+        text = p.texts[i]
+        per_tok = avg @ s[:, j, text.positions]  # (n_keys x n_response_tokens)
+        spans = split_segments(text.text, levels.segmenter)
+        seg_of = token_segments(text.offsets, spans)
+        seg = segment_sums(per_tok, seg_of, len(spans))
+        for k, key in enumerate(keys):
+            for g, (a, b) in enumerate(spans):
+                seg_rows.append({"train_id": p.train_ids[i], "target_id": key, "segment": g,
+                                 "text": text.text[a:b], "char_start": a, "char_end": b, "score": seg[k, g]})
+        if level == "token":
+            n = len(text.positions)
+            tok_parts.append(pd.DataFrame({
+                "train_id": p.train_ids[i], "target_id": np.repeat(keys, n),
+                "position": np.tile(np.arange(n), len(keys)), "token_id": np.tile(text.token_ids, len(keys)),
+                "token": np.tile(np.asarray(text.tokens, dtype=object), len(keys)),
+                "score": per_tok.reshape(-1),
+            }))
+    frames["segment_scores"] = pd.DataFrame(seg_rows, columns=[
+        "train_id", "target_id", "segment", "text", "char_start", "char_end", "score"])
+    if level == "token":
+        frames["token_scores"] = (pd.concat(tok_parts, ignore_index=True) if tok_parts else pd.DataFrame(
+            columns=["train_id", "target_id", "position", "token_id", "token", "score"]))
+    return frames
+
+
+def shards(n_train: int, shard_size: int) -> list[list[int]]:
+    return [list(range(a, min(a + shard_size, n_train))) for a in range(0, n_train, shard_size)]
+
+
+def iter_shard_frames(scorer: ShardScorer, level: str, levels: Levels, shard_size: int,
+                      skip: Callable[[int], bool] = lambda _: False, progress: bool = False
+                      ) -> Iterator[tuple[int, dict[str, pd.DataFrame]]]:
+    """Yield (shard index, frames) for every shard not skipped; scores are computed lazily per shard."""
+    from tqdm.auto import tqdm
+
+    blocks = shards(len(scorer.p.train_items), shard_size)
+    for k, idx in enumerate(tqdm(blocks, desc=f"attribute ({scorer.method}, {level})", disable=not progress)):
+        if skip(k):
+            continue
+        scores = scorer.score(idx, per_token=level != "example")
+        yield k, shard_frames(scorer.p, idx, scores, level, levels)

@@ -1,0 +1,119 @@
+"""Gradient similarity, the cheap baseline: dot or cosine of randomly projected per-example gradients.
+
+score(z, target) = <P grad L(z), P grad(-f(target))> (or its cosine), i.e. influence with the Hessian
+replaced by the identity, after a Johnson-Lindenstrauss projection P (traker's projector). Positive =
+helpful, as for the other methods. Target gradients are kept (n_targets x proj_dim); training
+gradients are streamed shard by shard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from attribution.trak_adapter import _projector, use_eager_attention
+
+PerExample = Callable[[nn.Module, Any], torch.Tensor]
+
+
+@dataclass
+class GradSimConfig:
+    # traker's BasicProjector regenerates its random blocks on every call on CPU: cost grows with
+    # proj_dim x grad_dim per batch, so the cheap baseline defaults to a smaller projection.
+    proj_dim: int = 512
+    similarity: str = "cosine"  # or "dot"
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.similarity not in ("cosine", "dot"):
+            raise ValueError(f"unknown similarity {self.similarity!r}; use 'cosine' or 'dot'")
+
+    def params(self) -> dict:
+        return asdict(self)
+
+
+class GradSimScorer:
+    def __init__(self, model: nn.Module, loss: PerExample, target: PerExample, config: GradSimConfig,
+                 device: torch.device, collate_fn: Callable[[list[Any]], Any], param_names: list[str] | None = None,
+                 seed: int = 0):
+        self.model = use_eager_attention(model).to(device).eval()
+        self.loss, self.target, self.config, self.device = loss, target, config, device
+        self.collate_fn = collate_fn
+        named = dict(self.model.named_parameters())
+        self.names = param_names or [k for k, p in named.items() if p.requires_grad]
+        self.frozen = {k: v.detach() for k, v in named.items() if k not in self.names}
+        self.buffers = dict(self.model.named_buffers())
+        grad_dim = sum(named[k].numel() for k in self.names)
+        torch.manual_seed(seed)
+        self.projector = _projector(grad_dim, config.proj_dim, device, torch.float32)
+        self._targets: torch.Tensor | None = None
+
+    def _per_example(self, fn: PerExample, item_batch: Any) -> dict[str, torch.Tensor]:
+        """Per-example gradients of fn over the selected parameters (torch.func, one vmap per batch)."""
+        named = dict(self.model.named_parameters())
+        params = {k: named[k].detach() for k in self.names}
+        wrapper = _Apply(self.model, fn)
+        fixed = {f"model.{k}": v for k, v in {**self.frozen, **self.buffers}.items()}
+
+        def one(p: dict, single: Any) -> torch.Tensor:
+            state = {**fixed, **{f"model.{k}": v for k, v in p.items()}}
+            return torch.func.functional_call(wrapper, state, (_unsqueeze(single),)).sum()
+
+        return torch.func.vmap(torch.func.grad(one), in_dims=(None, 0), randomness="different")(params, item_batch)
+
+    def _project(self, items: Sequence[Any], fn: PerExample) -> torch.Tensor:
+        out = []
+        bs = self.config.batch_size
+        for start in range(0, len(items), bs):
+            batch = _to(self.collate_fn(list(items[start:start + bs])), self.device)
+            grads = self._per_example(fn, batch)
+            flat = torch.cat([grads[k].reshape(grads[k].shape[0], -1) for k in self.names], dim=1)
+            out.append(self.projector.project(flat.float(), model_id=0).float().cpu())
+        feats = torch.cat(out)
+        if self.config.similarity == "cosine":
+            feats = torch.nn.functional.normalize(feats, dim=1)
+        return feats
+
+    def fit(self, target_items: Sequence[Any]) -> None:
+        # grad of -f: same orientation as the training loss, so aligned gradients score positive.
+        self._targets = self._project(target_items, lambda m, b: -self.target(m, b))
+
+    def score(self, train_items: Sequence[Any]) -> torch.Tensor:
+        """(n_targets x len(train_items)) similarities."""
+        assert self._targets is not None, "call fit(target_items) first"
+        return self._targets @ self._project(train_items, self.loss).T
+
+
+class _Apply(nn.Module):
+    """Runs a per-example function of (model, batch) as a module, so torch.func can call it functionally."""
+
+    def __init__(self, model: nn.Module, fn: PerExample):
+        super().__init__()
+        self.model, self.fn = model, fn
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        return self.fn(self.model, batch)
+
+
+def _unsqueeze(single: Any) -> Any:
+    if isinstance(single, torch.Tensor):
+        return single.unsqueeze(0)
+    if isinstance(single, dict):
+        return {k: _unsqueeze(v) for k, v in single.items()}
+    if isinstance(single, (list, tuple)):
+        return type(single)(_unsqueeze(v) for v in single)
+    return single
+
+
+def _to(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to(v, device) for v in batch)
+    return batch

@@ -1,0 +1,232 @@
+"""One test per library workaround in attribution/ekfac.py and attribution/trak_adapter.py, each showing
+the library's behaviour that makes the workaround necessary, then that ours handles it."""
+
+import logging
+import tempfile
+
+import numpy as np
+import pytest
+import torch
+from kronfluence.analyzer import Analyzer, prepare_model
+from kronfluence.arguments import ScoreArguments
+from kronfluence.utils.dataset import DataLoaderKwargs
+from safetensors import SafetensorError
+from trak import TRAKer
+from trak.modelout_functions import TASK_TO_MODELOUT
+from transformers import AutoModelForCausalLM
+
+from attribution.ekfac import InfluenceConfig, InfluenceScorer
+from attribution.lm_data import collate, encode_sft
+from attribution.sources import prepare_lm
+from attribution.tasks import CausalLMTask, classification_task, select_modules
+from attribution.trak_adapter import (
+    CausalLMModelOutput,
+    TrakConfig,
+    TrakScorer,
+    _projector,
+    lm_batch,
+    use_eager_attention,
+)
+
+
+@pytest.fixture(scope="module")
+def lm(trained_dir, tokenizer, records):
+    torch.set_num_threads(1)
+    model = AutoModelForCausalLM.from_pretrained(trained_dir, attn_implementation="eager").eval()
+    items = [{k: v for k, v in encode_sft(tokenizer, r, 64).items() if k != "offsets"} for r in records[:8]]
+    return model, items, tokenizer
+
+
+def _analyzer(model, tokenizer, tmp):
+    task = CausalLMTask(select_modules(model, "mlp"))
+    analyzer = Analyzer("raw", prepare_model(model, task), task, cpu=True, output_dir=tmp, disable_tqdm=True,
+                        log_level=logging.ERROR)
+    analyzer.set_dataloader_kwargs(DataLoaderKwargs(collate_fn=lambda b: collate(b, tokenizer.pad_token_id)))
+    return analyzer
+
+
+def _scorer(model, tokenizer, tmp):
+    task = CausalLMTask(select_modules(model, "mlp"))
+    return InfluenceScorer(model, task, tmp, InfluenceConfig(train_batch_size=4), torch.device("cpu"),
+                           lambda b: collate(b, tokenizer.pad_token_id))
+
+
+def test_kronfluence_returns_none_and_skips_existing_scores(lm):
+    """Why: compute_pairwise_scores returns None, and with an existing scores name it silently returns
+    the *old* scores for new queries. Ours reads the scores back and uses a fresh name per call."""
+    import copy
+
+    model, items, tok = lm
+    with tempfile.TemporaryDirectory() as tmp:
+        an = _analyzer(copy.deepcopy(model), tok, tmp)
+        an.fit_all_factors("f", dataset=items, per_device_batch_size=4)
+        kw = {"factors_name": "f", "train_dataset": items, "per_device_query_batch_size": 2,
+              "per_device_train_batch_size": 4}
+        assert an.compute_pairwise_scores("s", query_dataset=items[:2], **kw) is None
+        first = an.load_pairwise_scores("s")["all_modules"]
+        an.compute_pairwise_scores("s", query_dataset=items[2:4], **kw)
+        assert torch.equal(an.load_pairwise_scores("s")["all_modules"], first)  # stale
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = _scorer(copy.deepcopy(model), tok, tmp)
+        ours.fit(items)
+        a, b = ours.score(items[:2], items), ours.score(items[2:4], items)
+        assert a.shape == (2, 8) and not torch.allclose(a, b)
+        torch.testing.assert_close(ours.score(items[:2], items), a)
+
+
+def test_partial_factor_files_are_refitted(lm):
+    """Why: kronfluence trusts any factor file it finds; a kill mid-save leaves a truncated file that
+    it would load. Ours refits unless its completion marker exists."""
+    import copy
+
+    model, items, tok = lm
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = _scorer(copy.deepcopy(model), tok, tmp)
+        ours.fit(items)
+        good = ours.score(items[:2], items)
+        files = sorted(p for p in (ours.work_dir).rglob("*.safetensors"))
+        assert files
+        for path in files:
+            path.write_bytes(path.read_bytes()[:10])  # saves cut short
+        # kronfluence itself skips fitting when the files exist, then cannot load them
+        ours.analyzer.fit_all_factors(ours.factors_name, dataset=items, per_device_batch_size=4,
+                                      factor_args=ours.factor_args)
+        with pytest.raises(SafetensorError):
+            ours.analyzer.load_all_factors(ours.factors_name)
+        (ours.work_dir / f"{ours.factors_name}.done").unlink()
+        ours.fit(items)
+        torch.testing.assert_close(ours.score(items[:2], items), good)
+
+
+def test_per_token_scores_need_one_length_per_shard(lm):
+    """Why: kronfluence concatenates per-token scores of train batches along the token axis, which
+    fails when batches have different lengths. Ours pads each shard to its longest item."""
+    import copy
+
+    model, items, tok = lm
+    varied = sorted(items, key=lambda i: i["input_ids"].shape[0])
+    assert varied[0]["input_ids"].shape[0] != varied[-1]["input_ids"].shape[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        an = _analyzer(copy.deepcopy(model), tok, tmp)
+        an.fit_all_factors("f", dataset=varied, per_device_batch_size=4)
+        with pytest.raises(RuntimeError):
+            an.compute_pairwise_scores("s", "f", query_dataset=varied[:2], train_dataset=varied,
+                                       per_device_query_batch_size=2, per_device_train_batch_size=4,
+                                       score_args=ScoreArguments(compute_per_token_scores=True))
+    prepared = prepare_lm(copy.deepcopy(model), tok, [{"prompt": "p", "response": "r" * n} for n in (2, 9, 30)],
+                          [{"prompt": "p", "response": "rr"}], max_length=64)
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = InfluenceScorer(prepared.model, prepared.kron_task, tmp, InfluenceConfig(train_batch_size=1),
+                               torch.device("cpu"), prepared.collate_fn)
+        ours.fit(prepared.train_items)
+        padded = prepared.pad_shard(prepared.train_items)
+        assert ours.score(prepared.target_items, padded, per_token=True).shape[:2] == (1, 3)
+
+
+def test_root_linear_model_is_wrapped():
+    """Why: kronfluence's wrap_tracked_modules can only replace children; on a model that is itself an
+    nn.Linear (logistic regression) the module ends up its own child and any later .to() recurses
+    forever. Ours puts such a model in an nn.Sequential."""
+    task = classification_task()
+    broken = prepare_model(torch.nn.Linear(3, 2), task)
+    with pytest.raises(RecursionError):
+        broken.to("cpu")
+    items = [(torch.randn(3), torch.tensor(i % 2)) for i in range(6)]
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = InfluenceScorer(torch.nn.Linear(3, 2), task, tmp, InfluenceConfig(train_batch_size=3),
+                               torch.device("cpu"))
+        ours.fit(items)
+        assert ours.score(items[:2], items).shape == (2, 6)
+
+
+def test_traker_has_no_causal_lm_output_so_we_provide_one(lm):
+    """Why: traker's outputs are image / CLIP / text classification only. Ours scores SFT examples:
+    an example's influence on itself is positive (it raises its own margin)."""
+    import copy
+
+    assert not any("causal" in k or "lm" in k.lower() for k in TASK_TO_MODELOUT)
+    model, items, tok = lm
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = TrakScorer(copy.deepcopy(model), CausalLMModelOutput(), tmp, TrakConfig(proj_dim=64),
+                          torch.device("cpu"), lm_batch, lambda b: collate(b, tok.pad_token_id))
+        ours.fit(items, items, [model.state_dict()])
+        scores = ours.score(range(len(items))).numpy()
+    assert np.isfinite(scores).all()
+    assert (np.diag(scores) > 0).all()
+
+
+def test_traker_vmap_rejects_sdpa_attention(lm, trained_dir):
+    """Why: traker (and our gradsim) take per-example gradients under torch.func.vmap, which fails on
+    transformers' sdpa attention. Ours switches a loaded model to eager attention."""
+    _, items, _ = lm
+    sdpa = AutoModelForCausalLM.from_pretrained(trained_dir, attn_implementation="sdpa").eval()
+    batch = lm_batch(collate(items[:2], 0))
+    grad = torch.func.vmap(torch.func.grad(CausalLMModelOutput.get_output, argnums=1),
+                           in_dims=(None, None, None, 0, 0, 0))
+    with pytest.raises(RuntimeError, match="vmap"):
+        grad(sdpa, dict(sdpa.named_parameters()), dict(sdpa.named_buffers()), *batch)
+    use_eager_attention(sdpa)
+    out = grad(sdpa, dict(sdpa.named_parameters()), dict(sdpa.named_buffers()), *batch)
+    assert all(torch.isfinite(v).all() for v in out.values())
+
+
+def test_traker_kernel_needs_ridge_with_few_examples(lm):
+    """Why: with fewer training examples than proj_dim, X^T X is singular and traker's scores collapse
+    to ~0 without lambda_reg. Ours defaults to a small ridge then."""
+    import copy
+
+    model, items, tok = lm
+    grad_dim = sum(p.numel() for p in model.parameters())
+    batch = lm_batch(collate(items, tok.pad_token_id))
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = TRAKer(model=copy.deepcopy(model), task=CausalLMModelOutput(), train_set_size=len(items), save_dir=tmp,
+                     device="cpu", proj_dim=64, use_half_precision=False, lambda_reg=0.0,
+                     projector=_projector(grad_dim, 64, torch.device("cpu"), torch.float32),
+                     logging_level=logging.ERROR)
+        raw.load_checkpoint(model.state_dict(), model_id=0)
+        raw.featurize(batch, num_samples=len(items))
+        raw.finalize_features()
+        raw.start_scoring_checkpoint("x", model.state_dict(), 0, len(items))
+        raw.score(batch, num_samples=len(items))
+        collapsed = np.abs(raw.finalize_scores("x")).max()
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = TrakScorer(copy.deepcopy(model), CausalLMModelOutput(), tmp, TrakConfig(proj_dim=64),
+                          torch.device("cpu"), lm_batch, lambda b: collate(b, tok.pad_token_id))
+        ours.fit(items, items, [model.state_dict()])
+        kept = np.abs(ours.score(range(len(items))).numpy()).max()
+    assert collapsed < 1e-6 < kept
+
+
+def test_trak_target_chunks_match_one_chunk(lm):
+    """Why: traker's finalize_scores holds the whole train x targets matrix in memory; ours scores
+    targets in chunks (one traker experiment each) and must give the same numbers."""
+    import copy
+
+    model, items, tok = lm
+    out = []
+    for chunk in (3, 100):
+        with tempfile.TemporaryDirectory() as tmp:
+            ours = TrakScorer(copy.deepcopy(model), CausalLMModelOutput(), tmp,
+                              TrakConfig(proj_dim=64, target_chunk=chunk), torch.device("cpu"), lm_batch,
+                              lambda b: collate(b, tok.pad_token_id))
+            ours.fit(items, items, [model.state_dict()])
+            out.append(ours.score(range(len(items))))
+    torch.testing.assert_close(out[0], out[1])
+
+
+def test_basic_projector_single_block_breaks_after_finalize():
+    """Why: traker's BasicProjector with proj_dim <= block_size (one block) frees its only matrix in
+    finalize_features (free_memory) and cannot project target gradients afterwards. Ours keeps at least
+    two blocks, which are regenerated per call, with the same projection before and after."""
+    from trak.projectors import BasicProjector, ProjectionType
+
+    grads = torch.randn(3, 500)
+    one_block = BasicProjector(grad_dim=500, proj_dim=64, seed=0, proj_type=ProjectionType.rademacher,
+                               device="cpu")
+    one_block.free_memory()
+    with pytest.raises(AttributeError):
+        one_block.project(grads, model_id=0)
+    ours = _projector(500, 64, torch.device("cpu"), torch.float32)
+    before = ours.project(grads, model_id=0)
+    ours.free_memory()
+    torch.testing.assert_close(ours.project(grads, model_id=0), before)
