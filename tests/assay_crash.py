@@ -63,11 +63,11 @@ def kill_points(
     prepare(reference_dir)
     duration = finish(args, reference_dir)
     expected = result(Lake(reference_dir / "lake"))
-    crash_dir = workdir / "crash"
-    crash_dir.mkdir()
-    prepare(crash_dir)
     held = 0
     for i in range(points):
+        crash_dir = workdir / f"crash-{i}"  # every kill point starts from the prepared state
+        crash_dir.mkdir()
+        prepare(crash_dir)
         delay = duration * (i + 0.5) / points
         proc = start(args, crash_dir)
         time.sleep(delay)
@@ -80,5 +80,5 @@ def kill_points(
         got = result(lake)
         pd.testing.assert_frame_equal(got.reset_index(drop=True), expected.reset_index(drop=True))
         held += 1
-        shutil.rmtree(crash_dir / "lake", ignore_errors=True)  # next kill point starts from scratch
+        shutil.rmtree(crash_dir, ignore_errors=True)
     return held
