@@ -42,12 +42,14 @@ class Attribution:
 
 def load_causal_lm(model_dir: str | Path, device: torch.device | None = None) -> tuple[nn.Module, Any]:
     """(model, tokenizer) from a Hugging Face directory, eager attention (torch.func needs it)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from attribution.lm_data import load_tokenizer
 
     path = Path(model_dir)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{model_dir}: not a Hugging Face model directory (no config.json)")
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", dtype=torch.float32)
     return model.to(device or "cpu").eval(), tokenizer
 
@@ -89,7 +91,7 @@ def attribute(
     segmenter: str = "lines",
     token_targets: str = "groups",
     checkpoints: Sequence[dict | str | Path] | None = None,
-    shard_size: int = 64,
+    shard_size: int = 256,
     device: str | None = None,
     work_dir: str | Path | None = None,
     seed: int = 0,

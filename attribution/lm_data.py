@@ -164,3 +164,23 @@ def response_token_mask(labels: torch.Tensor) -> torch.Tensor:
     mask = torch.zeros_like(labels, dtype=torch.bool)
     mask[..., :-1] = labels[..., 1:] != IGNORE_INDEX
     return mask
+
+
+def load_tokenizer(model_dir: Any) -> Any:
+    """The tokenizer of a Hugging Face directory, exactly as it was saved.
+
+    transformers 5's `AutoTokenizer` picks the class from the model's config (Qwen2Tokenizer for a
+    Qwen2 model) and swaps in that class's pre-tokenizer (digits split one by one). A directory whose
+    tokenizer_config names the generic backend (a locally trained tokenizer, such as the reference
+    model's) is therefore loaded from its tokenizer.json, so text encodes as it did in training.
+    """
+    from pathlib import Path
+
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    path = Path(model_dir)
+    config = path / "tokenizer_config.json"
+    saved_class = json.loads(config.read_text()).get("tokenizer_class") if config.is_file() else None
+    if saved_class in ("TokenizersBackend", "PreTrainedTokenizerFast") and (path / "tokenizer.json").is_file():
+        return PreTrainedTokenizerFast.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(path)

@@ -109,7 +109,7 @@ def run_attribution(
     token_targets: str = "groups",
     group_by: Sequence[str] = ("domain",),
     modules: str | Sequence[str] = "mlp",
-    shard_size: int = 64,
+    shard_size: int = 256,
     max_length: int = 512,
     checkpoints: Sequence[str] | None = None,
     seed: int = 0,

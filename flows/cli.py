@@ -236,9 +236,13 @@ def demo(
     echo(f"reference model: {summary['model']}")
     for stage, run_id in summary.get("runs", {}).items():
         echo(f"  {stage}: run {run_id}")
+    if summary.get("export"):
+        echo(f"exported dataset: {summary['export']['path']} ({summary['export']['rows']} rows)")
     for title, query in DEMO_QUERIES + summary.get("queries", []):
         echo(f"\n-- {title}\nassay sql \"{query}\"")
         print_frame(run_sql(lake.root, query).to_pandas())
+    if summary.get("report"):
+        echo(f"\nreport: {summary['report']}")
 
 
 _REGISTERED: list[bool] = []

@@ -83,6 +83,66 @@ GROUP BY 1 HAVING count(*) >= 5 ORDER BY mean_influence DESC LIMIT 8"""),
 ]
 
 
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
+
+
+@step
+def dart_replay_file(lake_root: str) -> str:
+    """Constructed DART candidates of known correctness (the reference model rarely solves anything)."""
+    from curation.dart.replay import write_demo_replay
+
+    path = state_dir() / "demo" / "dart_replay.jsonl"
+    return str(write_demo_replay(Lake(lake_root).examples(DEMO_TRAIN), path, per_query=8, seed=0))
+
+
+def demo_recipe(replay: str, export_out: str) -> dict:
+    """recipes/demo.yaml with a DART stage over the constructed candidates in front."""
+    import yaml
+
+    recipe = yaml.safe_load(RECIPE.read_text())
+    dart = {"stage": "dart", "params": {"strategy": "prop2diff", "generator": "replay", "replay": replay,
+                                        "k_p": 8, "n_d": 4, "n_max": 16, "verify": "auto", "seed": 0}}
+    recipe["stages"] = [dart, *recipe["stages"]]
+    recipe["export"] = {**recipe.get("export", {}), "out": export_out, "force": True}
+    return recipe
+
+
+FORGET_WHERE = "dataset = 'demo_train' AND domain = 'code' AND difficulty >= 5"
+
+
+@step
+def unlearn(lake_root: str, model_dir: str, scores_run: str, quick: bool) -> str:
+    """DMM: remove the hardest code examples' effect from the reference model."""
+    from attribution.unlearn_stage import UnlearnSettings, run_unlearning
+
+    out = state_dir() / "demo" / ("unlearned-quick" if quick else "unlearned")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return run_unlearning(Lake(lake_root), model_dir, DEMO_TRAIN, out, forget_where=FORGET_WHERE,
+                          scores_run_id=scores_run, method="dmm", force=True,
+                          # one calibration retrain of the scores' scale keeps the demo to minutes
+                          settings=UnlearnSettings(lr=1e-3, epochs=10, batch_size=32, calibration_retrains=1))
+
+
+UNLEARN_QUERY = ("Unlearning (DMM) of the hardest code examples: loss before and after",
+                 "SELECT name, key, round(value, 4) AS value FROM metrics WHERE run_id = '{unlearn}' "
+                 "AND name ILIKE '%loss%' ORDER BY ALL")
+
+CURATION_QUERIES = [
+    ("DART: trials and kept responses by difficulty (Prop2Diff spends more on hard queries)",
+     """SELECT e.domain, e.difficulty, count(*) AS trials, sum(s.correct::INT) AS correct
+FROM samples s JOIN examples e ON e.example_id = s.query_id AND e.dataset = 'demo_train'
+WHERE s.run_id = '{dart}' GROUP BY ALL ORDER BY ALL"""),
+    ("PPP clusters of the training set (MiniLM embeddings) against domains",
+     """SELECT l.value::INT AS cluster, e.domain, count(*) AS examples FROM labels l
+JOIN examples e ON e.example_id = l.example_id AND e.dataset = l.dataset
+WHERE l.run_id = '{ppp}' AND l.name = 'ppp_cluster' GROUP BY ALL ORDER BY ALL"""),
+    ("The curated mixture: examples, total weight and materialised copies per domain",
+     """SELECT e.domain, count(*) AS examples, round(sum(w.weight), 1) AS weight, sum(w.copies) AS copies
+FROM weights w JOIN examples e ON e.example_id = w.example_id AND e.dataset = w.dataset
+WHERE w.run_id = '{mix}' GROUP BY ALL ORDER BY ALL"""),
+]
+
+
 @flow(name="demo", log_prints=True)
 def demo_flow(lake_root: str, quick: bool = False) -> dict:
     paths = build_corpus(quick)
@@ -93,5 +153,17 @@ def demo_flow(lake_root: str, quick: bool = False) -> dict:
     model_dir = build_reference_model(paths["train"], quick)
     attribution_run = attribute(lake_root, model_dir)
     queries = [(title, sql.format(run=attribution_run)) for title, sql in ATTRIBUTION_QUERIES]
-    return {"lake": lake_root, "files": paths, "ingested": ingested, "model": model_dir,
-            "runs": {"attribute": attribution_run}, "queries": queries}
+    from flows.curate import curate_flow
+    from flows.tasks import subflow
+
+    export_out = str(Path("exports") / ("demo-quick" if quick else "demo"))
+    curated = subflow(curate_flow, demo_recipe(dart_replay_file(lake_root), export_out), lake_root=lake_root,
+                             scores_run=attribution_run, quiet=True)
+    runs = {"attribute": attribution_run, **curated["runs"],
+            "unlearn": unlearn(lake_root, model_dir, attribution_run, quick)}
+    queries += [(title, sql.format(**runs)) for title, sql in [*CURATION_QUERIES, UNLEARN_QUERY]]
+    from flows.reports import write_demo_report
+
+    report = write_demo_report(Lake(lake_root))
+    return {"lake": lake_root, "files": paths, "ingested": ingested, "model": model_dir, "runs": runs,
+            "export": curated["export"], "report": str(report), "queries": queries}

@@ -189,11 +189,13 @@ class TransformersGenerator(Generator):
                  max_new_tokens: int = 512, batch_size: int = 8, device: str = "cpu", chat: bool = True,
                  generate_kwargs: Mapping[str, Any] | None = None) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
+
+        from attribution.lm_data import load_tokenizer
 
         self.path = _check_model_dir(model_dir)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+            self.tokenizer = load_tokenizer(self.path)
             self.model = AutoModelForCausalLM.from_pretrained(self.path, attn_implementation="eager")
         except (OSError, ValueError) as e:
             raise UserError(f"--model {model_dir}: cannot load ({str(e).splitlines()[0]})") from None

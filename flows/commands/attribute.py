@@ -70,7 +70,8 @@ def register(app: typer.Typer) -> None:
         checkpoint: Annotated[list[Path] | None, typer.Option(
             "--checkpoint", help="trak: more model directories to ensemble over (repeatable)")] = None,
         batch_size: Annotated[int | None, typer.Option(help="training examples per batch")] = None,
-        shard_size: Annotated[int, typer.Option(help="training examples per written shard")] = 64,
+        shard_size: Annotated[int, typer.Option(
+            help="training examples per written shard (each shard recomputes the target gradients)")] = 256,
         max_length: Annotated[int, typer.Option(help="tokens per example (longer responses are cut)")] = 512,
         lake: Annotated[Path | None, typer.Option("--lake", help="lake root (default $ASSAY_LAKE or ./lake)")]
         = None,

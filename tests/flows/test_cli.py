@@ -61,8 +61,12 @@ def test_quick_demo_through_prefect(tmp_path: Path) -> None:
     assert lines[0] == "domain,n" and [line.split(",")[0] for line in lines[1:]] == ["code", "math"]
     model_dirs = list((tmp_path / ".assay" / "cache").glob("reference-model-*"))
     assert len(model_dirs) == 1 and (model_dirs[0] / "config.json").exists()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from attribution.lm_data import load_tokenizer
 
     model = AutoModelForCausalLM.from_pretrained(model_dirs[0])
-    tokenizer = AutoTokenizer.from_pretrained(model_dirs[0])
+    tokenizer = load_tokenizer(model_dirs[0])
     assert tokenizer.chat_template and model.config.model_type == "qwen2"
+    # loaded as trained: numbers are BPE merges, not the digit-by-digit split of Qwen2Tokenizer
+    assert len(tokenizer("8 * 33 = 264")["input_ids"]) < 8

@@ -1,0 +1,151 @@
+"""Unlearning a causal LM fine-tuned with SFT: DMM on per-token log-probabilities of the reference
+response, Oracle Matching toward a retrained model's, and the gradient ascent / descent baselines.
+
+DMM's outputs for a language model are the response tokens' log-probabilities log p(y_t | y_<t, prompt)
+(prompt tokens are not scored, exactly as in SFT). Attribution gives one number per (train, target): the
+effect on the response's mean log-likelihood (kronfluence, target_reduction "mean"), its sum ("sum"),
+or TRAK's mean per-token margin log p - log(1 - p). Our choice for turning that one number into a
+target per token: a shift of the mean moves every token's log-probability by the same amount; a shift
+of the sum is spread evenly over the tokens; a margin shift moves token t's log-probability by
+(1 - p_t) x the shift (d log p = (1 - p) d margin). Targets are capped at 0, the largest log-probability.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from attribution.lm_data import IGNORE_INDEX, collate, pad_id
+from attribution.lm_loss import example_loss, forward_logits
+from attribution.training import encode_records
+from attribution.unlearning.loop import OptimConfig, optimise
+
+SHIFT_KINDS = ("mean", "sum", "margin")
+
+
+def token_logprobs(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p of each next response token (B x T-1) and the mask of scored positions."""
+    logits = forward_logits(model, batch)[..., :-1, :].float()
+    labels = batch["labels"][..., 1:]
+    mask = labels != IGNORE_INDEX
+    logp = torch.gather(torch.log_softmax(logits, -1), -1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return logp * mask, mask
+
+
+class EncodedSet:
+    """SFT-encoded records with batched access by index."""
+
+    def __init__(self, tokenizer: Any, records: Sequence[dict], max_length: int):
+        self.items = encode_records(tokenizer, list(records), max_length)
+        self.pad = pad_id(tokenizer)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def batch(self, idx: Sequence[int], device: torch.device) -> dict[str, torch.Tensor]:
+        out = collate([self.items[int(i)] for i in idx], self.pad)
+        return {k: v.to(device) for k, v in out.items()}
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def per_token_logprobs(model: nn.Module, data: EncodedSet, batch_size: int = 16) -> list[np.ndarray]:
+    """Each record's response-token log-probabilities (a 1-D array per record)."""
+    model.eval()
+    out = []
+    for start in range(0, len(data), batch_size):
+        idx = list(range(start, min(start + batch_size, len(data))))
+        logp, mask = token_logprobs(model, data.batch(idx, _device(model)))
+        out += [row[m].double().cpu().numpy() for row, m in zip(logp, mask)]
+    return out
+
+
+@torch.no_grad()
+def mean_losses(model: nn.Module, data: EncodedSet, batch_size: int = 16) -> np.ndarray:
+    """Per-record SFT loss (mean NLL over response tokens), as training minimises it."""
+    model.eval()
+    out = []
+    for start in range(0, len(data), batch_size):
+        batch = data.batch(range(start, min(start + batch_size, len(data))), _device(model))
+        out.append(example_loss(forward_logits(model, batch), batch["labels"]).double().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def token_shifts(base: Sequence[np.ndarray], removal_effect: np.ndarray, kind: str = "mean") -> list[np.ndarray]:
+    """How much each response token's log-probability drops for each point's removal effect (see the
+    module docstring for the three kinds)."""
+    if kind not in SHIFT_KINDS:
+        raise ValueError(f"unknown shift kind {kind!r}; use one of {', '.join(SHIFT_KINDS)}")
+    out = []
+    for logp, effect in zip(base, np.asarray(removal_effect, dtype=np.float64)):
+        if kind == "mean":
+            out.append(np.full_like(logp, effect))
+        elif kind == "sum":
+            out.append(np.full_like(logp, effect / max(1, len(logp))))
+        else:
+            out.append((1.0 - np.exp(logp)) * effect)
+    return out
+
+
+def dmm_token_targets(base: Sequence[np.ndarray], removal_effect: np.ndarray, kind: str = "mean"
+                      ) -> list[np.ndarray]:
+    """Per-token DMM targets: base log-probabilities minus the removal effect's shifts, capped at 0."""
+    return [np.minimum(logp - shift, 0.0) for logp, shift in zip(base, token_shifts(base, removal_effect, kind))]
+
+
+def match_token_logprobs(model: nn.Module, data: EncodedSet, targets: Sequence[np.ndarray], sequence: np.ndarray,
+                         optim: OptimConfig) -> nn.Module:
+    """Fine-tune so the response tokens' log-probabilities of data[sequence[k]] approach targets[sequence[k]]:
+    squared error, mean over each example's tokens, then over the batch."""
+    sequence = np.asarray(sequence, dtype=np.int64)
+    device = _device(model)
+
+    def batch_loss(idx: np.ndarray) -> torch.Tensor:
+        rows = sequence[idx]
+        batch = data.batch(rows, device)
+        logp, mask = token_logprobs(model, batch)
+        want = torch.zeros_like(logp)
+        for r, k in enumerate(rows):
+            t = torch.as_tensor(targets[int(k)], dtype=logp.dtype, device=device)
+            want[r, mask[r]] = t
+        err = ((logp - want) ** 2) * mask
+        return (err.sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+
+    return optimise(model, len(sequence), batch_loss, optim)
+
+
+def _sft(model: nn.Module, data: EncodedSet, rows: Sequence[int]) -> torch.Tensor:
+    batch = data.batch(rows, _device(model))
+    return example_loss(forward_logits(model, batch), batch["labels"]).mean()
+
+
+def lm_gradient_ascent(model: nn.Module, data: EncodedSet, forget: np.ndarray, optim: OptimConfig) -> nn.Module:
+    forget = np.asarray(forget, dtype=np.int64)
+    return optimise(model, len(forget), lambda idx: -_sft(model, data, forget[idx]), optim)
+
+
+def lm_gradient_descent(model: nn.Module, data: EncodedSet, retain: np.ndarray, optim: OptimConfig) -> nn.Module:
+    retain = np.asarray(retain, dtype=np.int64)
+    return optimise(model, len(retain), lambda idx: _sft(model, data, retain[idx]), optim)
+
+
+def lm_ascent_descent(model: nn.Module, data: EncodedSet, forget: np.ndarray, retain: np.ndarray,
+                      optim: OptimConfig, ascent_weight: float = 1.0) -> nn.Module:
+    """Each step: a retain batch's SFT loss minus `ascent_weight` x a forget batch's (cycling through F)."""
+    forget, retain = np.asarray(forget, dtype=np.int64), np.asarray(retain, dtype=np.int64)
+    state = {"pos": 0}
+
+    def batch_loss(idx: np.ndarray) -> torch.Tensor:
+        size = min(len(idx), len(forget))
+        rows = [forget[(state["pos"] + k) % len(forget)] for k in range(size)]
+        state["pos"] += size
+        return _sft(model, data, retain[idx]) - ascent_weight * _sft(model, data, rows)
+
+    return optimise(model, len(retain), batch_loss, optim)
