@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from benchmarks.harness import available, run_benchmark, write_index
+from benchmarks.readme import update_readme
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_benchmark(name, quick=not args.full)
         failed += bool(result.get("error"))
         print(f"  {name}: {'FAILED' if result.get('error') else 'ok'} in {result['seconds']:.0f} s", flush=True)
-    print(f"wrote {write_index()}")
+    print(f"wrote {write_index()}; updated {update_readme()}")
     return 1 if failed else 0
 
 
