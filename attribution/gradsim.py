@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from attribution.training import move_to_device
 from attribution.trak_adapter import _projector, use_eager_attention
 
 PerExample = Callable[[nn.Module, Any], torch.Tensor]
@@ -69,7 +70,7 @@ class GradSimScorer:
         out = []
         bs = self.config.batch_size
         for start in range(0, len(items), bs):
-            batch = _to(self.collate_fn(list(items[start:start + bs])), self.device)
+            batch = move_to_device(self.collate_fn(list(items[start:start + bs])), self.device)
             grads = self._per_example(fn, batch)
             flat = torch.cat([grads[k].reshape(grads[k].shape[0], -1) for k in self.names], dim=1)
             out.append(self.projector.project(flat.float(), model_id=0).float().cpu())
@@ -107,13 +108,3 @@ def _unsqueeze(single: Any) -> Any:
     if isinstance(single, (list, tuple)):
         return type(single)(_unsqueeze(v) for v in single)
     return single
-
-
-def _to(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: _to(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to(v, device) for v in batch)
-    return batch

@@ -28,13 +28,14 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _to(batch: Any, device: torch.device) -> Any:
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    """A batch (tensor, or dicts / lists / tuples of them) on `device`."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device)
     if isinstance(batch, dict):
-        return {k: _to(v, device) for k, v in batch.items()}
+        return {k: move_to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
-        return type(batch)(_to(v, device) for v in batch)
+        return type(batch)(move_to_device(v, device) for v in batch)
     return batch
 
 
@@ -85,7 +86,7 @@ def train_module(
             if not bool((w != 0).any()):
                 bar.update(1)
                 continue
-            batch = _to(collate_fn([dataset[i] for i in idx]), dev)
+            batch = move_to_device(collate_fn([dataset[i] for i in idx]), dev)
             loss = (loss_fn(model, batch) * w).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -109,10 +109,16 @@ def math_problems(per_level: int, seed: int, prefix: str = "math", exclude: set[
     records = []
     for level, make in LEVELS.items():
         seen: set[str] = set()
-        while len([r for r in records if r["difficulty"] == level]) < per_level:
+        repeats = 0
+        while len(seen) < per_level:
             question, steps, answer = make(rng)
             if question in seen or question in (exclude or ()):
+                repeats += 1
+                if repeats > 20_000:  # the level's generator has run out of distinct questions
+                    raise ValueError(f"level {level} has only {len(seen)} distinct new problems; "
+                                     f"asked for {per_level}")
                 continue
+            repeats = 0
             seen.add(question)
             index = len(seen) - 1
             records.append({

@@ -27,6 +27,22 @@ class StageContext:
     quiet: bool = False
 
 
+def with_defaults(stage_name: str, params: dict | None, defaults: dict) -> dict:
+    """A stage's parameters over its defaults; an unknown parameter is the user's error."""
+    from storage import UserError
+
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise UserError(f"stage {stage_name}: unknown parameter(s) {', '.join(unknown)}; "
+                        f"known: {', '.join(defaults)}")
+    return {**defaults, **params}
+
+
+def positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def stage(name: str) -> Callable[[StageFn], StageFn]:
     def register(fn: StageFn) -> StageFn:
         STAGES[name] = fn

@@ -39,7 +39,7 @@ import pyarrow as pa
 from curation.dart import generators, strategies
 from curation.dart.types import Query
 from curation.dart.verifiers import MODES, AnswerVerifier
-from curation.stages import StageContext, stage
+from curation.stages import StageContext, stage, with_defaults
 from curation.stages.mix import load_examples
 from storage import Lake, UserError
 from storage.ingest import ColumnMap, dataset_version, normalize, records_table
@@ -58,11 +58,7 @@ POSITIVE_INTS = ("n_per_query", "k_u", "k_p", "n_max", "batch", "n_d", "max_new_
 
 def resolve_params(params: dict | None) -> dict[str, Any]:
     """Defaults filled in and checked; every problem is a UserError naming the parameter."""
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(DEFAULTS))
-    if unknown:
-        raise UserError(f"stage dart: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
-    p = {**DEFAULTS, **params}
+    p = with_defaults("dart", params, DEFAULTS)
     if p["strategy"] not in strategies.STRATEGIES:
         raise UserError(f"stage dart: strategy must be one of {', '.join(strategies.STRATEGIES)}, "
                         f"got {p['strategy']!r}")

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from curation import difficulty
-from curation.stages import StageContext, stage
+from curation.stages import StageContext, stage, with_defaults
 from curation.stages.mix import load_examples
 from storage import Lake, UserError
 
@@ -40,17 +40,8 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _unknown(stage_name: str, params: dict, defaults: dict) -> None:
-    unknown = sorted(set(params) - set(defaults))
-    if unknown:
-        raise UserError(f"stage {stage_name}: unknown parameter(s) {', '.join(unknown)}; "
-                        f"known: {', '.join(defaults)}")
-
-
 def resolve_flip(params: dict | None) -> dict[str, Any]:
-    params = dict(params or {})
-    _unknown("difficulty_flip", params, FLIP_DEFAULTS)
-    p = {**FLIP_DEFAULTS, **params}
+    p = with_defaults("difficulty_flip", params, FLIP_DEFAULTS)
     if not isinstance(p["directions"], dict) or not p["directions"]:
         raise UserError(f"stage difficulty_flip: directions must map domains to hard/easy/none, got {p['directions']!r}")
     for domain, direction in p["directions"].items():
@@ -69,9 +60,7 @@ def resolve_flip(params: dict | None) -> dict[str, Any]:
 
 
 def resolve_reweight(params: dict | None) -> dict[str, Any]:
-    params = dict(params or {})
-    _unknown("influence_reweight", params, REWEIGHT_DEFAULTS)
-    p = {**REWEIGHT_DEFAULTS, **params}
+    p = with_defaults("influence_reweight", params, REWEIGHT_DEFAULTS)
     if not isinstance(p["scores_run"], str) or not p["scores_run"]:
         raise UserError(f"stage influence_reweight: scores_run must be a run id or latest, got {p['scores_run']!r}")
     if p["transform"] not in difficulty.TRANSFORMS:

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from curation import mixing
-from curation.stages import StageContext, stage
+from curation.stages import StageContext, stage, with_defaults
 from storage import Lake, UserError
 
 DEFAULTS: dict[str, Any] = {
@@ -39,11 +39,7 @@ MISSING_GROUP = "(missing)"
 
 def resolve_params(params: dict | None) -> dict[str, Any]:
     """Defaults filled in and checked; every problem is a UserError naming the parameter."""
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(DEFAULTS))
-    if unknown:
-        raise UserError(f"stage mix: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
-    p = {**DEFAULTS, **params}
+    p = with_defaults("mix", params, DEFAULTS)
     if p["method"] not in METHODS:
         raise UserError(f"stage mix: method must be one of {', '.join(METHODS)}, got {p['method']!r}")
     if p["schedule"] not in mixing.SCHEDULES:

@@ -22,7 +22,7 @@ import pandas as pd
 
 from curation.embed import TEXT_FIELDS, embed_texts, example_texts, model_fingerprint
 from curation.ppp import PPP
-from curation.stages import StageContext, stage
+from curation.stages import StageContext, positive_int, stage, with_defaults
 from curation.stages.mix import load_examples
 from storage import UserError
 
@@ -41,23 +41,16 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
 
 def resolve_params(params: dict | None) -> dict[str, Any]:
     """Defaults filled in and checked; every problem is a UserError naming the parameter."""
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(DEFAULTS))
-    if unknown:
-        raise UserError(f"stage ppp: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
-    p = {**DEFAULTS, **params}
+    p = with_defaults("ppp", params, DEFAULTS)
     if p["text"] not in TEXT_FIELDS:
         raise UserError(f"stage ppp: text must be one of {', '.join(TEXT_FIELDS)}, got {p['text']!r}")
     for name in ("batch_size", "min_cluster_size", "max_clusters") + (
         ("pca",) if p["pca"] is not None else ()
     ):
-        if not _positive_int(p[name]):
+        if not positive_int(p[name]):
             raise UserError(f"stage ppp: {name} must be a positive integer, got {p[name]!r}")
     if not _number(p["min_cluster_fraction"]) or not 0 <= p["min_cluster_fraction"] < 0.5:
         raise UserError(

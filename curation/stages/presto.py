@@ -36,7 +36,7 @@ import pandas as pd
 
 from curation.embed import TEXT_FIELDS
 from curation.presto import Presto
-from curation.stages import StageContext, stage
+from curation.stages import StageContext, positive_int, stage, with_defaults
 from curation.stages.mix import load_examples
 from curation.stages.ppp import embed_examples, model_identity
 from storage import Lake, UserError
@@ -61,19 +61,10 @@ DART_RUNGS = ("never solved", "solved sometimes", "solved at most trials", "solv
 SOURCE_TABLE = {"dart": "samples", "influence": "scores", "label": "labels"}
 
 
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
 
 def resolve_params(params: dict | None) -> dict[str, Any]:
     """Defaults filled in and checked; every problem is a UserError naming the parameter."""
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(DEFAULTS))
-    if unknown:
-        raise UserError(
-            f"stage presto: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(DEFAULTS)}"
-        )
-    p = {**DEFAULTS, **params}
+    p = with_defaults("presto", params, DEFAULTS)
     ladder = p["ladder"]
     if not isinstance(ladder, str) or not (
         ladder in ("dart", "influence") or (ladder.startswith("label:") and len(ladder) > 6)
@@ -94,9 +85,9 @@ def resolve_params(params: dict | None) -> dict[str, Any]:
     if p["text"] not in TEXT_FIELDS:
         raise UserError(f"stage presto: text must be one of {', '.join(TEXT_FIELDS)}, got {p['text']!r}")
     for name in ("batch_size", "n_components", "n_lambdas"):
-        if not _positive_int(p[name]):
+        if not positive_int(p[name]):
             raise UserError(f"stage presto: {name} must be a positive integer, got {p[name]!r}")
-    if not _positive_int(p["cv"]) or p["cv"] < 2:
+    if not positive_int(p["cv"]) or p["cv"] < 2:
         raise UserError(f"stage presto: cv must be an integer of at least 2, got {p['cv']!r}")
     ratio = p["lambda_min_ratio"]
     if not isinstance(ratio, int | float) or isinstance(ratio, bool) or not 0 < ratio < 1:
