@@ -8,9 +8,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from assay_crash import kill_points
 from assay_figures import record
+
 from storage import Lake
 
 POINTS = 5
