@@ -108,4 +108,39 @@ def test_fuzz_cli_options(tmp_path_factory, capsys, command: str, fmt: str, out:
 @pytest.fixture(scope="module", autouse=True)
 def record_counts():
     yield
-    record("bad inputs", COUNTS["tried"], COUNTS["held"], "ingest files and CLI options (hypothesis)")
+    record("bad inputs", COUNTS["tried"], COUNTS["held"], "ingest files, recipes and CLI options (hypothesis)")
+
+
+recipe_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=True) | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    max_leaves=12,
+)
+stage_entries = st.fixed_dictionaries(
+    {"stage": st.sampled_from(["mix", "ppp", "presto", "dart", "difficulty_flip", "influence_reweight", "nope"])
+     | recipe_values},
+    optional={"params": st.dictionaries(st.sampled_from(["by", "tau", "schedule", "k_p", "ladder", "cv", "x"]),
+                                        recipe_values, max_size=3) | recipe_values,
+              "name": recipe_values},
+)
+recipes = st.fixed_dictionaries(
+    {}, optional={"name": st.sampled_from(["demo", "bad name!", ""]) | recipe_values,
+                  "datasets": st.lists(st.sampled_from(["demo_train", "x"]), max_size=2) | recipe_values,
+                  "stages": st.lists(stage_entries, max_size=3) | recipe_values,
+                  "export": st.dictionaries(st.sampled_from(["out", "format", "style", "run"]), recipe_values,
+                                            max_size=3) | recipe_values},
+)
+
+
+@FUZZ
+@given(doc=recipes)
+def test_fuzz_recipes(doc: dict) -> None:
+    """Any recipe either parses or is refused with one line; it never crashes the parser."""
+    from flows.recipes import parse_recipe
+
+    COUNTS["tried"] += 1
+    try:
+        parse_recipe(doc, "fuzz.yaml", None)
+    except UserError as exc:
+        assert str(exc) and "\n" not in str(exc)
+    COUNTS["held"] += 1
