@@ -127,15 +127,7 @@ def influence_reweight(ctx: StageContext, params: dict) -> str:
     targets = sorted(scores["target_id"].astype(str).unique().compute().tolist())
     if not targets:
         raise UserError(f"stage influence_reweight: run {scores_run} wrote no scores")
-    groups = difficulty_stage.target_groups(lake, targets, p["group_by"])
-    scored_groups = sorted(set(groups))
-    if p["groups"] is not None:
-        unknown = sorted(set(p["groups"]) - set(scored_groups))
-        if unknown:
-            raise UserError(f"stage influence_reweight: groups {', '.join(unknown)} have no scored targets "
-                            f"(scored groups by {p['group_by']}: {', '.join(scored_groups) or 'none'})")
-    if not len(groups):
-        raise UserError(f"stage influence_reweight: no target of run {scores_run} is an example in the lake")
+    groups = difficulty_stage.scored_target_groups(lake, targets, p, scores_run)
     resolved = {**p, "scores_run": scores_run}
     inputs = {"datasets": versions, "scores": scores_run}
     with lake.run(kind="curate", method="influence_reweight", params=resolved, inputs=inputs) as run:
@@ -157,7 +149,7 @@ def influence_reweight(ctx: StageContext, params: dict) -> str:
         metrics = [("examples", "all", float(len(examples))), ("scored", "all", float(influence.notna().sum())),
                    ("weight_min", "all", float(out["weight"].min())), ("weight_max", "all", float(out["weight"].max())),
                    ("copies", "all", float(out["copies"].sum()))]
-        metrics += [("targets", f"group={g}", float((groups == g).sum())) for g in scored_groups]
+        metrics += [("targets", f"group={g}", float((groups == g).sum())) for g in sorted(set(groups))]
         run.write("metrics", pd.DataFrame(metrics, columns=["name", "key", "value"]))
     return run.run_id
 

@@ -128,6 +128,20 @@ def latest_scores_run(lake: Lake) -> str:
     return str(found["run_id"].iloc[0])
 
 
+def scored_target_groups(lake: Lake, targets: list[str], p: dict, scores_run: str) -> Any:
+    """Each scored target's group; groups asked for but never scored, or no known target, are user errors."""
+    groups = target_groups(lake, targets, p["group_by"])
+    scored_groups = sorted(set(groups))
+    if p["groups"] is not None:
+        unknown = sorted(set(p["groups"]) - set(scored_groups))
+        if unknown:
+            raise UserError(f"stage influence_reweight: groups {', '.join(unknown)} have no scored targets "
+                            f"(scored groups by {p['group_by']}: {', '.join(scored_groups) or 'none'})")
+    if not len(groups):
+        raise UserError(f"stage influence_reweight: no target of run {scores_run} is an example in the lake")
+    return groups
+
+
 def target_groups(lake: Lake, target_ids: list[str], group_by: str) -> pd.Series:
     """target_id -> group (an `examples` column of the target example, from any dataset)."""
     columns = set(lake.query("SELECT * FROM examples_all LIMIT 0").columns)
@@ -154,15 +168,7 @@ def influence_reweight(ctx: StageContext, params: dict) -> str:
     scores = lake.query("SELECT train_id, target_id, score FROM scores WHERE run_id = ?", [scores_run])
     if scores.empty:
         raise UserError(f"stage influence_reweight: run {scores_run} wrote no scores")
-    groups = target_groups(lake, sorted(scores["target_id"].astype(str).unique()), p["group_by"])
-    scored_groups = sorted(set(groups))
-    if p["groups"] is not None:
-        unknown = sorted(set(p["groups"]) - set(scored_groups))
-        if unknown:
-            raise UserError(f"stage influence_reweight: groups {', '.join(unknown)} have no scored targets "
-                            f"(scored groups by {p['group_by']}: {', '.join(scored_groups) or 'none'})")
-    if not len(groups):
-        raise UserError(f"stage influence_reweight: no target of run {scores_run} is an example in the lake")
+    groups = scored_target_groups(lake, sorted(scores["target_id"].astype(str).unique()), p, scores_run)
     resolved = {**p, "scores_run": scores_run}
     inputs = {"datasets": versions, "scores": scores_run}
     with lake.run(kind="curate", method="influence_reweight", params=resolved, inputs=inputs) as run:
@@ -187,7 +193,7 @@ def influence_reweight(ctx: StageContext, params: dict) -> str:
         metrics = [("examples", "all", float(len(examples))), ("scored", "all", float(scored)),
                    ("weight_min", "all", float(out["weight"].min())), ("weight_max", "all", float(out["weight"].max())),
                    ("copies", "all", float(out["copies"].sum()))]
-        metrics += [("targets", f"group={g}", float((groups == g).sum())) for g in scored_groups]
+        metrics += [("targets", f"group={g}", float((groups == g).sum())) for g in sorted(set(groups))]
         run.write("metrics", pd.DataFrame(metrics, columns=["name", "key", "value"]))
         if not ctx.quiet:
             print(f"influence_reweight: {scored}/{len(examples)} examples scored by run {scores_run}; "
