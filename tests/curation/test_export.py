@@ -127,8 +127,8 @@ def cli() -> typer.Typer:
     register(app)
 
     @app.callback()
-    def main() -> None:  # a group, so the command is called by name as in `assay export`
-        pass
+    def main() -> None:
+        """A group, so the command is called by name as in `assay export`."""
 
     return app
 

@@ -40,7 +40,7 @@ libc = ctypes.CDLL(None, use_errno=True)
 
 
 class Refused(Exception):
-    pass
+    """The sandbox refused the call."""
 
 
 def refused_call(ret):
