@@ -23,8 +23,7 @@ PerExample = Callable[[nn.Module, Any], torch.Tensor]
 
 @dataclass
 class GradSimConfig:
-    # traker's BasicProjector regenerates its random blocks on every call on CPU: cost grows with
-    # proj_dim x grad_dim per batch, so the cheap baseline defaults to a smaller projection.
+    # the cheap baseline: a smaller projection than TRAK's (memory and the one-off matrix grow with it)
     proj_dim: int = 512
     similarity: str = "cosine"  # or "dot"
     batch_size: int = 8

@@ -10,6 +10,10 @@ Workarounds for traker 0.3.2, each tested in tests/attribution/test_attr_workaro
   (data-dependent control flow): `use_eager_attention` switches a loaded model to eager attention.
 - `BasicProjector` with proj_dim <= its block size (one block) loses its matrix in
   `finalize_features` and fails when scoring: the block size is kept below proj_dim.
+- `BasicProjector` (traker's projector on CPU, and on CUDA without fast_jl) regenerates its random
+  matrix block by block for every batch: on the CPU that was ~80% of TRAK's time. `CachedProjector`
+  keeps the whole matrix (the same blocks from the same generator states: the same projection)
+  while it fits in `TrakConfig.projection_cache_mb`.
 - the kernel (X^T X) is singular with fewer training examples than proj_dim and traker's scores then
   collapse to ~0: `lambda_reg` defaults to a small ridge in that case.
 - `finalize_scores` builds the full train x targets matrix in memory: targets are scored in chunks
@@ -31,6 +35,7 @@ from torch import Tensor, nn
 from trak import TRAKer
 from trak.modelout_functions import AbstractModelOutput
 from trak.projectors import BasicProjector, ProjectionType
+from trak.utils import vectorize
 
 from attribution.lm_data import IGNORE_INDEX
 
@@ -88,12 +93,59 @@ class TrakConfig:
     target_chunk: int = 256
     half_precision: bool | None = None  # None: on CUDA only
     modules: Sequence[str] | str | None = None  # parameters of these modules only (None: all)
+    projection_cache_mb: int = 1024  # keep the random projection in memory up to this size
 
     def params(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
 
-def _projector(grad_dim: int, proj_dim: int, device: torch.device, dtype: torch.dtype) -> Any:
+class CachedProjector(BasicProjector):
+    """traker's BasicProjector with its full matrix generated once per model id and kept.
+
+    The blocks come from BasicProjector's own generator states, so the projection is the one
+    BasicProjector computes; only the per-batch regeneration is gone. Above `cache_bytes` (grad_dim x
+    proj_dim x dtype size) it behaves exactly as BasicProjector.
+    """
+
+    def __init__(self, *args: Any, cache_bytes: int = 1 << 30, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cache_bytes = cache_bytes
+        self._full: Tensor | None = None
+        self._full_model_id: int | None = None
+
+    def fits(self) -> bool:
+        return self.grad_dim * self.proj_dim * torch.empty((), dtype=self.dtype).element_size() <= self.cache_bytes
+
+    def free_memory(self) -> None:
+        # traker calls this in finalize_features, right before scoring needs the same matrix again:
+        # the block buffer goes, the full matrix (bounded by cache_bytes) stays.
+        super().free_memory()
+
+    def _matrix(self, model_id: int) -> Tensor:
+        if self._full is None or self._full_model_id != model_id:
+            if model_id != self.model_id:
+                self.model_id = model_id
+                self.get_generator_states()
+            self._full = None  # the old matrix goes before the new one is built
+            full = torch.empty(self.grad_dim, self.proj_dim, dtype=self.dtype, device=self.device)
+            for ind in range(self.num_blocks):
+                self.generate_sketch_matrix(self.generator_states[ind])
+                st, ed = ind * self.block_size, min((ind + 1) * self.block_size, self.proj_dim)
+                full[:, st:ed] = self.proj_matrix[:, :ed - st]
+            self._full, self._full_model_id = full, model_id
+        return self._full
+
+    def project(self, grads: Tensor | dict, model_id: int) -> Tensor:
+        if not self.fits():
+            return super().project(grads, model_id)
+        if isinstance(grads, dict):
+            grads = vectorize(grads, device=self.device)
+        grads = grads.to(dtype=self.dtype)
+        return grads @ self._matrix(model_id)
+
+
+def _projector(grad_dim: int, proj_dim: int, device: torch.device, dtype: torch.dtype,
+               cache_mb: int = 1024) -> Any:
     if device.type == "cuda":
         try:
             from trak.projectors import CudaProjector
@@ -106,8 +158,9 @@ def _projector(grad_dim: int, proj_dim: int, device: torch.device, dtype: torch.
     # with proj_dim <= block_size (one block) scoring then fails. Two blocks or more regenerate it.
     if proj_dim < 2:
         raise ValueError("proj_dim must be at least 2")
-    return BasicProjector(grad_dim=grad_dim, proj_dim=proj_dim, seed=0, proj_type=ProjectionType.rademacher,
-                          device=device, dtype=dtype, block_size=min(100, proj_dim - 1))
+    return CachedProjector(grad_dim=grad_dim, proj_dim=proj_dim, seed=0, proj_type=ProjectionType.rademacher,
+                           device=device, dtype=dtype, block_size=min(100, proj_dim - 1),
+                           cache_bytes=cache_mb * 2**20)
 
 
 def use_eager_attention(model: nn.Module) -> nn.Module:
@@ -156,7 +209,8 @@ class TrakScorer:
         traker = TRAKer(
             model=self.model, task=self.output, train_set_size=n, save_dir=str(self.work_dir),
             device=str(self.device), proj_dim=cfg.proj_dim, use_half_precision=half, lambda_reg=lam,
-            projector=_projector(grad_dim, cfg.proj_dim, self.device, dtype), grad_wrt=self.grad_wrt,
+            projector=_projector(grad_dim, cfg.proj_dim, self.device, dtype, cfg.projection_cache_mb),
+            grad_wrt=self.grad_wrt,
             logging_level=logging.WARNING,
         )
         for model_id, ckpt in enumerate(checkpoints):

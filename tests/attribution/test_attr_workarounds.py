@@ -230,3 +230,42 @@ def test_basic_projector_single_block_breaks_after_finalize():
     before = ours.project(grads, model_id=0)
     ours.free_memory()
     torch.testing.assert_close(ours.project(grads, model_id=0), before)
+
+
+def test_cached_projector_projects_as_basic_projector_without_regenerating():
+    """Why: BasicProjector regenerates its random blocks for every batch (most of TRAK's CPU time).
+    Ours builds the matrix once from the same generator states: the same projection, per model id."""
+    from unittest import mock
+
+    from trak.projectors import BasicProjector, ProjectionType
+
+    from attribution.trak_adapter import CachedProjector
+
+    grads = torch.randn(5, 700)
+    kw = {"grad_dim": 700, "proj_dim": 96, "seed": 0, "proj_type": ProjectionType.rademacher, "device": "cpu",
+          "block_size": 40}
+    basic, cached = BasicProjector(**kw), CachedProjector(**kw)
+    for model_id in (0, 1, 0):
+        torch.testing.assert_close(cached.project(grads, model_id=model_id), basic.project(grads, model_id=model_id))
+    with mock.patch.object(cached, "generate_sketch_matrix", side_effect=AssertionError("regenerated")):
+        cached.project(grads, model_id=0)  # same model id: no regeneration
+    expected = basic.project(grads, model_id=0)
+    cached.free_memory()  # as finalize_features does, right before scoring
+    with mock.patch.object(cached, "generate_sketch_matrix", side_effect=AssertionError("regenerated")):
+        torch.testing.assert_close(cached.project(grads, model_id=0), expected)
+    assert not BasicProjector(**kw).project(grads, 1).allclose(expected)  # another model id, another matrix
+
+
+def test_cached_projector_over_budget_regenerates_like_basic_projector():
+    from trak.projectors import ProjectionType
+
+    from attribution.trak_adapter import CachedProjector
+
+    small = CachedProjector(grad_dim=700, proj_dim=96, seed=0, proj_type=ProjectionType.rademacher, device="cpu",
+                            block_size=40, cache_bytes=700 * 96 * 4 - 1)
+    assert not small.fits()
+    big = CachedProjector(grad_dim=700, proj_dim=96, seed=0, proj_type=ProjectionType.rademacher, device="cpu",
+                          block_size=40)
+    grads = torch.randn(3, 700)
+    torch.testing.assert_close(small.project(grads, 0), big.project(grads, 0))
+    assert small._full is None and big._full is not None
