@@ -124,8 +124,8 @@ def unlearn(lake_root: str, model_dir: str, scores_run: str, quick: bool) -> str
 
 
 UNLEARN_QUERY = ("Unlearning (DMM) of the hardest code examples: loss before and after",
-                 "SELECT name, key, round(value, 4) AS value FROM metrics WHERE run_id = '{unlearn}' "
-                 "AND name ILIKE '%loss%' ORDER BY ALL")
+                 ("SELECT name, key, round(value, 4) AS value FROM metrics WHERE run_id = '{unlearn}' "
+                  "AND name ILIKE '%loss%' ORDER BY ALL"))
 
 CURATION_QUERIES = [
     ("DART: trials and kept responses by difficulty (Prop2Diff spends more on hard queries)",

@@ -23,15 +23,27 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ASSAY_CACHE") or state_dir() / "cache").expanduser().absolute()
 
 
+PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "PREFECT_LOGGING_TO_API_ENABLED": "false",
+    "PREFECT_UI_ENABLED": "false",
+    # The ephemeral server's default 20 s start-up limit is too short on a busy 2-core machine.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+}
+QUIET_DEFAULTS = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
+                  "TOKENIZERS_PARALLELISM": "false"}
+OFFLINE_DEFAULTS = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def _set_defaults(values: dict[str, str]) -> None:
+    for key, value in values.items():
+        os.environ.setdefault(key, value)  # a user's own setting wins
+
+
 def configure_prefect() -> None:
     """Set Prefect's environment; call before prefect is imported."""
-    os.environ.setdefault("PREFECT_HOME", str(state_dir() / "prefect"))
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
-    os.environ.setdefault("PREFECT_UI_ENABLED", "false")
-    # The ephemeral server's default 20 s start-up limit is too short on a busy 2-core machine.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    _set_defaults({"PREFECT_HOME": str(state_dir() / "prefect"), **PREFECT_DEFAULTS})
 
 
 def configure_environment() -> None:
@@ -39,11 +51,8 @@ def configure_environment() -> None:
     configure_prefect()
     # Nothing downloads at run time unless the user asks: ASSAY_ALLOW_DOWNLOADS=1 lifts this.
     if os.environ.get("ASSAY_ALLOW_DOWNLOADS", "0") != "1":
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        _set_defaults(OFFLINE_DEFAULTS)
+    _set_defaults(QUIET_DEFAULTS)
 
 
 def use_prefect() -> bool:
