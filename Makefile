@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.assay-installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench bench-gpu clean
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt Makefile
@@ -36,6 +36,12 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks --quick
+
+# The GPU section, on a machine with an NVIDIA GPU (a few minutes):
+#   make bench-gpu TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+bench-gpu: $(STAMP)
+	@$(PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'bench-gpu: no CUDA device (torch.cuda.is_available() is False)')"
+	$(PY) -m benchmarks gpu
 
 clean:
 	rm -rf $(VENV) lake .assay

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+from benchmarks import harness
 from benchmarks.harness import available, run_benchmark, write_index
 from benchmarks.readme import update_readme
 
@@ -15,7 +17,11 @@ def main(argv: list[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", default=True, help="minutes on 2 cores (default)")
     mode.add_argument("--full", action="store_true", help="the full-size runs")
+    parser.add_argument("--results", type=Path, help="write results to this folder instead of "
+                        "benchmarks/results/ (the README is then left as it is)")
     args = parser.parse_args(argv)
+    if args.results:
+        harness.RESULTS = args.results.resolve()
     names = args.names or available()
     unknown = [n for n in names if n not in available()]
     if unknown:
@@ -25,9 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         print(f"running {name} ({'full' if args.full else 'quick'}) ...", flush=True)
         result = run_benchmark(name, quick=not args.full)
+        if result.get("skipped"):
+            print(f"  {name}: skipped: {result['skipped']}", flush=True)
+            continue
         failed += bool(result.get("error"))
         print(f"  {name}: {'FAILED' if result.get('error') else 'ok'} in {result['seconds']:.0f} s", flush=True)
-    print(f"wrote {write_index()}; updated {update_readme()}")
+    index = write_index()
+    print(f"wrote {index}; " + ("README left as it is" if args.results else f"updated {update_readme()}"))
     return 1 if failed else 0
 
 

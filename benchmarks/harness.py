@@ -1,7 +1,9 @@
 """Runs benchmarks and writes their tables, with the machine recorded beside every figure.
 
 A benchmark is a module `benchmarks/<name>/bench.py` with `run(quick: bool) -> list[dict]`, each dict a
-table: {"title", "columns", "rows", "notes"}. Results go to `benchmarks/results/<name>.json` and
+table: {"title", "columns", "rows", "notes"}, and optionally `skip_reason() -> str | None`: a benchmark
+that cannot run on this machine (the GPU section without CUDA) is skipped with that line and its
+earlier results are kept. Results go to `benchmarks/results/<name>.json` and
 `benchmarks/results/<name>.md`; `benchmarks/results/README.md` indexes the latest of each.
 """
 
@@ -74,8 +76,18 @@ def _cell(value: object) -> str:
     return str(value)
 
 
+def skip_reason(name: str) -> str | None:
+    """Why benchmark `name` cannot run on this machine, or None."""
+    module = importlib.import_module(f"benchmarks.{name}.bench")
+    check = getattr(module, "skip_reason", None)
+    return check() if check else None
+
+
 def run_benchmark(name: str, quick: bool) -> dict:
     started = time.perf_counter()
+    reason = skip_reason(name)
+    if reason:
+        return {"name": name, "skipped": reason, "seconds": time.perf_counter() - started}
     result: dict = {"name": name, "quick": quick, "machine": machine()}
     try:
         module = importlib.import_module(f"benchmarks.{name}.bench")

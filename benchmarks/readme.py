@@ -10,7 +10,8 @@ import json
 import re
 from pathlib import Path
 
-from benchmarks.harness import RESULTS
+from benchmarks import harness
+from benchmarks.harness import available, skip_reason
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -18,7 +19,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def performance_section() -> str:
     parts = [("Generated from `benchmarks/results/*.json` by `python -m benchmarks`; full tables with the "
              "machine beside every figure: [benchmarks/results/README.md](benchmarks/results/README.md)."), ""]
-    for path in sorted(RESULTS.glob("*.json")):
+    for path in sorted(harness.RESULTS.glob("*.json")):
         result = json.loads(path.read_text())
         machine = result["machine"]
         mode = "quick" if result["quick"] else "full"
@@ -33,11 +34,16 @@ def performance_section() -> str:
             parts += ["| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |"
                       for row in table["rows"]]
         parts.append("")
+    measured = {p.stem for p in harness.RESULTS.glob("*.json")}
+    for name in available():
+        if name not in measured:
+            reason = skip_reason(name)
+            parts += [f"**{name}**: no results yet" + (f"; skipped here: {reason}." if reason else "."), ""]
     return "\n".join(parts)
 
 
 def reliability_section() -> str:
-    path = RESULTS / "reliability.md"
+    path = harness.RESULTS / "reliability.md"
     if not path.exists():
         return "No figures yet: run `scripts/reliability_figures`."
     return "Latest output of `scripts/reliability_figures`:\n\n" + path.read_text().strip()

@@ -8,8 +8,8 @@
     optimizer steps from the same initial weights; held-out loss per group is measured along the way.
     The batches come from `curation.mixing.sample_steps` in step order: `finetune_causal_lm` shuffles
     its records uniformly, which would erase a schedule, so the loop here reuses its encoding and loss.
-(b) Copies per example for a temperature mixture over a 10-million-row examples table (1M in quick
-    mode), read from Parquet by dask.dataframe on a LocalCluster (2 workers, 2 GB each), written back as
+(b) Copies per example for a temperature mixture over a 10-million-row examples table (in both
+    modes; about a minute), read from Parquet by dask.dataframe on a LocalCluster (2 workers, 2 GB each), written back as
     Parquet. Peer: the same computation in one pandas process. The two results are compared exactly
     (the rounding coin is a keyed hash of the example id, so chunking does not change the answer).
 """
@@ -281,8 +281,8 @@ def scale(quick: bool) -> list[dict]:
     import dask.dataframe as dd
     from dask.distributed import Client, LocalCluster
 
-    rows = 1_000_000 if quick else 10_000_000
-    files = 10 if quick else 40
+    rows = 10_000_000
+    files = 20 if quick else 40
     seed = 3
     work = Path(tempfile.mkdtemp(prefix="assay-mix-bench-"))
     try:
