@@ -29,7 +29,7 @@ def ordinal_data(n: int, p: int, K: int, seed: int) -> tuple[np.ndarray, np.ndar
 
 def cvxpy_presto(X: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
     """The benchmark's cvxpy form of the objective (an independent solver), mapped back to X's scale."""
-    classes, yi = np.unique(y, return_inverse=True)
+    _, yi = np.unique(y, return_inverse=True)
     mean, sd = X.mean(axis=0), X.std(axis=0)
     theta, _ = cvxpy_fit((X - mean) / sd, yi, lam, tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
     coef = np.cumsum(theta[:, 1:], axis=0) / sd
