@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from flows.commands import LakeOption
 from flows.runtime import configure_environment
 from storage import Lake, UserError
 
@@ -22,10 +23,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-
-LakeOption = Annotated[
-    Path | None, typer.Option("--lake", help="Lake directory (default: $ASSAY_LAKE or ./lake).", show_default=False)
-]
 
 
 class State:

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from flows.commands import LakeOption
 from storage import Lake, UserError
 
 
@@ -73,8 +74,7 @@ def register(app: typer.Typer) -> None:
         shard_size: Annotated[int, typer.Option(
             help="training examples per written shard (each shard recomputes the target gradients)")] = 256,
         max_length: Annotated[int, typer.Option(help="tokens per example (longer responses are cut)")] = 512,
-        lake: Annotated[Path | None, typer.Option("--lake", help="lake root (default $ASSAY_LAKE or ./lake)")]
-        = None,
+        lake: LakeOption = None,
     ) -> None:
         """Attribute a target dataset's log-likelihood to training examples; scores go to the lake.
 

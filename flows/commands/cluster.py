@@ -13,10 +13,14 @@ from typing import Annotated
 
 import typer
 
+from flows.commands import LakeOption
 from storage import Lake, UserError
 
 
-def _lake(root: Path | None) -> Lake:
+def _lake(root: Path | None, device: str) -> Lake:
+    """The lake to work on, after checking the options every clustering command shares."""
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"--device {device}: expected cpu or cuda")
     from flows.cli import get_lake  # the global --lake option, when given before the command
 
     the_lake = Lake(root) if root is not None else get_lake()
@@ -61,9 +65,7 @@ def register(app: typer.Typer) -> None:
         ] = "diag",
         max_clusters: Annotated[int, typer.Option(help="stop splitting at this many clusters")] = 64,
         device: Annotated[str, typer.Option(help="cpu | cuda, for the embedding model")] = "cpu",
-        lake: Annotated[
-            Path | None, typer.Option("--lake", help="lake root (default $ASSAY_LAKE or ./lake)")
-        ] = None,
+        lake: LakeOption = None,
     ) -> None:
         """Cluster examples with PPP over their text embeddings; writes labels ppp_cluster."""
         from curation.stages import StageContext
@@ -80,9 +82,7 @@ def register(app: typer.Typer) -> None:
             "covariance_type": covariance_type,
             "max_clusters": max_clusters,
         }
-        if device not in ("cpu", "cuda"):
-            raise UserError(f"--device {device}: expected cpu or cuda")
-        the_lake = _lake(lake)
+        the_lake = _lake(lake, device)
         run_id = ppp(StageContext(lake=the_lake, datasets=list(dataset), device=device), params)
         sizes = the_lake.query(
             "SELECT CAST(value AS INTEGER) AS cluster, count(*) AS examples FROM labels "
@@ -120,9 +120,7 @@ def register(app: typer.Typer) -> None:
         cv: Annotated[int, typer.Option(help="cross-validation folds for lambda")] = 5,
         seed: Annotated[int, typer.Option(help="fold shuffling seed")] = 0,
         device: Annotated[str, typer.Option(help="cpu | cuda, for the embedding model")] = "cpu",
-        lake: Annotated[
-            Path | None, typer.Option("--lake", help="lake root (default $ASSAY_LAKE or ./lake)")
-        ] = None,
+        lake: LakeOption = None,
     ) -> None:
         """PRESTO: each example's probability of the rarest rung of an outcome ladder (presto_p_rare)."""
         from curation.stages import StageContext
@@ -146,7 +144,7 @@ def register(app: typer.Typer) -> None:
             "cv": cv,
             "seed": seed,
         }
-        the_lake = _lake(lake)
+        the_lake = _lake(lake, device)
         run_id = presto(StageContext(lake=the_lake, datasets=list(dataset), device=device), params)
         top = the_lake.query(
             "SELECT example_id, value AS p_rare FROM labels WHERE run_id = ? AND name = "

@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from flows.commands import LakeOption
+
 
 def register(app: typer.Typer) -> None:
     @app.command("curate")
@@ -23,8 +25,7 @@ def register(app: typer.Typer) -> None:
         = None,
         out: Annotated[Path | None, typer.Option("--out", help="export the result here (overrides the recipe's)")]
         = None,
-        lake: Annotated[Path | None, typer.Option("--lake", help="lake root (default $ASSAY_LAKE or ./lake)")]
-        = None,
+        lake: LakeOption = None,
     ) -> None:
         """Run a curation recipe: its stages in order, each given the run ids of the ones before it."""
         from flows.cli import State, echo, get_lake, print_frame

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from flows.commands import LakeOption
 from storage import Lake, UserError
 
 
@@ -59,8 +60,7 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
         output_dataset: Annotated[str | None, typer.Option(help="name of the curated dataset in the lake")]
         = None,
-        lake: Annotated[Path | None, typer.Option("--lake", help="lake root (default $ASSAY_LAKE or ./lake)")]
-        = None,
+        lake: LakeOption = None,
     ) -> None:
         """Sample responses per query, keep the verified ones (DART: VRT, Uniform or Prop2Diff)."""
         from curation.stages import StageContext
@@ -89,8 +89,7 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option("--out", help="JSONL file to write")],
         per_query: Annotated[int, typer.Option(help="candidates per query")] = 16,
         seed: Annotated[int, typer.Option(help="seed of the correct / wrong draws")] = 0,
-        lake: Annotated[Path | None, typer.Option("--lake", help="lake root (default $ASSAY_LAKE or ./lake)")]
-        = None,
+        lake: LakeOption = None,
     ) -> None:
         """Write constructed candidates of known correctness (labelled so) for `assay dart --generator replay`."""
         from curation.dart.generators import dump_responses

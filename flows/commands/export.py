@@ -21,6 +21,7 @@ import typer
 
 from curation import export as records_mod
 from curation.stages.mix import example_groups, load_examples
+from flows.commands import LakeOption
 from storage import Lake, UserError
 
 FORMATS = ("jsonl", "parquet", "hf")
@@ -175,8 +176,7 @@ def register(app: typer.Typer) -> None:
         chat: Annotated[bool, typer.Option("--chat/--prompt-response", help="record style")] = True,
         force: Annotated[bool, typer.Option("--force", help="replace an existing non-empty --out")] = False,
         seed: Annotated[int, typer.Option("--seed", help="shuffle seed of materialised rows")] = 0,
-        lake: Annotated[Path | None, typer.Option(
-            "--lake", help="lake root (default $ASSAY_LAKE or ./lake)")] = None,
+        lake: LakeOption = None,
     ) -> None:
         """Export a curated run as fine-tuning records with a weight column, schedule and dataset card."""
         from flows.cli import get_lake  # the app's global --lake, when this command's own is not given

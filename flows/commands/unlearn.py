@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from flows.commands import LakeOption
 from storage import Lake, UserError
 
 
@@ -50,8 +51,7 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option(help="retain sample and batch order")] = 0,
         device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda when present)")] = None,
         force: Annotated[bool, typer.Option("--force", help="replace an existing non-empty --out")] = False,
-        lake: Annotated[Path | None, typer.Option("--lake", help="lake root (default $ASSAY_LAKE or ./lake)")]
-        = None,
+        lake: LakeOption = None,
     ) -> None:
         """Unlearn a forget set from a fine-tuned model (Datamodel Matching by default)."""
         from attribution.unlearn_stage import UnlearnSettings, read_forget_file, run_unlearning

@@ -79,13 +79,21 @@ def klom(metrics: pd.DataFrame) -> h.Section | None:
             return palette[role]
         return colormaps["Blues"](0.5 + 0.4 * runs.index(series) / max(1, len(runs)))
 
+    return _bars_section(frame, order, colour, "KLoM (lower is closer to retraining)",
+                         "KLoM per split, beside the floor and the ceiling",
+                         "KL divergence of margins between unlearned models and oracles retrained "
+                         "without the forget set. Floor: oracle vs oracle; ceiling: doing nothing.")
+
+
+def _bars_section(frame: pd.DataFrame, order: list[str], colour, ylabel: str, title: str, caption: str
+                  ) -> h.Section:
+    """Grouped bars of value per (series, split), with the same numbers as a table below."""
     fig = h.figure(9, 3.8)
     ax = fig.add_subplot()
     _grouped_bars(ax, frame, order, colour)
-    ax.set_ylabel("KLoM (lower is closer to retraining)")
-    section = h.Section("KLoM per split, beside the floor and the ceiling")
-    section.add(h.figure_html(fig, "KL divergence of margins between unlearned models and oracles retrained "
-                                   "without the forget set. Floor: oracle vs oracle; ceiling: doing nothing."))
+    ax.set_ylabel(ylabel)
+    section = h.Section(title)
+    section.add(h.figure_html(fig, caption))
     section.add(h.table(frame.pivot_table(index="series", columns="split", values="value").reset_index()))
     return section
 
@@ -102,15 +110,9 @@ def losses(metrics: pd.DataFrame) -> h.Section | None:
         word = next((w for w in STAGE_ORDER if w in series.split("_")), None)
         return colours.get(word, colormaps["tab10"](i % 10))
 
-    fig = h.figure(9, 3.8)
-    ax = fig.add_subplot()
-    _grouped_bars(ax, frame, order, colour)
-    ax.set_ylabel("mean loss")
-    section = h.Section("Forget and retain loss, before and after unlearning")
-    section.add(h.figure_html(fig, "Unlearning should move the forget loss toward the retrained model's while the "
-                                   "retain loss holds"))
-    section.add(h.table(frame.pivot_table(index="series", columns="split", values="value").reset_index()))
-    return section
+    return _bars_section(frame, order, colour, "mean loss", "Forget and retain loss, before and after unlearning",
+                         "Unlearning should move the forget loss toward the retrained model's while the "
+                         "retain loss holds")
 
 
 def sections(view: LakeView, record: dict) -> list[h.Section]:

@@ -173,11 +173,20 @@ def test_the_commands(toy) -> None:
         parse_ladder("label")
 
 
-def test_a_bad_option_exits_with_status_2_and_one_line(toy) -> None:
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["presto", "-d", "toy", "--ladder", "votes"], "error: --ladder 'votes'"),
+        (["presto", "-d", "toy", "--device", "tpu"], "error: --device tpu: expected cpu or cuda"),
+        (["ppp", "-d", "toy", "--device", "tpu"], "error: --device tpu: expected cpu or cuda"),
+    ],
+)
+def test_a_bad_option_exits_with_status_2_and_one_line(toy, argv, message) -> None:
     lake, _ = toy
     env = {**os.environ, "ASSAY_PREFECT": "0", "ASSAY_LAKE": str(lake.root)}
+    before = sorted(p.relative_to(lake.root) for p in lake.root.rglob("*"))
     done = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "presto", "-d", "toy", "--ladder", "votes"],
+        [sys.executable, "-m", "flows.cli", *argv],
         check=False,
         capture_output=True,
         text=True,
@@ -186,4 +195,5 @@ def test_a_bad_option_exits_with_status_2_and_one_line(toy) -> None:
         cwd=Path(__file__).resolve().parents[2],
     )
     assert done.returncode == 2, done.stderr
-    assert done.stderr.strip().splitlines()[-1].startswith("error: --ladder 'votes'")
+    assert done.stderr.strip().splitlines()[-1].startswith(message)
+    assert sorted(p.relative_to(lake.root) for p in lake.root.rglob("*")) == before
