@@ -13,7 +13,7 @@ Workarounds for traker 0.3.2, each tested in tests/attribution/test_attr_workaro
 - `BasicProjector` (traker's projector on CPU, and on CUDA without fast_jl) regenerates its random
   matrix block by block for every batch: on the CPU that was ~80% of TRAK's time. `CachedProjector`
   keeps the whole matrix (the same blocks from the same generator states: the same projection)
-  while it fits in `TrakConfig.projection_cache_mb`.
+  while it fits in `TrakConfig.projection_cache_mb`, with Gaussian entries as traker uses on CPU.
 - the kernel (X^T X) is singular with fewer training examples than proj_dim and traker's scores then
   collapse to ~0: `lambda_reg` defaults to a small ridge in that case.
 - `finalize_scores` builds the full train x targets matrix in memory: targets are scored in chunks
@@ -158,7 +158,8 @@ def _projector(grad_dim: int, proj_dim: int, device: torch.device, dtype: torch.
     # with proj_dim <= block_size (one block) scoring then fails. Two blocks or more regenerate it.
     if proj_dim < 2:
         raise ValueError("proj_dim must be at least 2")
-    return CachedProjector(grad_dim=grad_dim, proj_dim=proj_dim, seed=0, proj_type=ProjectionType.rademacher,
+    # Gaussian entries, as traker picks on CPU: torch draws normals ~4x faster than Bernoulli signs there
+    return CachedProjector(grad_dim=grad_dim, proj_dim=proj_dim, seed=0, proj_type=ProjectionType.normal,
                            device=device, dtype=dtype, block_size=min(100, proj_dim - 1),
                            cache_bytes=cache_mb * 2**20)
 
@@ -201,6 +202,11 @@ class TrakScorer:
         """Featurize the training set and score every target chunk under each checkpoint."""
         n, cfg = len(train_items), self.config
         lam = cfg.lambda_reg if cfg.lambda_reg is not None else (1e-3 if n < cfg.proj_dim else 0.0)
+        if n < cfg.proj_dim:
+            logging.getLogger(__name__).warning(
+                "TRAK: %d training examples < proj_dim %d: the kernel is singular and the ridge (lambda_reg "
+                "%g) shapes the scores; a proj_dim below the number of training examples is stabler", n,
+                cfg.proj_dim, lam)
         half = cfg.half_precision if cfg.half_precision is not None else self.device.type == "cuda"
         params = dict(self.model.named_parameters())
         grad_dim = sum(params[k].numel() for k in (self.grad_wrt or params))
