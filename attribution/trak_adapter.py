@@ -203,10 +203,11 @@ class TrakScorer:
         n, cfg = len(train_items), self.config
         lam = cfg.lambda_reg if cfg.lambda_reg is not None else (1e-3 if n < cfg.proj_dim else 0.0)
         if n < cfg.proj_dim:
-            logging.getLogger(__name__).warning(
-                "TRAK: %d training examples < proj_dim %d: the kernel is singular and the ridge (lambda_reg "
-                "%g) shapes the scores; a proj_dim below the number of training examples is stabler", n,
-                cfg.proj_dim, lam)
+            # Not an error: on the demo LM a large projection with the ridge ranks better (LDS) than a
+            # small invertible one, but the ridge's size then matters and the user should know.
+            logging.getLogger(__name__).info(
+                "TRAK: %d training examples < proj_dim %d: the kernel is singular; lambda_reg %g regularises it",
+                n, cfg.proj_dim, lam)
         half = cfg.half_precision if cfg.half_precision is not None else self.device.type == "cuda"
         params = dict(self.model.named_parameters())
         grad_dim = sum(params[k].numel() for k in (self.grad_wrt or params))

@@ -109,8 +109,8 @@ def mlp_setup():
 @pytest.mark.parametrize("method", ["ekfac", "gradsim", "trak"])
 def test_plain_mlp_same_class_examples_help_most(mlp_setup, method):
     model, train, targets = mlp_setup
-    # TRAK needs fewer features than training examples (40 here): with proj_dim above that its kernel is
-    # singular, the ridge decides and the sign of this comparison follows the projection's seed.
+    # TRAK with fewer features than training examples (40 here): above that its kernel is singular, the
+    # ridge decides, and on this tiny MLP the sign of the comparison follows the projection's seed.
     params = {"trak": {"proj_dim": 16}, "gradsim": {"proj_dim": 64}}.get(method, {"fisher_samples": 5})
     res = attribute(model, train, targets, task=classification_task(), method=method, method_params=params,
                     trak_output=ImageClassificationModelOutput())
