@@ -437,8 +437,8 @@ def peak_share_table(ctx: dict, results: dict[str, dict], peaks: dict[str, dict]
             dtype = "bfloat16" if "ekfac" in name or name == "kronfluence" else "float16"
         peak = peaks[dtype]["flops_per_s"]
         rate = res["flops"] / res[clock]
-        rows.append([name, dtype, round(res["flops"] / 1e9, 2), round(res[clock], 2), round(rate / 1e9, 2),
-                     round(peak / 1e9, 1), round(100 * rate / peak, 2)])
+        # unrounded: the tables print 4 significant digits, and tiny runs need them all
+        rows.append([name, dtype, res["flops"] / 1e9, res[clock], rate / 1e9, peak / 1e9, 100 * rate / peak])
     peak_text = "; ".join(f"{d}: {p['flops_per_s'] / 1e9:.1f} GFLOP/s at n = {p['size']}" for d, p in peaks.items())
     return {
         "title": f"Share of the measured matmul peak ({device.upper()})",

@@ -9,8 +9,10 @@ What it measures, in one run:
 - attribution throughput and peak GPU memory of our ekfac and trak paths against kronfluence,
   traker and dattri called directly, on a Qwen2-architecture model of about 25M MLP parameters
   (8 layers, hidden 512) over the full demo corpus at max_length 512, and the share of the
-  matmul peak each path reaches (FLOPs counted by torch.utils.flop_counter).
-The model is freshly initialised from its config (throughput does not depend on the weights).
+  matmul peak each path reaches (FLOPs counted by torch.utils.flop_counter). The model is freshly
+  initialised from its config (throughput does not depend on the weights);
+- the mixing reproduction (proportional / temperature / scalarization / Cooldown) at its full size,
+  which takes too long for a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -59,8 +61,11 @@ def model_dir(size: dict, records: list[dict], cache: Path) -> Path:
     return target
 
 
-def section(device: str, size: dict, names: list[str] | None = None) -> list[dict]:
-    """The attribution throughput and peak-share tables for `size` on `device`."""
+def section(device: str, size: dict, names: list[str] | None = None, mixing_size: dict | None = None
+            ) -> list[dict]:
+    """The attribution throughput and peak-share tables for `size`, then the mixing reproduction at
+    `mixing_size` (default: its full size), on `device`."""
+    from benchmarks.mixing.bench import REPRODUCTION_SIZES, reproduction
     from curation.corpus import demo_corpus
     from flows.runtime import cache_dir
 
@@ -76,7 +81,7 @@ def section(device: str, size: dict, names: list[str] | None = None) -> list[dic
     tables = throughput_tables(ctx, device, names=names)
     for table in tables:
         table["title"] += f" at GPU-section scale ({_describe(size['model'])})"
-    return tables
+    return tables + reproduction(quick=False, device=device, size=mixing_size or REPRODUCTION_SIZES[False])
 
 
 def _describe(model: dict) -> str:

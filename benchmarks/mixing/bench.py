@@ -63,6 +63,12 @@ def _tokenizer_and_model(texts: list[str], hidden: int, layers: int, seed: int) 
     return tokenizer, model
 
 
+def _on(model: Any, batch: dict) -> dict:
+    from attribution.training import move_to_device
+
+    return move_to_device(batch, model.device)
+
+
 def _held_out_loss(model: Any, encoded: dict[str, list], pad: int) -> dict[str, float]:
     import torch
 
@@ -74,7 +80,7 @@ def _held_out_loss(model: Any, encoded: dict[str, list], pad: int) -> dict[str, 
     out = {}
     with torch.no_grad():
         for group, items in encoded.items():
-            losses = [loss_fn(model, collate(items[i:i + 16], pad)) for i in range(0, len(items), 16)]
+            losses = [loss_fn(model, _on(model, collate(items[i:i + 16], pad))) for i in range(0, len(items), 16)]
             out[group] = float(torch.cat(losses).mean())
     model.train()
     return out
@@ -96,8 +102,8 @@ def _train_arm(
     curve = []
     for step, batch in sequence.groupby("step", sort=True):
         idx = batch["index"].to_numpy()
-        w = torch.tensor(loss_weight[idx], dtype=torch.float32)
-        loss = (loss_fn(model, collate([train_items[i] for i in idx], pad)) * w).mean()
+        w = torch.tensor(loss_weight[idx], dtype=torch.float32, device=model.device)
+        loss = (loss_fn(model, _on(model, collate([train_items[i] for i in idx], pad))) * w).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -107,17 +113,27 @@ def _train_arm(
     return curve
 
 
-def reproduction(quick: bool) -> list[dict]:
+REPRODUCTION_SIZES = {
+    True: {"steps": 240, "batch": 8, "max_len": 160, "hidden": 64, "layers": 2, "seeds": (0, 1),
+           "math_per_level": 60, "test_per_level": 4},
+    False: {"steps": 500, "batch": 16, "max_len": 256, "hidden": 128, "layers": 4, "seeds": (0, 1, 2),
+            "math_per_level": 70, "test_per_level": 8},
+}
+
+
+def reproduction(quick: bool, device: str = "cpu", size: dict | None = None) -> list[dict]:
+    """The mixing arms trained on `device` (the GPU section runs the full size on CUDA)."""
     import torch
 
     from attribution.lm_data import pad_id
     from attribution.training import encode_records
 
-    torch.set_num_threads(1 if quick else max(1, os.cpu_count() or 1))  # quick: a shared 2-core box
-    steps, batch, max_len = (240, 8, 160) if quick else (500, 16, 256)
-    hidden, layers = (64, 2) if quick else (128, 4)
-    seeds = (0, 1) if quick else (0, 1, 2)
-    train, groups, tests = _corpus(60 if quick else 70, 4 if quick else 8)
+    if device == "cpu":
+        torch.set_num_threads(1 if quick else max(1, os.cpu_count() or 1))  # quick: a shared 2-core box
+    size = size or REPRODUCTION_SIZES[quick]
+    steps, batch, max_len = size["steps"], size["batch"], size["max_len"]
+    hidden, layers, seeds = size["hidden"], size["layers"], tuple(size["seeds"])
+    train, groups, tests = _corpus(size["math_per_level"], size["test_per_level"])
     n_math, n_code = groups.count("math"), groups.count("code")
     counts = mixing.group_counts(groups)
     arms = {
@@ -132,6 +148,7 @@ def reproduction(quick: bool) -> list[dict]:
     for seed in seeds:
         tokenizer, model = _tokenizer_and_model([r["prompt"] + "\n" + r["response"] for r in train],
                                                 hidden, layers, seed=seed)
+        model = model.to(device)
         pad = pad_id(tokenizer)
         train_items = encode_records(tokenizer, train, max_len)
         test_items = {g: encode_records(tokenizer, recs, max_len) for g, recs in tests.items()}
@@ -168,7 +185,7 @@ def reproduction(quick: bool) -> list[dict]:
     f_tau = mixing.variance_factor(counts, TAU)
     setup = (f"{n_math} math + {n_code} code training examples ({100 * n_code / (n_math + n_code):.0f}% code); "
              f"held-out {len(tests['math'])} math, {len(tests['code'])} code (HumanEval tasks never trained on). "
-             f"reference model (Qwen2, {layers} layers x {hidden}), BPE vocab 1024 trained on the training "
+             f"reference model (Qwen2, {layers} layers x {hidden}, on {device}), BPE vocab 1024 trained on the training "
              f"texts, chat template, "
              f"{steps} AdamW steps of {batch}, lr 3e-3, max_length {max_len}; per seed every arm starts from the "
              f"same weights. Mean over seeds {list(seeds)} (min-max in brackets). "

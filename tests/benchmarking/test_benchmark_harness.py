@@ -127,7 +127,10 @@ def test_gpu_section_code_path_runs_on_the_cpu(tmp_path, monkeypatch):
                       "num_key_value_heads": 2},
             "corpus": {"math_per_level": 2, "math_targets_per_level": 1, "code_limit": 10},
             "n_train": 8, "n_targets": 2, "max_length": 64, "proj_dim": 128, "repeats": 1}
-    throughput, share = section("cpu", tiny, names=["assay trak", "traker"])
+    mixing = {"steps": 8, "batch": 4, "max_len": 48, "hidden": 16, "layers": 1, "seeds": (0,),
+              "math_per_level": 10, "test_per_level": 2}
+    throughput, share, final_losses, curves = section("cpu", tiny, names=["assay trak", "traker"],
+                                                      mixing_size=mixing)
     rows = {r[0]: r for r in throughput["rows"]}
     assert set(rows) == {"assay trak", "traker"}
     for row in rows.values():
@@ -142,6 +145,10 @@ def test_gpu_section_code_path_runs_on_the_cpu(tmp_path, monkeypatch):
     # both paths do the same featurisation: the same matmul work
     assert shares["assay trak"][2] == pytest.approx(shares["traker"][2], rel=0.05)
     assert "1 layers, hidden 32" in throughput["title"]
+    # the mixing reproduction: four arms, finite held-out losses, evaluated at four points each
+    assert len(final_losses["rows"]) == 4 and "on cpu" in final_losses["notes"]
+    assert all(0 < row[3] < 20 for row in final_losses["rows"])
+    assert len(curves["rows"]) == 16
 
 
 def test_the_command_line_writes_where_told_and_refuses_unknown_names(tmp_path, monkeypatch, capsys):
