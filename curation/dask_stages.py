@@ -58,9 +58,7 @@ def examples_bytes(ctx: StageContext, params: dict) -> int:
 def mix(ctx: StageContext, params: dict) -> str:
     p = mix_stage.resolve_params(params)
     lake = ctx.lake
-    if not ctx.datasets:
-        raise UserError("stage mix: the recipe names no datasets to mix")
-    versions = {name: lake.dataset_version(name) for name in ctx.datasets}
+    versions = ctx.dataset_versions("mix")
     label_run, weights_run = mix_stage.find_inputs(ctx, p)
     by = p["by"]
     if not by.startswith("label:") and by not in TABLES["examples"].names:
@@ -117,9 +115,7 @@ def aggregate_influence(scores: Any, groups: pd.Series, group_weights: dict | No
 def influence_reweight(ctx: StageContext, params: dict) -> str:
     p = difficulty_stage.resolve_reweight(params)
     lake = ctx.lake
-    if not ctx.datasets:
-        raise UserError("stage influence_reweight: the recipe names no datasets")
-    versions = {name: lake.dataset_version(name) for name in ctx.datasets}
+    versions = ctx.dataset_versions("influence_reweight")
     examples = read_examples(lake, versions, KEY)
     scores_run = difficulty_stage.latest_scores_run(lake) if p["scores_run"] == "latest" else p["scores_run"]
     lake.require_run(scores_run)

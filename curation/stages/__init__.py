@@ -26,6 +26,14 @@ class StageContext:
     device: str = "cpu"
     quiet: bool = False
 
+    def dataset_versions(self, stage_name: str) -> dict[str, str]:
+        """The latest version of each dataset the recipe curates; none named is the user's error."""
+        from storage import UserError
+
+        if not self.datasets:
+            raise UserError(f"stage {stage_name}: the recipe names no datasets")
+        return {name: self.lake.dataset_version(name) for name in self.datasets}
+
 
 def with_defaults(stage_name: str, params: dict | None, defaults: dict) -> dict:
     """A stage's parameters over its defaults; an unknown parameter is the user's error."""

@@ -248,9 +248,7 @@ def _metrics(result: strategies.DartResult) -> pd.DataFrame:
 def dart(ctx: StageContext, params: dict) -> str:
     p = resolve_params(params)
     lake = ctx.lake
-    if not ctx.datasets:
-        raise UserError("stage dart: the recipe names no datasets to sample for")
-    versions = {name: lake.dataset_version(name) for name in ctx.datasets}
+    versions = ctx.dataset_versions("dart")
     examples = load_examples(lake, versions)
     queries = queries_from_examples(examples, p["domains"])
     generator, gen_inputs, model = make_generator(lake, p)

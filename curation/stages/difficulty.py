@@ -80,9 +80,7 @@ def resolve_reweight(params: dict | None) -> dict[str, Any]:
 
 
 def _examples(ctx: StageContext, stage_name: str) -> tuple[dict[str, str], pd.DataFrame]:
-    if not ctx.datasets:
-        raise UserError(f"stage {stage_name}: the recipe names no datasets")
-    versions = {name: ctx.lake.dataset_version(name) for name in ctx.datasets}
+    versions = ctx.dataset_versions(stage_name)
     return versions, load_examples(ctx.lake, versions)
 
 

@@ -175,9 +175,7 @@ def mix_examples(
 def mix(ctx: StageContext, params: dict) -> str:
     p = resolve_params(params)
     lake = ctx.lake
-    if not ctx.datasets:
-        raise UserError("stage mix: the recipe names no datasets to mix")
-    versions = {name: lake.dataset_version(name) for name in ctx.datasets}
+    versions = ctx.dataset_versions("mix")
     label_run, weights_run = find_inputs(ctx, p)
     examples = load_examples(lake, versions)
     groups = example_groups(lake, examples, p["by"], label_run)  # validates `by` before any write

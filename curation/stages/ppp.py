@@ -105,9 +105,7 @@ def cluster_metrics(model: PPP, examples: pd.DataFrame) -> pd.DataFrame:
 @stage("ppp")
 def ppp(ctx: StageContext, params: dict) -> str:
     p = resolve_params(params)
-    if not ctx.datasets:
-        raise UserError("stage ppp: the recipe names no datasets")
-    versions = {name: ctx.lake.dataset_version(name) for name in ctx.datasets}
+    versions = ctx.dataset_versions("ppp")
     model = model_identity(p["model"], "ppp")
     examples = load_examples(ctx.lake, versions)
     if len(examples) < 2:

@@ -208,9 +208,7 @@ def orient(rungs: np.ndarray, names: list[str], rare: str) -> tuple[np.ndarray, 
 def presto(ctx: StageContext, params: dict) -> str:
     p = resolve_params(params)
     lake = ctx.lake
-    if not ctx.datasets:
-        raise UserError("stage presto: the recipe names no datasets")
-    versions = {name: lake.dataset_version(name) for name in ctx.datasets}
+    versions = ctx.dataset_versions("presto")
     model = model_identity(p["model"], "presto")
     source = find_source_run(lake, ctx, p)
     examples = load_examples(lake, versions)

@@ -120,3 +120,20 @@ def test_unlearn_flow_passes_user_errors_through_before_writing(tmp_path: Path) 
         unlearn_flow.fn(str(tmp_path / "no-model"), TRAIN, str(tmp_path / "out"), lake_root=str(lake.root),
                         forget_ids=["t0001"], settings={"no_such_knob": 1})
     assert tree_digest(lake.root) == before
+
+
+def test_every_stage_refuses_a_context_without_datasets_and_writes_nothing(tmp_path: Path) -> None:
+    """In memory and through Dask: one line naming the stage, the lake untouched."""
+    from curation import dask_stages
+    from curation.stages import StageContext, load_stages
+
+    lake, _ = make_lake(tmp_path / "lake")
+    before = tree_digest(lake.root)
+    stages = {**load_stages(), "dask mix": dask_stages.mix, "dask influence_reweight": dask_stages.influence_reweight}
+    replay = tmp_path / "candidates.jsonl"
+    replay.write_text("")
+    params = {"dart": {"generator": "replay", "replay": str(replay)}}  # its parameters are checked first
+    for name, fn in stages.items():
+        with pytest.raises(UserError, match=rf"^stage {name.removeprefix('dask ')}: the recipe names no datasets$"):
+            fn(StageContext(lake=lake, datasets=[]), params.get(name, {}))
+    assert tree_digest(lake.root) == before
