@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from kronfluence.analyzer import Analyzer, prepare_model
 from kronfluence.arguments import FactorArguments, ScoreArguments
+from kronfluence.module.tracked_module import TrackedModule
 from kronfluence.task import Task
 from kronfluence.utils.dataset import DataLoaderKwargs
 from torch import nn
@@ -42,7 +43,10 @@ class InfluenceConfig:
     strategy: str = "ekfac"
     damping: float | None = None  # None: kronfluence's heuristic, 0.1 x mean eigenvalue
     train_batch_size: int = 8
-    query_batch_size: int = 64
+    # kronfluence recomputes every training gradient once per query batch: by default (None) all targets
+    # go in one batch while their preconditioned gradients fit in query_memory_mb.
+    query_batch_size: int | None = None
+    query_memory_mb: int = 1024
     half_precision: bool | None = None  # None: bfloat16 autocast on CUDA, full precision on CPU
     covariance_max_examples: int | None = 100_000
     # Passes over the training set when fitting factors; each pass draws fresh labels from the model
@@ -97,6 +101,16 @@ class InfluenceScorer:
             )
         marker.touch()
 
+    def query_batch_size(self, n_query: int) -> int:
+        """The configured size, or as many queries as fit query_memory_mb (float32 gradients of every
+        tracked parameter per query), at least 1 and at most n_query."""
+        size = self.config.query_batch_size
+        if size is None:
+            tracked = sum(p.numel() for m in self.analyzer.model.modules() if isinstance(m, TrackedModule)
+                          for p in m.original_module.parameters())
+            size = (self.config.query_memory_mb * 2**20) // max(1, 4 * tracked)
+        return max(1, min(size, n_query))
+
     def score(self, query_items: Sequence[Any], train_items: Sequence[Any], per_token: bool = False
               ) -> torch.Tensor:
         """Scores (n_query x n_train), or (n_query x n_train x seq_len) with `per_token`."""
@@ -106,7 +120,7 @@ class InfluenceScorer:
         self.analyzer.compute_pairwise_scores(
             scores_name=name, factors_name=self.factors_name, query_dataset=query_items,
             train_dataset=train_items,
-            per_device_query_batch_size=max(1, min(self.config.query_batch_size, len(query_items))),
+            per_device_query_batch_size=self.query_batch_size(len(query_items)),
             per_device_train_batch_size=self.config.train_batch_size, score_args=args,
         )
         try:

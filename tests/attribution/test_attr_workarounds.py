@@ -269,3 +269,31 @@ def test_cached_projector_over_budget_regenerates_like_basic_projector():
     grads = torch.randn(3, 700)
     torch.testing.assert_close(small.project(grads, 0), big.project(grads, 0))
     assert small._full is None and big._full is not None
+
+
+def test_query_batches_cover_every_target_when_memory_allows(lm):
+    """Why: kronfluence recomputes every training gradient once per query batch, so a fixed query batch
+    smaller than the targets multiplies the training-side cost. Ours puts all targets in one batch while
+    their gradients fit `query_memory_mb`; the scores do not depend on the batching."""
+    import copy
+    from unittest import mock
+
+    from kronfluence.module.tracked_module import TrackedModule
+
+    model, items, tok = lm
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = _scorer(copy.deepcopy(model), tok, tmp)
+        tracked = sum(p.numel() for m in ours.analyzer.model.modules() if isinstance(m, TrackedModule)
+                      for p in m.original_module.parameters())
+        assert tracked > 0 and ours.query_batch_size(5) == 5
+        ours.config.query_memory_mb = 1
+        assert ours.query_batch_size(10_000) == max(1, 2**20 // (4 * tracked)) < 10_000
+        ours.config.query_batch_size = 3
+        assert ours.query_batch_size(8) == 3 and ours.query_batch_size(2) == 2
+        ours.fit(items)
+        by_three = ours.score(items, items)
+        ours.config.query_batch_size = None
+        with mock.patch.object(ours.analyzer, "compute_pairwise_scores", wraps=ours.analyzer.compute_pairwise_scores) as call:
+            at_once = ours.score(items, items)
+        assert call.call_args.kwargs["per_device_query_batch_size"] == len(items)
+        torch.testing.assert_close(at_once, by_three, rtol=1e-4, atol=1e-4)
