@@ -445,7 +445,7 @@ def peak_share_table(ctx: dict, results: dict[str, dict], peaks: dict[str, dict]
         "columns": ["path", "dtype", "matmul GFLOP", "CPU seconds" if not cuda else "seconds", "GFLOP/s reached",
                     "peak GFLOP/s", "share of peak %"],
         "rows": rows,
-        "notes": (f"Peak: the best square torch.mm over sizes 512-{'8192' if cuda else '2048'}, measured in this run "
+        "notes": (f"Peak: the best square torch.mm over sizes {'2048-8192' if cuda else '512-2048'}, measured in this run "
                   f"({'on the GPU' if cuda else 'one thread, as the paths run'}): {peak_text}. Each path's FLOPs are "
                   "the matrix multiplies (mm, bmm, addmm, attention) that torch.utils.flop_counter.FlopCounterMode "
                   "counts over its whole attribution call (factor fitting, per-example gradients, projection, "
