@@ -104,7 +104,8 @@ class CachedProjector(BasicProjector):
 
     The blocks come from BasicProjector's own generator states, so the projection is the one
     BasicProjector computes; only the per-batch regeneration is gone. Above `cache_bytes` (grad_dim x
-    proj_dim x dtype size) it behaves exactly as BasicProjector.
+    proj_dim x dtype size) it behaves exactly as BasicProjector. traker's `free_memory` (called in
+    finalize_features, just before scoring needs the matrix again) drops only the block buffer.
     """
 
     def __init__(self, *args: Any, cache_bytes: int = 1 << 30, **kwargs: Any) -> None:
@@ -115,11 +116,6 @@ class CachedProjector(BasicProjector):
 
     def fits(self) -> bool:
         return self.grad_dim * self.proj_dim * torch.empty((), dtype=self.dtype).element_size() <= self.cache_bytes
-
-    def free_memory(self) -> None:
-        # traker calls this in finalize_features, right before scoring needs the same matrix again:
-        # the block buffer goes, the full matrix (bounded by cache_bytes) stays.
-        super().free_memory()
 
     def _matrix(self, model_id: int) -> Tensor:
         if self._full is None or self._full_model_id != model_id:
