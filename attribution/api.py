@@ -60,8 +60,16 @@ def _records(data: Any) -> list[dict]:
     return [dict(r) for r in data]
 
 
-def prepare(model: Any, train: Any, targets: Any, *, tokenizer: Any = None, task: FunctionTask | None = None,
-            device: torch.device | None = None, **kw: Any) -> Prepared:
+def prepare(
+    model: Any,
+    train: Any,
+    targets: Any,
+    *,
+    tokenizer: Any = None,
+    task: FunctionTask | None = None,
+    device: torch.device | None = None,
+    **kw: Any,
+) -> Prepared:
     """Build what the scorers need from either kind of input (see module docstring)."""
     if task is not None:
         keys = ("collate_fn", "train_ids", "target_ids", "train_tokens", "trak_output", "to_tuple")
@@ -73,9 +81,13 @@ def prepare(model: Any, train: Any, targets: Any, *, tokenizer: Any = None, task
         model, loaded_tok = load_causal_lm(model, device)
         tokenizer = tokenizer or loaded_tok
     if tokenizer is None:
-        raise ValueError("a causal LM needs its tokenizer (tokenizer=...), or pass task=... for a plain module")
+        raise ValueError(
+            "a causal LM needs its tokenizer (tokenizer=...), or pass task=... for a plain module"
+        )
     keys = ("max_length", "use_chat_template", "modules", "train_reduction", "target_reduction", "group_by")
-    return prepare_lm(model, tokenizer, _records(train), _records(targets), **{k: kw[k] for k in keys if k in kw})
+    return prepare_lm(
+        model, tokenizer, _records(train), _records(targets), **{k: kw[k] for k in keys if k in kw}
+    )
 
 
 def attribute(
@@ -114,20 +126,30 @@ def attribute(
     prepared = prepare(model, train, targets, tokenizer=tokenizer, task=task, device=dev, **prepare_kw)
     check_level(method, level, prepared)
     with tempfile.TemporaryDirectory(prefix="assay-attr-") as tmp:
-        scorer = ShardScorer(method, prepared, config, dev, Path(work_dir or tmp),
-                             load_checkpoints(checkpoints), seed=seed, progress=progress)
+        scorer = ShardScorer(
+            method,
+            prepared,
+            config,
+            dev,
+            Path(work_dir or tmp),
+            load_checkpoints(checkpoints),
+            seed=seed,
+            progress=progress,
+        )
         scorer.prepare()
         parts: dict[str, list[pd.DataFrame]] = {}
-        for _, frames in iter_shard_frames(scorer, level, Levels(segmenter, token_targets), shard_size,
-                                           progress=progress):
+        for _, frames in iter_shard_frames(
+            scorer, level, Levels(segmenter, token_targets), shard_size, progress=progress
+        ):
             for name, frame in frames.items():
                 parts.setdefault(name, []).append(frame)
     joined = {k: pd.concat(v, ignore_index=True) for k, v in parts.items()}
     return Attribution(joined["scores"], joined.get("segment_scores"), joined.get("token_scores"))
 
 
-def load_checkpoints(checkpoints: Sequence[dict | str | Path] | None,
-                     loader: Callable[[str | Path], dict] | None = None) -> list[dict] | None:
+def load_checkpoints(
+    checkpoints: Sequence[dict | str | Path] | None, loader: Callable[[str | Path], dict] | None = None
+) -> list[dict] | None:
     """State dicts from state dicts or Hugging Face directories."""
     if not checkpoints:
         return None

@@ -44,19 +44,32 @@ def matches(generated: str, record: dict) -> bool:
 
 
 @torch.no_grad()
-def generate(model: nn.Module, tokenizer: Any, records: Sequence[dict], max_new_tokens: int = 256,
-             use_chat_template: bool | None = None) -> list[str]:
+def generate(
+    model: nn.Module,
+    tokenizer: Any,
+    records: Sequence[dict],
+    max_new_tokens: int = 256,
+    use_chat_template: bool | None = None,
+) -> list[str]:
     """Greedy completions, one record at a time (no padding subtleties; targets are few)."""
     device = next(model.parameters()).device
     out = []
     for rec in records:
-        ids = tokenizer(prompt_text(tokenizer, rec, use_chat_template), add_special_tokens=False,
-                        return_tensors="pt")["input_ids"].to(device)
-        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-        out.append(tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True))
+        ids = tokenizer(
+            prompt_text(tokenizer, rec, use_chat_template), add_special_tokens=False, return_tensors="pt"
+        )["input_ids"].to(device)
+        gen = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+        )
+        out.append(tokenizer.decode(gen[0, ids.shape[1] :], skip_special_tokens=True))
     return out
 
 
-def correct_mask(model: nn.Module, tokenizer: Any, records: Sequence[dict], max_new_tokens: int = 256) -> list[bool]:
+def correct_mask(
+    model: nn.Module, tokenizer: Any, records: Sequence[dict], max_new_tokens: int = 256
+) -> list[bool]:
     return [matches(g, r) for g, r in zip(generate(model, tokenizer, records, max_new_tokens), records)]

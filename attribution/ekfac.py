@@ -64,9 +64,18 @@ class InfluenceConfig:
 class InfluenceScorer:
     """Influence of training items on query (target) items through one kronfluence Analyzer."""
 
-    def __init__(self, model: nn.Module, task: Task, work_dir: str | Path, config: InfluenceConfig,
-                 device: torch.device, collate_fn: Callable[[list[Any]], Any] | None = None,
-                 empirical_fisher: bool = False, progress: bool = False, seed: int = 0):
+    def __init__(
+        self,
+        model: nn.Module,
+        task: Task,
+        work_dir: str | Path,
+        config: InfluenceConfig,
+        device: torch.device,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+        empirical_fisher: bool = False,
+        progress: bool = False,
+        seed: int = 0,
+    ):
         self.config, self.device, self.work_dir, self.seed = config, device, Path(work_dir), seed
         self.work_dir.mkdir(parents=True, exist_ok=True)
         warnings.filterwarnings("ignore", message=".*GradScaler.*", category=FutureWarning)
@@ -74,15 +83,22 @@ class InfluenceScorer:
             model = nn.Sequential(model)
         model = prepare_model(model.to(device), task)
         self.analyzer = Analyzer(
-            "assay", model, task, cpu=device.type == "cpu", output_dir=str(self.work_dir),
-            disable_tqdm=not progress, log_level=logging.WARNING,
+            "assay",
+            model,
+            task,
+            cpu=device.type == "cpu",
+            output_dir=str(self.work_dir),
+            disable_tqdm=not progress,
+            log_level=logging.WARNING,
         )
         if collate_fn is not None:
             self.analyzer.set_dataloader_kwargs(DataLoaderKwargs(collate_fn=collate_fn))
         amp = config.half_precision if config.half_precision is not None else device.type == "cuda"
         self._amp = torch.bfloat16 if amp else None
         self.factor_args = FactorArguments(
-            strategy=config.strategy, use_empirical_fisher=empirical_fisher, amp_dtype=self._amp,
+            strategy=config.strategy,
+            use_empirical_fisher=empirical_fisher,
+            amp_dtype=self._amp,
             covariance_max_examples=config.covariance_max_examples,
             lambda_max_examples=config.covariance_max_examples,
         )
@@ -95,8 +111,10 @@ class InfluenceScorer:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed)  # the sampled Fisher labels: a refit gives the same factors
             self.analyzer.fit_all_factors(
-                factors_name=self.factors_name, dataset=list(train_items) * max(1, self.config.fisher_samples),
-                per_device_batch_size=self.config.train_batch_size, factor_args=self.factor_args,
+                factors_name=self.factors_name,
+                dataset=list(train_items) * max(1, self.config.fisher_samples),
+                per_device_batch_size=self.config.train_batch_size,
+                factor_args=self.factor_args,
                 overwrite_output_dir=not marker.exists(),
             )
         marker.touch()
@@ -106,22 +124,31 @@ class InfluenceScorer:
         tracked parameter per query), at least 1 and at most n_query."""
         size = self.config.query_batch_size
         if size is None:
-            tracked = sum(p.numel() for m in self.analyzer.model.modules() if isinstance(m, TrackedModule)
-                          for p in m.original_module.parameters())
+            tracked = sum(
+                p.numel()
+                for m in self.analyzer.model.modules()
+                if isinstance(m, TrackedModule)
+                for p in m.original_module.parameters()
+            )
             size = (self.config.query_memory_mb * 2**20) // max(1, 4 * tracked)
         return max(1, min(size, n_query))
 
-    def score(self, query_items: Sequence[Any], train_items: Sequence[Any], per_token: bool = False
-              ) -> torch.Tensor:
+    def score(
+        self, query_items: Sequence[Any], train_items: Sequence[Any], per_token: bool = False
+    ) -> torch.Tensor:
         """Scores (n_query x n_train), or (n_query x n_train x seq_len) with `per_token`."""
         name = f"shard_{uuid.uuid4().hex[:12]}"
-        args = ScoreArguments(damping_factor=self.config.damping, amp_dtype=self._amp,
-                              compute_per_token_scores=per_token)
+        args = ScoreArguments(
+            damping_factor=self.config.damping, amp_dtype=self._amp, compute_per_token_scores=per_token
+        )
         self.analyzer.compute_pairwise_scores(
-            scores_name=name, factors_name=self.factors_name, query_dataset=query_items,
+            scores_name=name,
+            factors_name=self.factors_name,
+            query_dataset=query_items,
             train_dataset=train_items,
             per_device_query_batch_size=self.query_batch_size(len(query_items)),
-            per_device_train_batch_size=self.config.train_batch_size, score_args=args,
+            per_device_train_batch_size=self.config.train_batch_size,
+            score_args=args,
         )
         try:
             scores = self.analyzer.load_pairwise_scores(name)["all_modules"].float().clone()

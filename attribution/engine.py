@@ -43,16 +43,29 @@ def check_level(method: str, level: str, prepared: Prepared | None = None) -> No
     if level not in LEVELS:
         raise ValueError(f"unknown level {level!r}; use one of {', '.join(LEVELS)}")
     if level != "example" and method not in STRATEGIES:
-        raise ValueError(f"level {level!r} needs per-token scores: use method ekfac, kfac, diagonal or identity")
+        raise ValueError(
+            f"level {level!r} needs per-token scores: use method ekfac, kfac, diagonal or identity"
+        )
     if level != "example" and prepared is not None and prepared.texts is None:
-        raise ValueError(f"level {level!r} needs the training items' tokens (train_tokens for a plain module)")
+        raise ValueError(
+            f"level {level!r} needs the training items' tokens (train_tokens for a plain module)"
+        )
 
 
 class ShardScorer:
     """A prepared method: `score(indices, per_token)` gives (n_targets x n_shard [x seq]) scores."""
 
-    def __init__(self, method: str, prepared: Prepared, config: Any, device: torch.device, work_dir: Path,
-                 checkpoints: Sequence[dict] | None = None, seed: int = 0, progress: bool = False):
+    def __init__(
+        self,
+        method: str,
+        prepared: Prepared,
+        config: Any,
+        device: torch.device,
+        work_dir: Path,
+        checkpoints: Sequence[dict] | None = None,
+        seed: int = 0,
+        progress: bool = False,
+    ):
         self.method, self.p, self.config, self.device = method, prepared, config, device
         self.work_dir, self.checkpoints, self.seed, self.progress = work_dir, checkpoints, seed, progress
 
@@ -61,20 +74,45 @@ class ShardScorer:
         torch.manual_seed(self.seed)  # sampled Fisher labels: a rerun fits the same factors
         if self.method in STRATEGIES:
             model = copy.deepcopy(p.model)  # kronfluence wraps and freezes the model it is given
-            self.impl: Any = InfluenceScorer(model, p.kron_task, self.work_dir / "kronfluence", self.config,
-                                             self.device, p.collate_fn, p.empirical_fisher, self.progress,
-                                             seed=self.seed)
+            self.impl: Any = InfluenceScorer(
+                model,
+                p.kron_task,
+                self.work_dir / "kronfluence",
+                self.config,
+                self.device,
+                p.collate_fn,
+                p.empirical_fisher,
+                self.progress,
+                seed=self.seed,
+            )
             self.impl.fit(p.train_items)
         elif self.method == "trak":
             if p.trak_output is None:
                 raise ValueError("trak on a plain module needs a traker model output (trak_output=...)")
             checkpoints = list(self.checkpoints or [p.model.state_dict()])
-            self.impl = TrakScorer(copy.deepcopy(p.model), p.trak_output, self.work_dir / "trak", self.config,
-                                   self.device, p.to_tuple, p.collate_fn, p.param_names(), self.progress)
+            self.impl = TrakScorer(
+                copy.deepcopy(p.model),
+                p.trak_output,
+                self.work_dir / "trak",
+                self.config,
+                self.device,
+                p.to_tuple,
+                p.collate_fn,
+                p.param_names(),
+                self.progress,
+            )
             self.impl.fit(p.train_items, p.target_items, checkpoints)
         else:
-            self.impl = GradSimScorer(p.model, p.loss, p.target, self.config, self.device, p.collate_fn,
-                                      p.param_names(), seed=self.seed)
+            self.impl = GradSimScorer(
+                p.model,
+                p.loss,
+                p.target,
+                self.config,
+                self.device,
+                p.collate_fn,
+                p.param_names(),
+                seed=self.seed,
+            )
             self.impl.fit(p.target_items)
 
     def score(self, indices: Sequence[int], per_token: bool = False) -> torch.Tensor:
@@ -107,17 +145,22 @@ def _targets_for_tokens(p: Prepared, how: str) -> tuple[list[str], np.ndarray]:
     return keys, mat
 
 
-def shard_frames(p: Prepared, indices: Sequence[int], scores: torch.Tensor, level: str, levels: Levels
-                 ) -> dict[str, pd.DataFrame]:
+def shard_frames(
+    p: Prepared, indices: Sequence[int], scores: torch.Tensor, level: str, levels: Levels
+) -> dict[str, pd.DataFrame]:
     """Frames of one shard from its scores ((n_targets x n_shard) or per token (... x seq))."""
     s = scores.double().numpy()
     example = s.sum(-1) if s.ndim == 3 else s  # per-token scores sum to the example score
     train_ids = [p.train_ids[i] for i in indices]
-    frames = {"scores": pd.DataFrame({
-        "train_id": np.repeat(train_ids, len(p.target_ids)),
-        "target_id": np.tile(p.target_ids, len(train_ids)),
-        "score": example.T.reshape(-1),
-    })}
+    frames = {
+        "scores": pd.DataFrame(
+            {
+                "train_id": np.repeat(train_ids, len(p.target_ids)),
+                "target_id": np.tile(p.target_ids, len(train_ids)),
+                "score": example.T.reshape(-1),
+            }
+        )
+    }
     if level == "example":
         return frames
     keys, avg = _targets_for_tokens(p, levels.token_targets)
@@ -131,21 +174,40 @@ def shard_frames(p: Prepared, indices: Sequence[int], scores: torch.Tensor, leve
         seg = segment_sums(per_tok, seg_of, len(spans))
         for k, key in enumerate(keys):
             for g, (a, b) in enumerate(spans):
-                seg_rows.append({"train_id": p.train_ids[i], "target_id": key, "segment": g,
-                                 "text": text.text[a:b], "char_start": a, "char_end": b, "score": seg[k, g]})
+                seg_rows.append(
+                    {
+                        "train_id": p.train_ids[i],
+                        "target_id": key,
+                        "segment": g,
+                        "text": text.text[a:b],
+                        "char_start": a,
+                        "char_end": b,
+                        "score": seg[k, g],
+                    }
+                )
         if level == "token":
             n = len(text.positions)
-            tok_parts.append(pd.DataFrame({
-                "train_id": p.train_ids[i], "target_id": np.repeat(keys, n),
-                "position": np.tile(np.arange(n), len(keys)), "token_id": np.tile(text.token_ids, len(keys)),
-                "token": np.tile(np.asarray(text.tokens, dtype=object), len(keys)),
-                "score": per_tok.reshape(-1),
-            }))
-    frames["segment_scores"] = pd.DataFrame(seg_rows, columns=[
-        "train_id", "target_id", "segment", "text", "char_start", "char_end", "score"])
+            tok_parts.append(
+                pd.DataFrame(
+                    {
+                        "train_id": p.train_ids[i],
+                        "target_id": np.repeat(keys, n),
+                        "position": np.tile(np.arange(n), len(keys)),
+                        "token_id": np.tile(text.token_ids, len(keys)),
+                        "token": np.tile(np.asarray(text.tokens, dtype=object), len(keys)),
+                        "score": per_tok.reshape(-1),
+                    }
+                )
+            )
+    frames["segment_scores"] = pd.DataFrame(
+        seg_rows, columns=["train_id", "target_id", "segment", "text", "char_start", "char_end", "score"]
+    )
     if level == "token":
-        frames["token_scores"] = (pd.concat(tok_parts, ignore_index=True) if tok_parts else pd.DataFrame(
-            columns=["train_id", "target_id", "position", "token_id", "token", "score"]))
+        frames["token_scores"] = (
+            pd.concat(tok_parts, ignore_index=True)
+            if tok_parts
+            else pd.DataFrame(columns=["train_id", "target_id", "position", "token_id", "token", "score"])
+        )
     return frames
 
 
@@ -153,9 +215,14 @@ def shards(n_train: int, shard_size: int) -> list[list[int]]:
     return [list(range(a, min(a + shard_size, n_train))) for a in range(0, n_train, shard_size)]
 
 
-def iter_shard_frames(scorer: ShardScorer, level: str, levels: Levels, shard_size: int,
-                      skip: Callable[[int], bool] = lambda _: False, progress: bool = False
-                      ) -> Iterator[tuple[int, dict[str, pd.DataFrame]]]:
+def iter_shard_frames(
+    scorer: ShardScorer,
+    level: str,
+    levels: Levels,
+    shard_size: int,
+    skip: Callable[[int], bool] = lambda _: False,
+    progress: bool = False,
+) -> Iterator[tuple[int, dict[str, pd.DataFrame]]]:
     """Yield (shard index, frames) for every shard not skipped; scores are computed lazily per shard."""
     from tqdm.auto import tqdm
 

@@ -37,9 +37,17 @@ class GradSimConfig:
 
 
 class GradSimScorer:
-    def __init__(self, model: nn.Module, loss: PerExample, target: PerExample, config: GradSimConfig,
-                 device: torch.device, collate_fn: Callable[[list[Any]], Any], param_names: list[str] | None = None,
-                 seed: int = 0):
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: PerExample,
+        target: PerExample,
+        config: GradSimConfig,
+        device: torch.device,
+        collate_fn: Callable[[list[Any]], Any],
+        param_names: list[str] | None = None,
+        seed: int = 0,
+    ):
         self.model = use_eager_attention(model).to(device).eval()
         self.loss, self.target, self.config, self.device = loss, target, config, device
         self.collate_fn = collate_fn
@@ -63,13 +71,15 @@ class GradSimScorer:
             state = {**fixed, **{f"model.{k}": v for k, v in p.items()}}
             return torch.func.functional_call(wrapper, state, (_unsqueeze(single),)).sum()
 
-        return torch.func.vmap(torch.func.grad(one), in_dims=(None, 0), randomness="different")(params, item_batch)
+        return torch.func.vmap(torch.func.grad(one), in_dims=(None, 0), randomness="different")(
+            params, item_batch
+        )
 
     def _project(self, items: Sequence[Any], fn: PerExample) -> torch.Tensor:
         out = []
         bs = self.config.batch_size
         for start in range(0, len(items), bs):
-            batch = move_to_device(self.collate_fn(list(items[start:start + bs])), self.device)
+            batch = move_to_device(self.collate_fn(list(items[start : start + bs])), self.device)
             grads = self._per_example(fn, batch)
             flat = torch.cat([grads[k].reshape(grads[k].shape[0], -1) for k in self.names], dim=1)
             out.append(self.projector.project(flat.float(), model_id=0).float().cpu())

@@ -16,7 +16,9 @@ from scipy.stats import spearmanr
 RetrainEval = Callable[[np.ndarray], np.ndarray]
 
 
-def leave_one_out(retrain_eval: RetrainEval, n_train: int, indices: Sequence[int] | None = None) -> np.ndarray:
+def leave_one_out(
+    retrain_eval: RetrainEval, n_train: int, indices: Sequence[int] | None = None
+) -> np.ndarray:
     """(len(indices) x n_targets): f(full) - f(without i). Positive = removing i hurts = i is helpful."""
     full = np.asarray(retrain_eval(np.ones(n_train, dtype=bool)), dtype=np.float64)
     rows = []
@@ -48,9 +50,14 @@ class LDSResult:
 def lds_from_outputs(scores: np.ndarray, masks: np.ndarray, outputs: np.ndarray) -> LDSResult:
     """LDS of `scores` (n_train x n_targets) against measured `outputs` of models trained on `masks`."""
     predicted = masks.astype(np.float64) @ scores  # each subset's prediction: sum of its members' scores
-    per = np.array([spearmanr(predicted[:, t], outputs[:, t]).statistic
-                    if np.ptp(outputs[:, t]) > 0 and np.ptp(predicted[:, t]) > 0 else np.nan
-                    for t in range(outputs.shape[1])])
+    per = np.array(
+        [
+            spearmanr(predicted[:, t], outputs[:, t]).statistic
+            if np.ptp(outputs[:, t]) > 0 and np.ptp(predicted[:, t]) > 0
+            else np.nan
+            for t in range(outputs.shape[1])
+        ]
+    )
     return LDSResult(float(np.nanmean(per)) if np.isfinite(per).any() else float("nan"), per, outputs, masks)
 
 
@@ -58,19 +65,31 @@ def subset_outputs(retrain_eval: RetrainEval, masks: np.ndarray, progress: bool 
     """Retrain once per mask and stack the targets' f: (n_subsets x n_targets). Reuse across methods."""
     from tqdm.auto import tqdm
 
-    return np.stack([np.asarray(retrain_eval(m), dtype=np.float64)
-                     for m in tqdm(masks, desc="LDS retrain", disable=not progress)])
+    return np.stack(
+        [
+            np.asarray(retrain_eval(m), dtype=np.float64)
+            for m in tqdm(masks, desc="LDS retrain", disable=not progress)
+        ]
+    )
 
 
-def lds(scores: np.ndarray, retrain_eval: RetrainEval, n_subsets: int = 20, fraction: float = 0.5,
-        seed: int = 0) -> LDSResult:
+def lds(
+    scores: np.ndarray, retrain_eval: RetrainEval, n_subsets: int = 20, fraction: float = 0.5, seed: int = 0
+) -> LDSResult:
     masks = subset_masks(scores.shape[0], n_subsets, fraction, seed)
     return lds_from_outputs(scores, masks, subset_outputs(retrain_eval, masks))
 
 
-def causal_lm_retrain_eval(make_model: Callable[[], Any], tokenizer: Any, train_records: Sequence[dict],
-                           target_records: Sequence[dict], *, max_length: int = 256, device: str = "cpu",
-                           **train_kw: Any) -> RetrainEval:
+def causal_lm_retrain_eval(
+    make_model: Callable[[], Any],
+    tokenizer: Any,
+    train_records: Sequence[dict],
+    target_records: Sequence[dict],
+    *,
+    max_length: int = 256,
+    device: str = "cpu",
+    **train_kw: Any,
+) -> RetrainEval:
     """retrain_eval for a causal LM: fine-tune a fresh `make_model()` on the masked records with
     `finetune_causal_lm(**train_kw)`, return each target's mean response log-likelihood."""
     import torch
@@ -83,8 +102,9 @@ def causal_lm_retrain_eval(make_model: Callable[[], Any], tokenizer: Any, train_
 
     def run(mask: np.ndarray) -> np.ndarray:
         chosen = [r for r, keep in zip(train_records, mask) if keep]
-        model = finetune_causal_lm(make_model(), tokenizer, chosen, max_length=max_length, device=device,
-                                   **train_kw)
+        model = finetune_causal_lm(
+            make_model(), tokenizer, chosen, max_length=max_length, device=device, **train_kw
+        )
         with torch.no_grad():
             batch = {k: v.to(device) for k, v in targets.items()}
             return (-example_loss(forward_logits(model, batch), batch["labels"])).cpu().numpy()

@@ -62,7 +62,7 @@ def _render(tokenizer: Any, record: dict, use_chat_template: bool | None) -> tup
         if cut < 0:
             raise ValueError("chat template does not contain the response text verbatim")
         prompt = full[:cut]
-    completion = full[len(prompt):]
+    completion = full[len(prompt) :]
     start = completion.find(response)
     return prompt, completion, max(start, 0)
 
@@ -104,22 +104,32 @@ def encode_sft(
     eos = getattr(tokenizer, "eos_token_id", None)
     # A chat template ends the turn itself; plain prompt/response pairs end with eos so that the
     # model learns to stop.
-    if not _uses_template(tokenizer, use_chat_template) and eos is not None and (not c_ids or c_ids[-1] != eos):
+    if (
+        not _uses_template(tokenizer, use_chat_template)
+        and eos is not None
+        and (not c_ids or c_ids[-1] != eos)
+    ):
         c_ids, c_off = c_ids + [eos], c_off + [(len(completion), len(completion))]
     # Offsets relative to the response text, clipped: template tokens around it get empty spans.
     r_end = resp_start + len(response)
-    r_off = [(min(max(a, resp_start), r_end) - resp_start, min(max(b, resp_start), r_end) - resp_start)
-             for a, b in c_off]
+    r_off = [
+        (min(max(a, resp_start), r_end) - resp_start, min(max(b, resp_start), r_end) - resp_start)
+        for a, b in c_off
+    ]
 
-    p_ids = p_ids[-(max_length - 1):] if len(p_ids) >= max_length else p_ids
+    p_ids = p_ids[-(max_length - 1) :] if len(p_ids) >= max_length else p_ids
     keep = max_length - len(p_ids)
     c_ids, r_off = c_ids[:keep], r_off[:keep]
     n = len(p_ids) + len(c_ids)
     input_ids = torch.tensor(p_ids + c_ids, dtype=torch.long)
     labels = torch.tensor([IGNORE_INDEX] * len(p_ids) + c_ids, dtype=torch.long)
     offsets = torch.tensor([(0, 0)] * len(p_ids) + r_off, dtype=torch.long).reshape(n, 2)
-    out = {"input_ids": input_ids, "attention_mask": torch.ones(n, dtype=torch.long), "labels": labels,
-           "offsets": offsets}
+    out = {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones(n, dtype=torch.long),
+        "labels": labels,
+        "offsets": offsets,
+    }
     if pad_to_max_length and n < max_length:
         out = _pad(out, max_length, pad_id(tokenizer))
     return out
@@ -152,8 +162,11 @@ def collate(batch: list[dict[str, torch.Tensor]], pad_token_id: int) -> dict[str
     """Right-pad encoded records to the longest in the batch and stack them."""
     length = max(item["input_ids"].shape[0] for item in batch)
     padded = [_pad(item, length, pad_token_id) for item in batch]
-    return {key: torch.stack([p[key] for p in padded]) for key in padded[0]
-            if isinstance(padded[0][key], torch.Tensor)}
+    return {
+        key: torch.stack([p[key] for p in padded])
+        for key in padded[0]
+        if isinstance(padded[0][key], torch.Tensor)
+    }
 
 
 def response_token_mask(labels: torch.Tensor) -> torch.Tensor:
@@ -181,6 +194,9 @@ def load_tokenizer(model_dir: Any) -> Any:
     path = Path(model_dir)
     config = path / "tokenizer_config.json"
     saved_class = json.loads(config.read_text()).get("tokenizer_class") if config.is_file() else None
-    if saved_class in ("TokenizersBackend", "PreTrainedTokenizerFast") and (path / "tokenizer.json").is_file():
+    if (
+        saved_class in ("TokenizersBackend", "PreTrainedTokenizerFast")
+        and (path / "tokenizer.json").is_file()
+    ):
         return PreTrainedTokenizerFast.from_pretrained(path)
     return AutoTokenizer.from_pretrained(path)

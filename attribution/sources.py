@@ -58,8 +58,9 @@ class Prepared:
         return [n for n, p in self.model.named_parameters() if n.rsplit(".", 1)[0] in mods]
 
 
-def target_groups(target_records: Sequence[dict] | None, group_by: Sequence[str] | str | None,
-                  n_targets: int) -> dict[str, list[int]]:
+def target_groups(
+    target_records: Sequence[dict] | None, group_by: Sequence[str] | str | None, n_targets: int
+) -> dict[str, list[int]]:
     """'all' plus one group per value of each `group_by` column, e.g. 'domain=math'."""
     groups = {"all": list(range(n_targets))}
     columns = [group_by] if isinstance(group_by, str) else list(group_by or [])
@@ -99,10 +100,19 @@ def _item_text(tokenizer: Any, record: dict, enc: dict[str, torch.Tensor]) -> It
     return ItemText(response, positions, offsets, ids, tokens)
 
 
-def prepare_lm(model: nn.Module, tokenizer: Any, train_records: Sequence[dict], target_records: Sequence[dict],
-               *, max_length: int = 512, use_chat_template: bool | None = None, modules: Any = "mlp",
-               train_reduction: Reduction = "mean", target_reduction: Reduction = "mean",
-               group_by: Sequence[str] | str | None = ("domain",)) -> Prepared:
+def prepare_lm(
+    model: nn.Module,
+    tokenizer: Any,
+    train_records: Sequence[dict],
+    target_records: Sequence[dict],
+    *,
+    max_length: int = 512,
+    use_chat_template: bool | None = None,
+    modules: Any = "mlp",
+    train_reduction: Reduction = "mean",
+    target_reduction: Reduction = "mean",
+    group_by: Sequence[str] | str | None = ("domain",),
+) -> Prepared:
     from attribution.trak_adapter import CausalLMModelOutput, lm_batch
 
     enc_train = [encode_sft(tokenizer, r, max_length, use_chat_template) for r in train_records]
@@ -124,20 +134,38 @@ def prepare_lm(model: nn.Module, tokenizer: Any, train_records: Sequence[dict], 
         return [{k: v[j] for k, v in batch.items()} for j in range(len(items))] if length else items
 
     return Prepared(
-        model=model, train_items=[strip(e) for e in enc_train], target_items=[strip(e) for e in enc_target],
-        train_ids=_ids(train_records, "train_"), target_ids=_ids(target_records, "target_"),
-        collate_fn=lambda b: collate(b, pid), loss=loss, target=target,
-        kron_task=CausalLMTask(tracked, train_reduction, target_reduction), tracked_modules=tracked,
-        trak_output=CausalLMModelOutput(), to_tuple=lm_batch, texts=texts, pad_shard=pad_shard,
+        model=model,
+        train_items=[strip(e) for e in enc_train],
+        target_items=[strip(e) for e in enc_target],
+        train_ids=_ids(train_records, "train_"),
+        target_ids=_ids(target_records, "target_"),
+        collate_fn=lambda b: collate(b, pid),
+        loss=loss,
+        target=target,
+        kron_task=CausalLMTask(tracked, train_reduction, target_reduction),
+        tracked_modules=tracked,
+        trak_output=CausalLMModelOutput(),
+        to_tuple=lm_batch,
+        texts=texts,
+        pad_shard=pad_shard,
         target_groups=target_groups(target_records, group_by, len(target_records)),
     )
 
 
-def prepare_module(model: nn.Module, task: FunctionTask, train_items: Sequence[Any], target_items: Sequence[Any],
-                   *, collate_fn: Callable[[list[Any]], Any] | None = None, train_ids: Sequence[str] | None = None,
-                   target_ids: Sequence[str] | None = None, train_tokens: Sequence[Sequence[str]] | None = None,
-                   target_groups_: dict[str, list[int]] | None = None, trak_output: Any = None,
-                   to_tuple: Callable[[Any], tuple] = tuple) -> Prepared:
+def prepare_module(
+    model: nn.Module,
+    task: FunctionTask,
+    train_items: Sequence[Any],
+    target_items: Sequence[Any],
+    *,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+    train_ids: Sequence[str] | None = None,
+    target_ids: Sequence[str] | None = None,
+    train_tokens: Sequence[Sequence[str]] | None = None,
+    target_groups_: dict[str, list[int]] | None = None,
+    trak_output: Any = None,
+    to_tuple: Callable[[Any], tuple] = tuple,
+) -> Prepared:
     """Any nn.Module. With `train_tokens` (token strings per train item, aligned with the sequence
     dimension the tracked layers see), the segment and token levels work too."""
     texts = None
@@ -145,16 +173,35 @@ def prepare_module(model: nn.Module, task: FunctionTask, train_items: Sequence[A
         texts = []
         for toks in train_tokens:
             ends = np.cumsum([len(t) for t in toks])
-            offsets = np.stack([ends - np.array([len(t) for t in toks]), ends], axis=1) if toks else np.zeros((0, 2))
-            texts.append(ItemText("".join(toks), np.arange(len(toks)), offsets.astype(np.int64),
-                                  np.full(len(toks), -1), list(toks)))
+            offsets = (
+                np.stack([ends - np.array([len(t) for t in toks]), ends], axis=1)
+                if toks
+                else np.zeros((0, 2))
+            )
+            texts.append(
+                ItemText(
+                    "".join(toks),
+                    np.arange(len(toks)),
+                    offsets.astype(np.int64),
+                    np.full(len(toks), -1),
+                    list(toks),
+                )
+            )
     n_targets = len(target_items)
     return Prepared(
-        model=model, train_items=list(train_items), target_items=list(target_items),
+        model=model,
+        train_items=list(train_items),
+        target_items=list(target_items),
         train_ids=[str(i) for i in (train_ids if train_ids is not None else range(len(train_items)))],
         target_ids=[str(i) for i in (target_ids if target_ids is not None else range(n_targets))],
-        collate_fn=collate_fn or torch.utils.data.default_collate, loss=task.loss, target=task.target,
-        kron_task=task, tracked_modules=task.tracked_modules, empirical_fisher=task.empirical_fisher,
-        trak_output=trak_output, to_tuple=to_tuple, texts=texts,
+        collate_fn=collate_fn or torch.utils.data.default_collate,
+        loss=task.loss,
+        target=task.target,
+        kron_task=task,
+        tracked_modules=task.tracked_modules,
+        empirical_fisher=task.empirical_fisher,
+        trak_output=trak_output,
+        to_tuple=to_tuple,
+        texts=texts,
         target_groups=target_groups_ or {"all": list(range(n_targets))},
     )

@@ -89,8 +89,11 @@ def _validate(method: str, level: str, model_dir: str | Path, method_params: dic
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:
-    keep = [c for c in ("example_id", "domain", "difficulty", "prompt", "response", "messages", "answer")
-            if c in frame.columns]
+    keep = [
+        c
+        for c in ("example_id", "domain", "difficulty", "prompt", "response", "messages", "answer")
+        if c in frame.columns
+    ]
     return frame[keep].to_dict("records")
 
 
@@ -123,7 +126,9 @@ def run_attribution(
         try:
             re.compile(segmenter)
         except re.error as exc:
-            raise UserError(f"--segmenter {segmenter!r}: not lines, sentences or a regular expression ({exc})") from None
+            raise UserError(
+                f"--segmenter {segmenter!r}: not lines, sentences or a regular expression ({exc})"
+            ) from None
     if token_targets not in ("groups", "each"):
         raise UserError(f"token_targets {token_targets!r}: expected 'groups' or 'each'")
     if checkpoints and method != "trak":
@@ -136,13 +141,24 @@ def run_attribution(
     dev = pick_device(device)
     model_dir = Path(model_dir).absolute()
     params = {
-        "level": level, "config": config.params(), "segmenter": segmenter, "token_targets": token_targets,
-        "group_by": list(group_by), "modules": modules if isinstance(modules, str) else list(modules),
-        "shard_size": shard_size, "max_length": max_length, "only_correct": only_correct, "seed": seed,
+        "level": level,
+        "config": config.params(),
+        "segmenter": segmenter,
+        "token_targets": token_targets,
+        "group_by": list(group_by),
+        "modules": modules if isinstance(modules, str) else list(modules),
+        "shard_size": shard_size,
+        "max_length": max_length,
+        "only_correct": only_correct,
+        "seed": seed,
         "checkpoints": [model_fingerprint(c) for c in checkpoints or []],
     }
-    inputs = {"datasets": {train_dataset: lake.dataset_version(train_dataset),
-                           target_dataset: lake.dataset_version(target_dataset)}}
+    inputs = {
+        "datasets": {
+            train_dataset: lake.dataset_version(train_dataset),
+            target_dataset: lake.dataset_version(target_dataset),
+        }
+    }
     model_ref = f"{model_dir}@{model_fingerprint(model_dir)}"
     with lake.run("attribute", method, params=params, inputs=inputs, model=model_ref) as run:
         if run.complete:
@@ -154,19 +170,28 @@ def run_attribution(
 
             targets = [t for t, ok in zip(targets, correct_mask(model, tokenizer, targets)) if ok]
             if not targets:
-                raise UserError(f"--only-correct: the model answers none of {target_dataset}'s targets correctly")
-        prepared = prepare_lm(model, tokenizer, train, targets, max_length=max_length, modules=modules,
-                              group_by=list(group_by))
+                raise UserError(
+                    f"--only-correct: the model answers none of {target_dataset}'s targets correctly"
+                )
+        prepared = prepare_lm(
+            model, tokenizer, train, targets, max_length=max_length, modules=modules, group_by=list(group_by)
+        )
         work = lake.root / ".work" / "attribution" / run.run_id
-        scorer = ShardScorer(method, prepared, config, dev, work, load_checkpoints(checkpoints), seed=seed,
-                             progress=progress)
+        scorer = ShardScorer(
+            method, prepared, config, dev, work, load_checkpoints(checkpoints), seed=seed, progress=progress
+        )
         scorer.prepare()
-        for k, frames in iter_shard_frames(scorer, level, Levels(segmenter, token_targets), shard_size,
-                                           skip=lambda k: run.has_shard("scores", k), progress=progress):
+        for k, frames in iter_shard_frames(
+            scorer,
+            level,
+            Levels(segmenter, token_targets),
+            shard_size,
+            skip=lambda k: run.has_shard("scores", k),
+            progress=progress,
+        ):
             for table in ("token_scores", "segment_scores", "scores"):  # scores last: marks the shard done
                 if table in frames:
                     run.write(table, frames[table], shard=k)
         shutil.rmtree(work, ignore_errors=True)
         run_id = run.run_id
     return run_id
-

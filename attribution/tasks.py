@@ -21,8 +21,11 @@ from attribution.lm_loss import Reduction, example_loss, forward_logits
 
 # Infra's setting: EK-FAC over the MLP linear layers (Llama / Qwen2 / Mistral names, GPT-NeoX / OPT /
 # Phi fc layers).
-MLP_PATTERNS = (r"mlp\.(gate_proj|up_proj|down_proj)$", r"mlp\.(fc1|fc2|dense_h_to_4h|dense_4h_to_h)$",
-                r"\.(fc1|fc2)$")
+MLP_PATTERNS = (
+    r"mlp\.(gate_proj|up_proj|down_proj)$",
+    r"mlp\.(fc1|fc2|dense_h_to_4h|dense_4h_to_h)$",
+    r"\.(fc1|fc2)$",
+)
 
 PerExample = Callable[[nn.Module, Any], torch.Tensor]
 
@@ -35,9 +38,14 @@ def select_modules(model: nn.Module, patterns: Sequence[str] | str | None = "mlp
     """
     if patterns is None or patterns == "all":
         return None
-    pats = MLP_PATTERNS if patterns == "mlp" else ([patterns] if isinstance(patterns, str) else list(patterns))
-    names = [name for name, mod in model.named_modules()
-             if isinstance(mod, (nn.Linear, nn.Conv2d)) and any(re.search(p, name) for p in pats)]
+    pats = (
+        MLP_PATTERNS if patterns == "mlp" else ([patterns] if isinstance(patterns, str) else list(patterns))
+    )
+    names = [
+        name
+        for name, mod in model.named_modules()
+        if isinstance(mod, (nn.Linear, nn.Conv2d)) and any(re.search(p, name) for p in pats)
+    ]
     if not names:
         raise ValueError(f"no nn.Linear / nn.Conv2d module of the model matches {list(pats)}")
     return names
@@ -59,8 +67,12 @@ class CausalLMTask(Task):
     `target_reduction` "mean" is the per-token averaged log-likelihood, "sum" the sequence total.
     """
 
-    def __init__(self, tracked_modules: list[str] | None = None, train_reduction: Reduction = "mean",
-                 target_reduction: Reduction = "mean"):
+    def __init__(
+        self,
+        tracked_modules: list[str] | None = None,
+        train_reduction: Reduction = "mean",
+        target_reduction: Reduction = "mean",
+    ):
         self.tracked_modules = tracked_modules
         self.train_reduction, self.target_reduction = train_reduction, target_reduction
 
@@ -87,8 +99,14 @@ class FunctionTask(Task):
     loss with labels sampled from the model (true Fisher); without it factors use the empirical Fisher.
     """
 
-    def __init__(self, loss: PerExample, target: PerExample, tracked_modules: list[str] | None = None,
-                 sample_loss: PerExample | None = None, attention_mask: Callable[[Any], Any] | None = None):
+    def __init__(
+        self,
+        loss: PerExample,
+        target: PerExample,
+        tracked_modules: list[str] | None = None,
+        sample_loss: PerExample | None = None,
+        attention_mask: Callable[[Any], Any] | None = None,
+    ):
         self.loss, self.target, self.sample_loss = loss, target, sample_loss
         self.tracked_modules, self.attention_mask = tracked_modules, attention_mask
 

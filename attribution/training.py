@@ -72,8 +72,11 @@ def train_module(
         opt = torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
     else:
         raise ValueError(f"unknown optimizer {optimizer!r}; use 'adamw' or 'sgd'")
-    weights = torch.ones(len(dataset)) if example_weights is None else torch.tensor(
-        list(example_weights), dtype=torch.float32)
+    weights = (
+        torch.ones(len(dataset))
+        if example_weights is None
+        else torch.tensor(list(example_weights), dtype=torch.float32)
+    )
     order_gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout, if any
     steps = epochs * math.ceil(len(dataset) / batch_size)
@@ -81,7 +84,7 @@ def train_module(
     for _ in range(epochs):
         order = torch.randperm(len(dataset), generator=order_gen).tolist()
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             w = weights[idx].to(dev)
             if not bool((w != 0).any()):
                 bar.update(1)
@@ -114,8 +117,9 @@ def sft_loss(reduction: Reduction = "mean") -> PerExampleLoss:
     return loss
 
 
-def encode_records(tokenizer: Any, records: Sequence[dict], max_length: int,
-                   use_chat_template: bool | None = None) -> list[dict[str, torch.Tensor]]:
+def encode_records(
+    tokenizer: Any, records: Sequence[dict], max_length: int, use_chat_template: bool | None = None
+) -> list[dict[str, torch.Tensor]]:
     """Encode records for SFT; offsets are dropped (training does not need them)."""
     out = []
     for rec in records:
@@ -145,7 +149,16 @@ def finetune_causal_lm(
     data = encode_records(tokenizer, records, max_length, use_chat_template)
     pid = pad_id(tokenizer)
     return train_module(
-        model, sft_loss("mean"), data, collate_fn=lambda b: collate(b, pid), epochs=epochs, lr=lr,
-        batch_size=batch_size, seed=seed, weight_decay=weight_decay, example_weights=example_weights,
-        device=device, progress=progress,
+        model,
+        sft_loss("mean"),
+        data,
+        collate_fn=lambda b: collate(b, pid),
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        weight_decay=weight_decay,
+        example_weights=example_weights,
+        device=device,
+        progress=progress,
     )

@@ -61,19 +61,29 @@ class CausalLMModelOutput(AbstractModelOutput):
         super().__init__()
 
     @staticmethod
-    def get_output(model: nn.Module, weights: dict, buffers: dict, input_ids: Tensor, attention_mask: Tensor,
-                   labels: Tensor) -> Tensor:
+    def get_output(
+        model: nn.Module,
+        weights: dict,
+        buffers: dict,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        labels: Tensor,
+    ) -> Tensor:
         kwargs = {"input_ids": input_ids.unsqueeze(0), "attention_mask": attention_mask.unsqueeze(0)}
         logits = torch.func.functional_call(model, (weights, buffers), args=(), kwargs=kwargs).logits
         logp, log_rest, mask = _token_logps(logits, labels.unsqueeze(0))
         margins = (logp - log_rest) * mask
         return margins.sum() / mask.sum().clamp(min=1)
 
-    def get_out_to_loss_grad(self, model: nn.Module, weights: dict, buffers: dict, batch: Iterable[Tensor]
-                             ) -> Tensor:
+    def get_out_to_loss_grad(
+        self, model: nn.Module, weights: dict, buffers: dict, batch: Iterable[Tensor]
+    ) -> Tensor:
         input_ids, attention_mask, labels = batch
         logits = torch.func.functional_call(
-            model, (weights, buffers), args=(), kwargs={"input_ids": input_ids, "attention_mask": attention_mask}
+            model,
+            (weights, buffers),
+            args=(),
+            kwargs={"input_ids": input_ids, "attention_mask": attention_mask},
         ).logits
         logp, _, mask = _token_logps(logits, labels)
         one_minus_p = (1 - logp.exp()) * mask
@@ -115,7 +125,10 @@ class CachedProjector(BasicProjector):
         self._full_model_id: int | None = None
 
     def fits(self) -> bool:
-        return self.grad_dim * self.proj_dim * torch.empty((), dtype=self.dtype).element_size() <= self.cache_bytes
+        return (
+            self.grad_dim * self.proj_dim * torch.empty((), dtype=self.dtype).element_size()
+            <= self.cache_bytes
+        )
 
     def _matrix(self, model_id: int) -> Tensor:
         if self._full is None or self._full_model_id != model_id:
@@ -127,7 +140,7 @@ class CachedProjector(BasicProjector):
             for ind in range(self.num_blocks):
                 self.generate_sketch_matrix(self.generator_states[ind])
                 st, ed = ind * self.block_size, min((ind + 1) * self.block_size, self.proj_dim)
-                full[:, st:ed] = self.proj_matrix[:, :ed - st]
+                full[:, st:ed] = self.proj_matrix[:, : ed - st]
             self._full, self._full_model_id = full, model_id
         return self._full
 
@@ -140,14 +153,21 @@ class CachedProjector(BasicProjector):
         return grads @ self._matrix(model_id)
 
 
-def _projector(grad_dim: int, proj_dim: int, device: torch.device, dtype: torch.dtype,
-               cache_mb: int = 1024) -> Any:
+def _projector(
+    grad_dim: int, proj_dim: int, device: torch.device, dtype: torch.dtype, cache_mb: int = 1024
+) -> Any:
     if device.type == "cuda":
         try:
             from trak.projectors import CudaProjector
 
-            return CudaProjector(grad_dim=grad_dim, proj_dim=proj_dim, seed=0, proj_type=ProjectionType.rademacher,
-                                 device=device, max_batch_size=8)
+            return CudaProjector(
+                grad_dim=grad_dim,
+                proj_dim=proj_dim,
+                seed=0,
+                proj_type=ProjectionType.rademacher,
+                device=device,
+                max_batch_size=8,
+            )
         except (ImportError, ValueError, RuntimeError) as exc:  # no fast_jl, or an unsupported proj_dim
             logging.getLogger(__name__).info("CudaProjector unavailable (%s); using BasicProjector", exc)
     # traker's BasicProjector keeps a single block's matrix only until finalize_features frees it;
@@ -155,9 +175,16 @@ def _projector(grad_dim: int, proj_dim: int, device: torch.device, dtype: torch.
     if proj_dim < 2:
         raise ValueError("proj_dim must be at least 2")
     # Gaussian entries, as traker picks on CPU: torch draws normals ~4x faster than Bernoulli signs there
-    return CachedProjector(grad_dim=grad_dim, proj_dim=proj_dim, seed=0, proj_type=ProjectionType.normal,
-                           device=device, dtype=dtype, block_size=min(100, proj_dim - 1),
-                           cache_bytes=cache_mb * 2**20)
+    return CachedProjector(
+        grad_dim=grad_dim,
+        proj_dim=proj_dim,
+        seed=0,
+        proj_type=ProjectionType.normal,
+        device=device,
+        dtype=dtype,
+        block_size=min(100, proj_dim - 1),
+        cache_bytes=cache_mb * 2**20,
+    )
 
 
 def use_eager_attention(model: nn.Module) -> nn.Module:
@@ -174,10 +201,18 @@ def use_eager_attention(model: nn.Module) -> nn.Module:
 class TrakScorer:
     """TRAK scores of training items on targets, averaged over `checkpoints` (state dicts)."""
 
-    def __init__(self, model: nn.Module, output: AbstractModelOutput, work_dir: str | Path, config: TrakConfig,
-                 device: torch.device, to_tuple: Callable[[Any], tuple] = tuple,
-                 collate_fn: Callable[[list[Any]], Any] | None = None, grad_wrt: list[str] | None = None,
-                 progress: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        output: AbstractModelOutput,
+        work_dir: str | Path,
+        config: TrakConfig,
+        device: torch.device,
+        to_tuple: Callable[[Any], tuple] = tuple,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+        grad_wrt: list[str] | None = None,
+        progress: bool = False,
+    ):
         self.model = use_eager_attention(model).to(device).eval()
         self.output, self.config, self.device = output, config, device
         self.work_dir = Path(work_dir)
@@ -189,12 +224,16 @@ class TrakScorer:
     def _batches(self, items: Sequence[Any]) -> Iterable[tuple[int, tuple]]:
         bs = self.config.batch_size
         for start in range(0, len(items), bs):
-            batch = self.collate_fn(list(items[start:start + bs]))
+            batch = self.collate_fn(list(items[start : start + bs]))
             batch = tuple(t.to(self.device) for t in self.to_tuple(batch))
             yield start, batch
 
-    def fit(self, train_items: Sequence[Any], target_items: Sequence[Any],
-            checkpoints: Sequence[dict[str, Tensor]]) -> None:
+    def fit(
+        self,
+        train_items: Sequence[Any],
+        target_items: Sequence[Any],
+        checkpoints: Sequence[dict[str, Tensor]],
+    ) -> None:
         """Featurize the training set and score every target chunk under each checkpoint."""
         n, cfg = len(train_items), self.config
         lam = cfg.lambda_reg if cfg.lambda_reg is not None else (1e-3 if n < cfg.proj_dim else 0.0)
@@ -203,15 +242,24 @@ class TrakScorer:
             # small invertible one, but the ridge's size then matters and the user should know.
             logging.getLogger(__name__).info(
                 "TRAK: %d training examples < proj_dim %d: the kernel is singular; lambda_reg %g regularises it",
-                n, cfg.proj_dim, lam)
+                n,
+                cfg.proj_dim,
+                lam,
+            )
         half = cfg.half_precision if cfg.half_precision is not None else self.device.type == "cuda"
         params = dict(self.model.named_parameters())
         grad_dim = sum(params[k].numel() for k in (self.grad_wrt or params))
         dtype = torch.float16 if half else torch.float32
         shutil.rmtree(self.work_dir, ignore_errors=True)  # traker refuses to re-featurize a model id
         traker = TRAKer(
-            model=self.model, task=self.output, train_set_size=n, save_dir=str(self.work_dir),
-            device=str(self.device), proj_dim=cfg.proj_dim, use_half_precision=half, lambda_reg=lam,
+            model=self.model,
+            task=self.output,
+            train_set_size=n,
+            save_dir=str(self.work_dir),
+            device=str(self.device),
+            proj_dim=cfg.proj_dim,
+            use_half_precision=half,
+            lambda_reg=lam,
             projector=_projector(grad_dim, cfg.proj_dim, self.device, dtype, cfg.projection_cache_mb),
             grad_wrt=self.grad_wrt,
             logging_level=logging.WARNING,
@@ -222,11 +270,12 @@ class TrakScorer:
                 traker.featurize(batch=batch, inds=np.arange(start, start + batch[0].shape[0]))
         traker.finalize_features()
         for first in range(0, len(target_items), cfg.target_chunk):
-            chunk = target_items[first:first + cfg.target_chunk]
+            chunk = target_items[first : first + cfg.target_chunk]
             name = f"targets_{first}"
             for model_id, ckpt in enumerate(checkpoints):
-                traker.start_scoring_checkpoint(exp_name=name, checkpoint=ckpt, model_id=model_id,
-                                                num_targets=len(chunk))
+                traker.start_scoring_checkpoint(
+                    exp_name=name, checkpoint=ckpt, model_id=model_id, num_targets=len(chunk)
+                )
                 for start, batch in self._batches(chunk):
                     traker.score(batch=batch, inds=np.arange(start, start + batch[0].shape[0]))
             scores = traker.finalize_scores(exp_name=name)

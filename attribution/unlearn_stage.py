@@ -71,8 +71,15 @@ class UnlearnSettings:
     def optim(self) -> Any:
         from attribution.unlearning.loop import OptimConfig
 
-        return OptimConfig(lr=self.lr, epochs=self.epochs, batch_size=self.batch_size, lr_decay=self.lr_decay,
-                           optimizer=self.optimizer, l2_to_init=self.l2_to_init, seed=self.seed)
+        return OptimConfig(
+            lr=self.lr,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr_decay=self.lr_decay,
+            optimizer=self.optimizer,
+            l2_to_init=self.l2_to_init,
+            seed=self.seed,
+        )
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -115,17 +122,28 @@ def read_forget_file(path: str | Path) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-def resolve_forget(lake: Lake, train_dataset: str, train_ids: list[str], forget_ids: list[str] | None,
-                   forget_where: str | None) -> list[str]:
+def resolve_forget(
+    lake: Lake,
+    train_dataset: str,
+    train_ids: list[str],
+    forget_ids: list[str] | None,
+    forget_where: str | None,
+) -> list[str]:
     """The forget ids, checked against the training set (UserError when empty, unknown or everything)."""
     from storage.catalog import quote
     from storage.gate import select_where
 
     if (forget_ids is None) == (forget_where is None):
-        raise UserError("give the forget set as ids (--forget FILE) or as a SQL predicate (--forget-where), one of them")
+        raise UserError(
+            "give the forget set as ids (--forget FILE) or as a SQL predicate (--forget-where), one of them"
+        )
     if forget_where is not None:
-        table = select_where(lake.root, "examples", f"dataset = {quote(train_dataset)} AND ({forget_where})",
-                             columns="example_id")
+        table = select_where(
+            lake.root,
+            "examples",
+            f"dataset = {quote(train_dataset)} AND ({forget_where})",
+            columns="example_id",
+        )
         forget_ids = [str(v) for v in table.column("example_id").to_pylist()]
         if not forget_ids:
             raise UserError(f"--forget-where {forget_where!r} matches no example of {train_dataset}")
@@ -135,8 +153,10 @@ def resolve_forget(lake: Lake, train_dataset: str, train_ids: list[str], forget_
     known = set(train_ids)
     unknown = [i for i in forget_ids if i not in known]
     if unknown:
-        raise UserError(f"{len(unknown)} forget ids are not in {train_dataset}: {', '.join(unknown[:5])}"
-                        + (" ..." if len(unknown) > 5 else ""))
+        raise UserError(
+            f"{len(unknown)} forget ids are not in {train_dataset}: {', '.join(unknown[:5])}"
+            + (" ..." if len(unknown) > 5 else "")
+        )
     if len(forget_ids) == len(known):
         raise UserError(f"the forget set is all of {train_dataset}: nothing would remain to retain")
     return forget_ids
@@ -148,15 +168,21 @@ def check_scores(lake: Lake, run_id: str, model_ref: str, train_dataset: str, tr
     fingerprint = model_ref.rsplit("@", 1)[-1]
     run_fp = str(record.get("model") or "").rsplit("@", 1)[-1]
     if run_fp != fingerprint:
-        raise UserError(f"--scores {run_id} was computed for model {record.get('model')}, not this --model "
-                        f"(fingerprint {fingerprint})")
+        raise UserError(
+            f"--scores {run_id} was computed for model {record.get('model')}, not this --model "
+            f"(fingerprint {fingerprint})"
+        )
     inputs = json.loads(record.get("inputs") or "{}")
     datasets = inputs.get("datasets", {}) if isinstance(inputs, dict) else {}
     if train_dataset not in datasets:
-        raise UserError(f"--scores {run_id} scored datasets {', '.join(datasets) or 'none'}, not --train {train_dataset}")
+        raise UserError(
+            f"--scores {run_id} scored datasets {', '.join(datasets) or 'none'}, not --train {train_dataset}"
+        )
     if datasets[train_dataset] != train_version:
-        raise UserError(f"--scores {run_id} was computed on {train_dataset} version {datasets[train_dataset]}, "
-                        f"but the lake's {train_dataset} is now version {train_version}")
+        raise UserError(
+            f"--scores {run_id} was computed on {train_dataset} version {datasets[train_dataset]}, "
+            f"but the lake's {train_dataset} is now version {train_version}"
+        )
     if lake.query("SELECT count(*) AS n FROM scores WHERE run_id = ?", [run_id])["n"].iloc[0] == 0:
         raise UserError(f"--scores {run_id} wrote no example-level scores")
     return record
@@ -198,7 +224,9 @@ class Plan:
     device: str | None
 
 
-def _scores_datamodel_inputs(lake: Lake, plan: Plan) -> tuple[str, dict, dict, pd.DataFrame, pd.DataFrame | None]:
+def _scores_datamodel_inputs(
+    lake: Lake, plan: Plan
+) -> tuple[str, dict, dict, pd.DataFrame, pd.DataFrame | None]:
     """(method, method params, other settings of the run, its scores, its target examples or None when it
     scored the training set against itself)."""
     record = plan.scores_record
@@ -212,15 +240,24 @@ def _scores_datamodel_inputs(lake: Lake, plan: Plan) -> tuple[str, dict, dict, p
     targets = None
     if others:
         name, version = next(iter(others.items()))
-        targets = lake.query("SELECT * FROM examples_all WHERE dataset = ? AND version = ? ORDER BY row_index",
-                             [name, version])
+        targets = lake.query(
+            "SELECT * FROM examples_all WHERE dataset = ? AND version = ? ORDER BY row_index", [name, version]
+        )
         targets = targets[targets["example_id"].astype(str).isin(set(scores["target_id"].astype(str)))]
     settings = {"modules": params.get("modules", "mlp"), "seed": int(params.get("seed", 0))}
     return record["method"], config, settings, scores, targets
 
 
-def _dmm_targets(lake: Lake, plan: Plan, model: Any, tokenizer: Any, records: list[dict], points: np.ndarray,
-                 forget_ids: list[str], device: str) -> tuple[list[dict], list[np.ndarray], dict[str, float]]:
+def _dmm_targets(
+    lake: Lake,
+    plan: Plan,
+    model: Any,
+    tokenizer: Any,
+    records: list[dict],
+    points: np.ndarray,
+    forget_ids: list[str],
+    device: str,
+) -> tuple[list[dict], list[np.ndarray], dict[str, float]]:
     """(fine-tuning records, their per-token targets, facts for the metrics) for DMM."""
     from attribution.api import attribute
     from attribution.unlearning.datamodels import Datamodel, auto_scale
@@ -234,14 +271,25 @@ def _dmm_targets(lake: Lake, plan: Plan, model: Any, tokenizer: Any, records: li
         point_scores = scores
     else:  # the run scored other targets: score the fine-tuning points here, as the run would have
         # (with this model only: a TRAK run's extra checkpoints are not reused)
-        point_scores = attribute(model, records, ft_records, tokenizer=tokenizer, method=method,
-                                 method_params=config, modules=run_settings["modules"], max_length=plan.max_length,
-                                 device=device, seed=run_settings["seed"]).scores
+        point_scores = attribute(
+            model,
+            records,
+            ft_records,
+            tokenizer=tokenizer,
+            method=method,
+            method_params=config,
+            modules=run_settings["modules"],
+            max_length=plan.max_length,
+            device=device,
+            seed=run_settings["seed"],
+        ).scores
     raw = Datamodel.from_scores(point_scores, 1.0, train_ids=train_ids, target_ids=point_ids)
     if targets is not None and plan.settings.anchor_targets and len(targets):
         anchor_ids = targets["example_id"].astype(str).tolist()
         anchors = Datamodel.from_scores(scores, 1.0, train_ids=train_ids, target_ids=anchor_ids)
-        raw = Datamodel(np.concatenate([raw.weights, anchors.weights], axis=1), train_ids, point_ids + anchor_ids)
+        raw = Datamodel(
+            np.concatenate([raw.weights, anchors.weights], axis=1), train_ids, point_ids + anchor_ids
+        )
         ft_records += _records(targets)
     kind = "margin" if method == "trak" else "mean"
     base = per_token_logprobs(model, EncodedSet(tokenizer, ft_records, plan.max_length))
@@ -259,8 +307,16 @@ def _dmm_targets(lake: Lake, plan: Plan, model: Any, tokenizer: Any, records: li
     return ft_records, dmm_token_targets(base, effect, kind), facts
 
 
-def _calibrated_scale(plan: Plan, tokenizer: Any, records: list[dict], ft_records: list[dict], raw: Any,
-                      base: list[np.ndarray], kind: str, device: str) -> tuple[float, dict[str, float]]:
+def _calibrated_scale(
+    plan: Plan,
+    tokenizer: Any,
+    records: list[dict],
+    ft_records: list[dict],
+    raw: Any,
+    base: list[np.ndarray],
+    kind: str,
+    device: str,
+) -> tuple[float, dict[str, float]]:
     """One scalar that puts attribution scores in leave-one-out units, fitted on retrains.
 
     Influence scores of a small fine-tuned network can be off by orders of magnitude (the damped
@@ -302,9 +358,17 @@ def _retrain(plan: Plan, tokenizer: Any, retain_records: list[dict], device: str
 
     ref = plan.reference
     model = build_model(tokenizer, seed=ref["seed"], **ref.get("config", {}))
-    return finetune_causal_lm(model, tokenizer, retain_records, epochs=ref["epochs"], lr=ref["lr"],
-                              batch_size=ref["batch_size"], max_length=ref["max_length"], seed=ref["seed"],
-                              device=device)
+    return finetune_causal_lm(
+        model,
+        tokenizer,
+        retain_records,
+        epochs=ref["epochs"],
+        lr=ref["lr"],
+        batch_size=ref["batch_size"],
+        max_length=ref["max_length"],
+        seed=ref["seed"],
+        device=device,
+    )
 
 
 @dataclass
@@ -342,19 +406,27 @@ def _unlearn(lake: Lake, plan: Plan) -> Outcome:
     n_finetune = len(sequence)
     facts: dict[str, float] = {}
     if plan.method == "dmm":
-        ft_records, targets, facts = _dmm_targets(lake, plan, model, tokenizer, records, points,
-                                                  plan.forget_ids, device)
+        ft_records, targets, facts = _dmm_targets(
+            lake, plan, model, tokenizer, records, points, plan.forget_ids, device
+        )
         local = {int(p): k for k, p in enumerate(points)}
         seq = np.concatenate([[local[int(i)] for i in sequence], np.arange(len(points), len(ft_records))])
         n_finetune = len(seq)
-        lm.match_token_logprobs(model, lm.EncodedSet(tokenizer, ft_records, plan.max_length), targets,
-                                seq.astype(np.int64), s.optim())
+        lm.match_token_logprobs(
+            model,
+            lm.EncodedSet(tokenizer, ft_records, plan.max_length),
+            targets,
+            seq.astype(np.int64),
+            s.optim(),
+        )
     elif plan.method == "oracle":
         ft_records = [records[p] for p in points]
         ft_data = lm.EncodedSet(tokenizer, ft_records, plan.max_length)
         targets = lm.per_token_logprobs(retrained, ft_data)
         local = {int(p): k for k, p in enumerate(points)}
-        lm.match_token_logprobs(model, ft_data, targets, np.array([local[int(i)] for i in sequence]), s.optim())
+        lm.match_token_logprobs(
+            model, ft_data, targets, np.array([local[int(i)] for i in sequence]), s.optim()
+        )
     elif plan.method == "ga":
         n_finetune = len(forget)
         lm.lm_gradient_ascent(model, data, forget, s.optim())
@@ -366,14 +438,24 @@ def _unlearn(lake: Lake, plan: Plan) -> Outcome:
         lm.lm_ascent_descent(model, data, forget, retain, s.optim(), s.ascent_weight)
     seconds = time.perf_counter() - started
     after = lm.mean_losses(model, data)
-    rows = [("forget_loss", "before", before[forget].mean()), ("forget_loss", "after", after[forget].mean()),
-            ("retain_loss", "before", before[retain].mean()), ("retain_loss", "after", after[retain].mean()),
-            ("n_forget", "", len(forget)), ("n_retain", "", len(retain)), ("finetune_examples", "", n_finetune),
-            ("seconds", "unlearn", seconds), *[(name, "", value) for name, value in facts.items()]]
+    rows = [
+        ("forget_loss", "before", before[forget].mean()),
+        ("forget_loss", "after", after[forget].mean()),
+        ("retain_loss", "before", before[retain].mean()),
+        ("retain_loss", "after", after[retain].mean()),
+        ("n_forget", "", len(forget)),
+        ("n_retain", "", len(retain)),
+        ("finetune_examples", "", n_finetune),
+        ("seconds", "unlearn", seconds),
+        *[(name, "", value) for name, value in facts.items()],
+    ]
     if retrained is not None:
         again = lm.mean_losses(retrained, data)
-        rows += [("forget_loss", "retrained", again[forget].mean()), ("retain_loss", "retrained", again[retain].mean()),
-                 ("seconds", "retrain", retrain_seconds)]
+        rows += [
+            ("forget_loss", "retrained", again[forget].mean()),
+            ("retain_loss", "retrained", again[retain].mean()),
+            ("seconds", "retrain", retrain_seconds),
+        ]
         gap = again[forget].mean() - before[forget].mean()
         if abs(gap) > 1e-12:  # 1 = the forget loss moved all the way to the retrained model's
             rows.append(("forget_gap_closed", "", (after[forget].mean() - before[forget].mean()) / gap))
@@ -466,13 +548,24 @@ def run_unlearning(
         record = check_scores(lake, scores_run_id, model_ref, train_dataset, train_version)
     reference = _reference_settings(model_dir)
     if method == "oracle" and reference is None:
-        raise UserError(f"--method oracle needs a model that records how it was trained ({REFERENCE_FILE}, "
-                        "written by reference_model), to retrain it without the forget set")
-    max_length = settings.max_length or (json.loads(record["params"]).get("max_length") if record else None) or 512
+        raise UserError(
+            f"--method oracle needs a model that records how it was trained ({REFERENCE_FILE}, "
+            "written by reference_model), to retrain it without the forget set"
+        )
+    max_length = (
+        settings.max_length or (json.loads(record["params"]).get("max_length") if record else None) or 512
+    )
     plan = Plan(model_dir, out, method, train, forget, settings, record, reference, int(max_length), device)
 
-    params = {**asdict(settings), "max_length": plan.max_length, "out": str(out),
-              "forget": {"n": len(forget), "sha256": hashlib.sha256("\n".join(sorted(forget)).encode()).hexdigest()}}
+    params = {
+        **asdict(settings),
+        "max_length": plan.max_length,
+        "out": str(out),
+        "forget": {
+            "n": len(forget),
+            "sha256": hashlib.sha256("\n".join(sorted(forget)).encode()).hexdigest(),
+        },
+    }
     inputs = {"datasets": {train_dataset: train_version}}
     if record is not None:
         inputs["scores"] = scores_run_id
@@ -480,12 +573,22 @@ def run_unlearning(
         if run.complete and (out / "config.json").is_file():
             return run.run_id
         outcome = _unlearn(lake, plan)
-        provenance = {"run_id": run.run_id, "method": method, "source_model": model_ref, "inputs": inputs,
-                      "n_forget": len(forget), "metrics": outcome.summary}
+        provenance = {
+            "run_id": run.run_id,
+            "method": method,
+            "source_model": model_ref,
+            "inputs": inputs,
+            "n_forget": len(forget),
+            "metrics": outcome.summary,
+        }
         write_model_dir(outcome.model, outcome.tokenizer, out, provenance)
         if not run.complete:  # a finished run whose model folder was removed: rebuild the folder only
             run.write("metrics", outcome.metrics)
-            run.write("labels", pd.DataFrame({"dataset": train_dataset, "example_id": forget, "name": "forget",
-                                              "value": 1.0}))
+            run.write(
+                "labels",
+                pd.DataFrame(
+                    {"dataset": train_dataset, "example_id": forget, "name": "forget", "value": 1.0}
+                ),
+            )
         run_id = run.run_id
     return run_id

@@ -20,8 +20,23 @@ from importlib import metadata
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-LIBRARIES = ("torch", "transformers", "kronfluence", "traker", "dattri", "duckdb", "pyarrow", "pandas",
-             "polars", "scikit-learn", "dask", "prefect", "math-verify", "cvxpy", "statsmodels")
+LIBRARIES = (
+    "torch",
+    "transformers",
+    "kronfluence",
+    "traker",
+    "dattri",
+    "duckdb",
+    "pyarrow",
+    "pandas",
+    "polars",
+    "scikit-learn",
+    "dask",
+    "prefect",
+    "math-verify",
+    "cvxpy",
+    "statsmodels",
+)
 
 
 def available() -> list[str]:
@@ -55,14 +70,25 @@ def machine() -> dict:
 
 
 def markdown(name: str, result: dict) -> str:
-    lines = [f"## {name}", "", (f"Measured {result['finished_at']} in {result['seconds']:.0f} s "
-             f"({'quick' if result['quick'] else 'full'}) on {result['machine']['cores']} cores, "
-             f"{result['machine']['memory_gib']} GiB, device {result['machine']['device']}."), ""]
+    lines = [
+        f"## {name}",
+        "",
+        (
+            f"Measured {result['finished_at']} in {result['seconds']:.0f} s "
+            f"({'quick' if result['quick'] else 'full'}) on {result['machine']['cores']} cores, "
+            f"{result['machine']['memory_gib']} GiB, device {result['machine']['device']}."
+        ),
+        "",
+    ]
     if result.get("error"):
         lines += ["Failed:", "", "```", result["error"], "```", ""]
     for table in result.get("tables", []):
-        lines += [f"### {table['title']}", "", "| " + " | ".join(map(str, table["columns"])) + " |",
-                  "|" + "---|" * len(table["columns"])]
+        lines += [
+            f"### {table['title']}",
+            "",
+            "| " + " | ".join(map(str, table["columns"])) + " |",
+            "|" + "---|" * len(table["columns"]),
+        ]
         lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in table["rows"]]
         if table.get("notes"):
             lines += ["", table["notes"]]

@@ -17,22 +17,36 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def performance_section() -> str:
-    parts = [("Generated from `benchmarks/results/*.json` by `python -m benchmarks`; full tables with the "
-             "machine beside every figure: [benchmarks/results/README.md](benchmarks/results/README.md)."), ""]
+    parts = [
+        (
+            "Generated from `benchmarks/results/*.json` by `python -m benchmarks`; full tables with the "
+            "machine beside every figure: [benchmarks/results/README.md](benchmarks/results/README.md)."
+        ),
+        "",
+    ]
     for path in sorted(harness.RESULTS.glob("*.json")):
         result = json.loads(path.read_text())
         machine = result["machine"]
         mode = "quick" if result["quick"] else "full"
-        parts.append(f"**{result['name']}** ({mode}, {result['finished_at'][:10]}, {machine['cores']} cores, "
-                     f"{machine['device']})")
+        parts.append(
+            f"**{result['name']}** ({mode}, {result['finished_at'][:10]}, {machine['cores']} cores, "
+            f"{machine['device']})"
+        )
         if result.get("error"):
             parts += ["", "failed: see the results file", ""]
             continue
         for table in result.get("tables", []):
-            parts += ["", f"*{table['title']}*", "", "| " + " | ".join(map(str, table["columns"])) + " |",
-                      "|" + "---|" * len(table["columns"])]
-            parts += ["| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |"
-                      for row in table["rows"]]
+            parts += [
+                "",
+                f"*{table['title']}*",
+                "",
+                "| " + " | ".join(map(str, table["columns"])) + " |",
+                "|" + "---|" * len(table["columns"]),
+            ]
+            parts += [
+                "| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |"
+                for row in table["rows"]
+            ]
         parts.append("")
     measured = {p.stem for p in harness.RESULTS.glob("*.json")}
     for name in available():

@@ -40,8 +40,10 @@ def _level1(rng: random.Random) -> tuple[str, list[str], Fraction]:
 def _level2(rng: random.Random) -> tuple[str, list[str], Fraction]:
     a, b, c = rng.randint(3, 9), rng.randint(12, 60), rng.randint(5, 99)
     product = a * b
-    steps = [f"First, multiply: {a} * {b} = {product}.",
-             f"Then subtract {c}: {product} - {c} = {product - c}."]
+    steps = [
+        f"First, multiply: {a} * {b} = {product}.",
+        f"Then subtract {c}: {product} - {c} = {product - c}.",
+    ]
     return f"Compute {a} * {b} - {c}.", steps, Fraction(product - c)
 
 
@@ -66,13 +68,19 @@ def _level4(rng: random.Random) -> tuple[str, list[str], Fraction]:
     steps = [
         f"The price starts at {price}.",
         f"First, an increase of {up}% multiplies it by {100 + up}/100: {price} * {100 + up}/100 = {_fmt(raised)}.",
-        (f"Then a decrease of {down}% multiplies it by {100 - down}/100: "
-        f"{_fmt(raised)} * {100 - down}/100 = {_fmt(final)}."),
-        (f"Check: overall the factor is {_fmt(Fraction(100 + up, 100) * Fraction(100 - down, 100))}, "
-        f"and {price} times it is {_fmt(final)}."),
+        (
+            f"Then a decrease of {down}% multiplies it by {100 - down}/100: "
+            f"{_fmt(raised)} * {100 - down}/100 = {_fmt(final)}."
+        ),
+        (
+            f"Check: overall the factor is {_fmt(Fraction(100 + up, 100) * Fraction(100 - down, 100))}, "
+            f"and {price} times it is {_fmt(final)}."
+        ),
     ]
-    question = (f"A jacket costs {price} dollars. Its price is increased by {up}% and then the new price "
-                f"is decreased by {down}%. What is the final price in dollars?")
+    question = (
+        f"A jacket costs {price} dollars. Its price is increased by {up}% and then the new price "
+        f"is decreased by {down}%. What is the final price in dollars?"
+    )
     return question, steps, final
 
 
@@ -96,11 +104,17 @@ def _level5(rng: random.Random) -> tuple[str, list[str], Fraction]:
 
 
 LEVELS: dict[int, Callable[[random.Random], tuple[str, list[str], Fraction]]] = {
-    1: _level1, 2: _level2, 3: _level3, 4: _level4, 5: _level5,
+    1: _level1,
+    2: _level2,
+    3: _level3,
+    4: _level4,
+    5: _level5,
 }
 
 
-def math_problems(per_level: int, seed: int, prefix: str = "math", exclude: set[str] | None = None) -> list[Record]:
+def math_problems(
+    per_level: int, seed: int, prefix: str = "math", exclude: set[str] | None = None
+) -> list[Record]:
     """`per_level` problems at each of the 5 levels; the same seed gives the same problems.
 
     Questions in `exclude` are skipped (held-out targets never repeat a training question).
@@ -115,22 +129,25 @@ def math_problems(per_level: int, seed: int, prefix: str = "math", exclude: set[
             if question in seen or question in (exclude or ()):
                 repeats += 1
                 if repeats > 20_000:  # the level's generator has run out of distinct questions
-                    raise ValueError(f"level {level} has only {len(seen)} distinct new problems; "
-                                     f"asked for {per_level}")
+                    raise ValueError(
+                        f"level {level} has only {len(seen)} distinct new problems; asked for {per_level}"
+                    )
                 continue
             repeats = 0
             seen.add(question)
             index = len(seen) - 1
-            records.append({
-                "id": f"{prefix}-L{level}-{index:04d}",
-                "domain": "math",
-                "difficulty": level,
-                "prompt": question,
-                "response": "\n".join([*steps, _boxed(answer)]),
-                "answer": _fmt(answer),
-                "synthetic": True,
-                "generator": make.__name__.lstrip("_"),
-            })
+            records.append(
+                {
+                    "id": f"{prefix}-L{level}-{index:04d}",
+                    "domain": "math",
+                    "difficulty": level,
+                    "prompt": question,
+                    "response": "\n".join([*steps, _boxed(answer)]),
+                    "answer": _fmt(answer),
+                    "synthetic": True,
+                    "generator": make.__name__.lstrip("_"),
+                }
+            )
     return records
 
 
@@ -157,15 +174,17 @@ def humaneval_records() -> list[Record]:
     ]
 
 
-def demo_corpus(math_per_level: int = 40, math_targets_per_level: int = 8, seed: int = 0,
-                code_limit: int | None = None) -> dict[str, list[Record]]:
+def demo_corpus(
+    math_per_level: int = 40, math_targets_per_level: int = 8, seed: int = 0, code_limit: int | None = None
+) -> dict[str, list[Record]]:
     """Training and held-out target sets over both domains (`code_limit`: first N HumanEval tasks)."""
     code = humaneval_records()[:code_limit]
     code_targets = [r for i, r in enumerate(code) if i % 5 == 0]
     code_train = [r for i, r in enumerate(code) if i % 5 != 0]
     math_train = math_problems(math_per_level, seed)
-    math_targets = math_problems(math_targets_per_level, seed + 1000, prefix="math-target",
-                                 exclude={r["prompt"] for r in math_train})
+    math_targets = math_problems(
+        math_targets_per_level, seed + 1000, prefix="math-target", exclude={r["prompt"] for r in math_train}
+    )
     return {"train": math_train + code_train, "targets": math_targets + code_targets}
 
 

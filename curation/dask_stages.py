@@ -44,8 +44,13 @@ def read_examples(lake: Lake, versions: dict[str, str], columns: list[str]) -> p
     cols = list(dict.fromkeys(["dataset", "version", "row_index", *columns]))
     frames = []
     for name, version in versions.items():
-        part = read_table(lake, "examples", [runs[name]], columns=cols,
-                          filters=[("dataset", "==", name), ("version", "==", version)]).compute()
+        part = read_table(
+            lake,
+            "examples",
+            [runs[name]],
+            columns=cols,
+            filters=[("dataset", "==", name), ("version", "==", version)],
+        ).compute()
         frames.append(part.sort_values("row_index", kind="stable"))
     return pd.concat(frames, ignore_index=True)
 
@@ -62,8 +67,10 @@ def mix(ctx: StageContext, params: dict) -> str:
     label_run, weights_run = mix_stage.find_inputs(ctx, p)
     by = p["by"]
     if not by.startswith("label:") and by not in TABLES["examples"].names:
-        raise UserError(f"stage mix: by {by!r} is not a column of examples "
-                        f"({', '.join(c for c in TABLES['examples'].names if c != 'run_id')}) nor label:NAME")
+        raise UserError(
+            f"stage mix: by {by!r} is not a column of examples "
+            f"({', '.join(c for c in TABLES['examples'].names if c != 'run_id')}) nor label:NAME"
+        )
     examples = read_examples(lake, versions, KEY + ([] if by.startswith("label:") else [by]))
     groups = mix_stage.example_groups(lake, examples, by, label_run)
     prior = None
@@ -108,8 +115,9 @@ def aggregate_influence(scores: Any, groups: pd.Series, group_weights: dict | No
     stand_in = means.assign(target_id="group=" + means["group"].astype(str))
     stand_groups = pd.Series(means["group"].astype(str).to_numpy(), index=stand_in["target_id"].to_numpy())
     stand_groups = stand_groups[~stand_groups.index.duplicated()]
-    return difficulty.aggregate_influence(stand_in[["train_id", "target_id", "score"]], stand_groups,
-                                          group_weights)
+    return difficulty.aggregate_influence(
+        stand_in[["train_id", "target_id", "score"]], stand_groups, group_weights
+    )
 
 
 def influence_reweight(ctx: StageContext, params: dict) -> str:
@@ -132,19 +140,32 @@ def influence_reweight(ctx: StageContext, params: dict) -> str:
         agg = aggregate_influence(scores, groups, p["groups"])
         influence = agg["influence"].reindex(examples["example_id"].astype(str).to_numpy())
         influence.index = examples.index
-        out = difficulty.influence_weights(influence, temperature=p["temperature"], transform=p["transform"],
-                                           clip_min=p["clip_min"], clip_max=p["clip_max"])
+        out = difficulty.influence_weights(
+            influence,
+            temperature=p["temperature"],
+            transform=p["transform"],
+            clip_min=p["clip_min"],
+            clip_max=p["clip_max"],
+        )
         ids = examples[KEY].reset_index(drop=True)
         run.write("weights", ids.assign(weight=out["weight"].to_numpy(), copies=out["copies"].to_numpy()))
         labels = []
         for name, values in [("influence", influence.to_numpy()), ("influence_z", out["z"].to_numpy())] + [
-                (f"influence:{g}", agg[str(g)].reindex(ids["example_id"].astype(str)).to_numpy())
-                for g in agg.columns if g != "influence"]:
-            labels.append(ids.assign(name=name, value=np.asarray(values, dtype=float)).dropna(subset=["value"]))
+            (f"influence:{g}", agg[str(g)].reindex(ids["example_id"].astype(str)).to_numpy())
+            for g in agg.columns
+            if g != "influence"
+        ]:
+            labels.append(
+                ids.assign(name=name, value=np.asarray(values, dtype=float)).dropna(subset=["value"])
+            )
         run.write("labels", pd.concat(labels, ignore_index=True))
-        metrics = [("examples", "all", float(len(examples))), ("scored", "all", float(influence.notna().sum())),
-                   ("weight_min", "all", float(out["weight"].min())), ("weight_max", "all", float(out["weight"].max())),
-                   ("copies", "all", float(out["copies"].sum()))]
+        metrics = [
+            ("examples", "all", float(len(examples))),
+            ("scored", "all", float(influence.notna().sum())),
+            ("weight_min", "all", float(out["weight"].min())),
+            ("weight_max", "all", float(out["weight"].max())),
+            ("copies", "all", float(out["copies"].sum())),
+        ]
         metrics += [("targets", f"group={g}", float((groups == g).sum())) for g in sorted(set(groups))]
         run.write("metrics", pd.DataFrame(metrics, columns=["name", "key", "value"]))
     return run.run_id

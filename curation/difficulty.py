@@ -45,14 +45,18 @@ def largest_remainder(weights: np.ndarray, total: int) -> np.ndarray:
 
 # ---- difficulty flip ----------------------------------------------------------------------------
 
+
 def _threshold(value: float | Mapping[str, float] | None, domain: str) -> float | None:
     if isinstance(value, Mapping):
         return value.get(domain)
     return value
 
 
-def difficulty_bands(examples: pd.DataFrame, easy_max: float | Mapping[str, float] | None = None,
-                     hard_min: float | Mapping[str, float] | None = None) -> pd.Series:
+def difficulty_bands(
+    examples: pd.DataFrame,
+    easy_max: float | Mapping[str, float] | None = None,
+    hard_min: float | Mapping[str, float] | None = None,
+) -> pd.Series:
     """`easy` / `medium` / `hard` per example (None without a difficulty). Thresholds are scalars or
     per-domain mappings; a missing one is the domain's 1/3 (easy_max) or 2/3 (hard_min) quantile."""
     bands = pd.Series([None] * len(examples), index=examples.index, dtype=object)
@@ -73,9 +77,13 @@ def difficulty_bands(examples: pd.DataFrame, easy_max: float | Mapping[str, floa
     return bands
 
 
-def difficulty_flip(examples: pd.DataFrame, directions: Mapping[str, str], fraction: float = 1.0,
-                    easy_max: float | Mapping[str, float] | None = None,
-                    hard_min: float | Mapping[str, float] | None = None) -> pd.DataFrame:
+def difficulty_flip(
+    examples: pd.DataFrame,
+    directions: Mapping[str, str],
+    fraction: float = 1.0,
+    easy_max: float | Mapping[str, float] | None = None,
+    hard_min: float | Mapping[str, float] | None = None,
+) -> pd.DataFrame:
     """Weights and copies per example (aligned with `examples`: columns domain, difficulty).
 
     Returns band, weight (mean 1 within each domain) and copies (summing to the domain's size)."""
@@ -83,7 +91,9 @@ def difficulty_flip(examples: pd.DataFrame, directions: Mapping[str, str], fract
         raise ValueError(f"fraction must be in [0, 1], got {fraction!r}")
     for domain, direction in directions.items():
         if direction not in DIRECTIONS:
-            raise ValueError(f"direction for {domain!r} must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+            raise ValueError(
+                f"direction for {domain!r} must be one of {', '.join(DIRECTIONS)}, got {direction!r}"
+            )
     bands = difficulty_bands(examples, easy_max, hard_min)
     weight = np.ones(len(examples))
     copies = np.ones(len(examples), dtype=np.int64)
@@ -101,31 +111,43 @@ def difficulty_flip(examples: pd.DataFrame, directions: Mapping[str, str], fract
         weight[src] = 1.0 - fraction
         weight[dst] = 1.0 + moved / dst.sum()
         copies[in_domain] = largest_remainder(weight[in_domain], int(in_domain.sum()))
-    return pd.DataFrame({"band": bands.to_numpy(dtype=object), "weight": weight, "copies": copies},
-                        index=examples.index)
+    return pd.DataFrame(
+        {"band": bands.to_numpy(dtype=object), "weight": weight, "copies": copies}, index=examples.index
+    )
 
 
 # ---- influence reweighting ----------------------------------------------------------------------
 
-def aggregate_influence(scores: pd.DataFrame, target_groups: Mapping[str, str] | pd.Series,
-                        group_weights: Mapping[str, float] | None = None) -> pd.DataFrame:
+
+def aggregate_influence(
+    scores: pd.DataFrame,
+    target_groups: Mapping[str, str] | pd.Series,
+    group_weights: Mapping[str, float] | None = None,
+) -> pd.DataFrame:
     """Per training example: its mean score over each group's targets, and their weighted mean.
 
     `scores`: train_id, target_id, score. `target_groups`: target_id -> group; targets without a
     group are ignored. `group_weights`: group -> weight (default: equal); groups absent from the
     scores are ignored. Returns a frame indexed by train_id with one column per group and `influence`.
     """
-    groups = pd.Series(target_groups, dtype=object) if not isinstance(target_groups, pd.Series) else target_groups
+    groups = (
+        pd.Series(target_groups, dtype=object) if not isinstance(target_groups, pd.Series) else target_groups
+    )
     frame = scores[["train_id", "target_id", "score"]].copy()
     frame["group"] = frame["target_id"].astype(str).map(groups.astype(object))
     frame = frame.dropna(subset=["group"])
     if frame.empty:
         raise ValueError("no score has a target in the given groups")
     per_group = frame.pivot_table(index="train_id", columns="group", values="score", aggfunc="mean")
-    chosen = {g: 1.0 for g in per_group.columns} if group_weights is None else {
-        g: float(w) for g, w in group_weights.items() if g in per_group.columns}
+    chosen = (
+        {g: 1.0 for g in per_group.columns}
+        if group_weights is None
+        else {g: float(w) for g, w in group_weights.items() if g in per_group.columns}
+    )
     if not chosen or sum(chosen.values()) <= 0:
-        raise ValueError(f"no weighted group among the scored groups ({', '.join(map(str, per_group.columns))})")
+        raise ValueError(
+            f"no weighted group among the scored groups ({', '.join(map(str, per_group.columns))})"
+        )
     cols = list(chosen)
     w = np.array([chosen[g] for g in cols])
     values = per_group[cols].to_numpy()
@@ -139,8 +161,15 @@ def aggregate_influence(scores: pd.DataFrame, target_groups: Mapping[str, str] |
     return out
 
 
-def influence_weights(influence: pd.Series, *, temperature: float = 1.0, transform: str = "exp",
-                      clip_min: float = 0.25, clip_max: float = 4.0, total: int | None = None) -> pd.DataFrame:
+def influence_weights(
+    influence: pd.Series,
+    *,
+    temperature: float = 1.0,
+    transform: str = "exp",
+    clip_min: float = 0.25,
+    clip_max: float = 4.0,
+    total: int | None = None,
+) -> pd.DataFrame:
     """Weights (mean 1, within [clip_min, clip_max]) and integer copies from aggregated influence.
 
     Examples with no influence (NaN) get weight 1 before normalisation. Returns z, weight, copies

@@ -73,13 +73,21 @@ def build_records(
         raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
     key = ["dataset", "example_id"]
     frame = examples.reset_index(drop=True).copy()
-    frame["group"] = (groups.reset_index(drop=True).astype(str) if groups is not None
-                      else pd.Series([None] * len(frame), dtype=object))
+    frame["group"] = (
+        groups.reset_index(drop=True).astype(str)
+        if groups is not None
+        else pd.Series([None] * len(frame), dtype=object)
+    )
     merged = frame.merge(weights[[*key, "weight", "copies"]], on=key, how="inner", validate="one_to_one")
     merged = merged[(merged["weight"] > 0) & (merged["copies"] > 0)].reset_index(drop=True)
 
-    out = pd.DataFrame({"example_id": merged["example_id"].astype(str), "dataset": merged["dataset"].astype(str),
-                        "group": merged["group"]})
+    out = pd.DataFrame(
+        {
+            "example_id": merged["example_id"].astype(str),
+            "dataset": merged["dataset"].astype(str),
+            "group": merged["group"],
+        }
+    )
     rows = merged.to_dict("records")
     if style == "chat":
         out.insert(0, "messages", pd.Series([chat_messages(r) for r in rows], dtype=object))
@@ -102,9 +110,7 @@ def build_records(
     return result
 
 
-def group_summary(
-    groups_before: pd.Series, records: pd.DataFrame, materialised: bool
-) -> pd.DataFrame:
+def group_summary(groups_before: pd.Series, records: pd.DataFrame, materialised: bool) -> pd.DataFrame:
     """Per group: examples in the pool, examples kept, rows exported, total weight, effective epochs
     (draws per pool example: sum of copies / examples before)."""
     before = groups_before.astype(str).value_counts().rename("examples_before")
@@ -117,8 +123,9 @@ def group_summary(
     summary.index.name = "group"
     for col in ("examples_before", "examples_after", "rows", "draws"):
         summary[col] = summary[col].astype(np.int64)
-    summary["effective_epochs"] = np.where(summary["examples_before"] > 0,
-                                           summary["draws"] / summary["examples_before"].clip(lower=1), 0.0)
+    summary["effective_epochs"] = np.where(
+        summary["examples_before"] > 0, summary["draws"] / summary["examples_before"].clip(lower=1), 0.0
+    )
     return summary.sort_index()
 
 
@@ -153,27 +160,40 @@ def dataset_card(
         front += ["configs:", "- config_name: default", "  data_files:", "  - split: train", "    path:"]
         front += [f"    - {f}" for f in files]
     front.append("---")
-    record = ("`messages` (list of {role, content})" if style == "chat" else "`prompt`, `response`")
-    weight_note = ("each row is one draw of the mixture (`copy` numbers an example's repeats); "
-                   "`weight` is the curation's loss weight" if materialised else
-                   "one row per kept example; `weight` = curation weight x copies (use it as the loss "
-                   "weight), `copies` = draws it stands for")
+    record = "`messages` (list of {role, content})" if style == "chat" else "`prompt`, `response`"
+    weight_note = (
+        "each row is one draw of the mixture (`copy` numbers an example's repeats); "
+        "`weight` is the curation's loss weight"
+        if materialised
+        else "one row per kept example; `weight` = curation weight x copies (use it as the loss "
+        "weight), `copies` = draws it stands for"
+    )
     first = files[0] if files else ""
     load = {
         "jsonl": f'datasets.load_dataset("json", data_files="PATH/{first}")` or `datasets.load_dataset(PATH)',
         "parquet": f'datasets.load_dataset("parquet", data_files="PATH/{first}")` or '
-                   '`datasets.load_dataset(PATH)',
+        "`datasets.load_dataset(PATH)",
         "hf": "datasets.load_from_disk(PATH)",
     }[fmt]
     parts = [
-        "\n".join(front), "", f"# {title}", "",
-        f"Exported by assay from run `{run_id}` as `{fmt}`. Load with `{load}` (PATH: this folder).", "",
-        f"Records: {record}, `example_id`, `dataset`, `group`; {weight_note}.", "",
-        "## Counts per group", "",
-        ("`examples_before`: examples of the datasets the run read; `examples_after`: examples kept; `rows`: rows in this export; "
-         "`draws`: total copies; `effective_epochs`: draws / examples_before "
-         "(well above 1 means a small group is repeated and may overfit)."), "",
-        _markdown_table(summary), "",
+        "\n".join(front),
+        "",
+        f"# {title}",
+        "",
+        f"Exported by assay from run `{run_id}` as `{fmt}`. Load with `{load}` (PATH: this folder).",
+        "",
+        f"Records: {record}, `example_id`, `dataset`, `group`; {weight_note}.",
+        "",
+        "## Counts per group",
+        "",
+        (
+            "`examples_before`: examples of the datasets the run read; `examples_after`: examples kept; `rows`: rows in this export; "
+            "`draws`: total copies; `effective_epochs`: draws / examples_before "
+            "(well above 1 means a small group is repeated and may overfit)."
+        ),
+        "",
+        _markdown_table(summary),
+        "",
     ]
     if schedule_file and schedule is not None and len(schedule):
         steps = int(schedule["step"].max()) + 1
@@ -182,14 +202,22 @@ def dataset_card(
         phases = ", ".join(f"step {s}: tau {taus[s]:g}" for s in changes[:6])
         if len(changes) > 6:
             phases += f", ... ({len(changes)} changes; a gradual schedule)"
-        parts += ["## Mixture schedule", "",
-                  (f"`{schedule_file}`: group probability per training step (step, group, tau, "
-                   f"probability), {steps} steps; {phases}."), ""]
+        parts += [
+            "## Mixture schedule",
+            "",
+            (
+                f"`{schedule_file}`: group probability per training step (step, group, tau, "
+                f"probability), {steps} steps; {phases}."
+            ),
+            "",
+        ]
     parts += ["## Lineage", ""]
     for run in lineage:
         params = run.get("params")
         params = params if isinstance(params, str) else json.dumps(params, sort_keys=True, default=str)
-        parts.append(f"- `{run.get('run_id')}` {run.get('kind')}/{run.get('method')}"
-                     f" (finished {run.get('finished_at')}): params `{params}`")
+        parts.append(
+            f"- `{run.get('run_id')}` {run.get('kind')}/{run.get('method')}"
+            f" (finished {run.get('finished_at')}): params `{params}`"
+        )
     parts.append("")
     return "\n".join(parts)

@@ -25,6 +25,7 @@ SCHEDULES = ("constant", "cooldown", "linear", "cosine")
 
 # --- group probabilities ------------------------------------------------------------------------------
 
+
 def group_counts(groups: Sequence | pd.Series | np.ndarray) -> pd.Series:
     """Examples per group, indexed by group value in sorted order (a stable order for every output)."""
     counts = pd.Series(np.asarray(groups, dtype=object)).value_counts(dropna=False)
@@ -66,6 +67,7 @@ def variance_factor(counts: pd.Series, tau: float) -> float:
 
 
 # --- schedules ----------------------------------------------------------------------------------------
+
 
 def tau_schedule(
     steps: int,
@@ -124,6 +126,7 @@ def schedule_long(probs: pd.DataFrame, taus: np.ndarray) -> pd.DataFrame:
 
 # --- materialisation ----------------------------------------------------------------------------------
 
+
 def _codes(groups: Sequence | pd.Series | np.ndarray, counts: pd.Series) -> np.ndarray:
     codes = pd.Index(counts.index).get_indexer(pd.Series(np.asarray(groups, dtype=object)))
     if (codes < 0).any():
@@ -178,7 +181,9 @@ def materialise_copies(
     temperature `tau`. Small groups are repeated, large groups subsampled."""
     counts = group_counts(groups)
     total = int(counts.sum()) if total is None else int(total)
-    return round_copies(example_ids, expected_copies(groups, temperature_probs(counts, tau), counts, total), seed)
+    return round_copies(
+        example_ids, expected_copies(groups, temperature_probs(counts, tau), counts, total), seed
+    )
 
 
 def sample_steps(
@@ -228,12 +233,14 @@ def sample_steps(
     order = np.lexsort((rng.random(len(step)), step))
     step, index, code = step[order], np.concatenate(index_parts)[order], np.concatenate(code_parts)[order]
     slot = np.arange(len(step)) - np.repeat(np.arange(n_steps) * batch_size, batch_size)
-    return pd.DataFrame({
-        "step": step.astype(np.int64),
-        "slot": slot.astype(np.int64),
-        "index": index.astype(np.int64),
-        "group": np.asarray(counts.index, dtype=object)[code],
-    })
+    return pd.DataFrame(
+        {
+            "step": step.astype(np.int64),
+            "slot": slot.astype(np.int64),
+            "index": index.astype(np.int64),
+            "group": np.asarray(counts.index, dtype=object)[code],
+        }
+    )
 
 
 def epoch_sequence(copies: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -249,15 +256,15 @@ def copies_from_sequence(indices: np.ndarray, n_examples: int) -> np.ndarray:
     return np.bincount(np.asarray(indices, dtype=np.int64), minlength=n_examples).astype(np.int64)
 
 
-def effective_epochs(
-    groups: Sequence | pd.Series | np.ndarray, copies: np.ndarray
-) -> pd.DataFrame:
+def effective_epochs(groups: Sequence | pd.Series | np.ndarray, copies: np.ndarray) -> pd.DataFrame:
     """Per group: examples, draws (sum of copies), effective epochs (draws / examples) and the share
     of examples never drawn. Effective epochs well above 1 flag over-repeated small groups, which
     temperature sampling overfits (the paper's caveat)."""
     frame = pd.DataFrame({"group": np.asarray(groups, dtype=object), "copies": np.asarray(copies)})
     out = frame.groupby("group", sort=True).agg(
-        examples=("copies", "size"), draws=("copies", "sum"), unseen=("copies", lambda c: float((c == 0).mean()))
+        examples=("copies", "size"),
+        draws=("copies", "sum"),
+        unseen=("copies", lambda c: float((c == 0).mean())),
     )
     out["effective_epochs"] = out["draws"] / out["examples"]
     return out[["examples", "draws", "effective_epochs", "unseen"]]

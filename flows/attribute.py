@@ -55,8 +55,14 @@ class _PlanLake(Lake):
     """A lake whose `run()` records what it was asked to open and stops there, before any work."""
 
     @contextmanager
-    def run(self, kind: str, method: str, params: dict | None = None, inputs: dict | None = None,
-            model: str | None = None) -> Any:
+    def run(
+        self,
+        kind: str,
+        method: str,
+        params: dict | None = None,
+        inputs: dict | None = None,
+        model: str | None = None,
+    ) -> Any:
         raise _Planned(AttributionPlan(kind, method, params or {}, inputs or {}, model))
         yield  # a generator, so that this is a context manager
 
@@ -107,8 +113,9 @@ def resolve_model(lake_root: str, model_dir: str) -> str:
 
 # ------------------------------------------------------------------------------------------ one process
 @step(name="attribute", task_run_name="attribute-{train_dataset}-on-{target_dataset}", **RETRY)
-def attribute_step(lake_root: str, model_dir: str, train_dataset: str, target_dataset: str,
-                   options: dict) -> str:
+def attribute_step(
+    lake_root: str, model_dir: str, train_dataset: str, target_dataset: str, options: dict
+) -> str:
     from attribution.stage import run_attribution
 
     return run_attribution(Lake(lake_root), model_dir, train_dataset, target_dataset, **options)
@@ -124,7 +131,9 @@ def _scorer(lake: Lake, args: dict, run_id: str, plan: AttributionPlan) -> Any:
 
     for name, version in plan.inputs.get("datasets", {}).items():
         if lake.dataset_version(name) != version:
-            raise UserError(f"dataset {name} changed (now {lake.dataset_version(name)}) while run {run_id} ran")
+            raise UserError(
+                f"dataset {name} changed (now {lake.dataset_version(name)}) while run {run_id} ran"
+            )
     device = pick_device(args["device"])
     model, tokenizer = load_causal_lm(args["model_dir"], device)
     keep = ("example_id", "domain", "difficulty", "prompt", "response", "messages", "answer")
@@ -138,10 +147,24 @@ def _scorer(lake: Lake, args: dict, run_id: str, plan: AttributionPlan) -> Any:
         from attribution.correctness import correct_mask
 
         targets = [t for t, ok in zip(targets, correct_mask(model, tokenizer, targets), strict=True) if ok]
-    prepared = prepare_lm(model, tokenizer, train, targets, max_length=args["max_length"], modules=args["modules"],
-                          group_by=list(args["group_by"]))
-    scorer = ShardScorer(args["method"], prepared, method_config(args["method"], args["method_params"]), device,
-                         work_dir(lake, run_id), load_checkpoints(args["checkpoints"]), seed=args["seed"])
+    prepared = prepare_lm(
+        model,
+        tokenizer,
+        train,
+        targets,
+        max_length=args["max_length"],
+        modules=args["modules"],
+        group_by=list(args["group_by"]),
+    )
+    scorer = ShardScorer(
+        args["method"],
+        prepared,
+        method_config(args["method"], args["method_params"]),
+        device,
+        work_dir(lake, run_id),
+        load_checkpoints(args["checkpoints"]),
+        seed=args["seed"],
+    )
     scorer.prepare()  # influence factors: fitted by the first caller, reused from the work folder after
     return scorer
 
@@ -173,8 +196,13 @@ def score_shards(lake_root: str, args: dict, run_id: str, plan: dict, shard_ids:
     scorer = _scorer(lake, args, run_id, AttributionPlan(**plan))
     written = []
     levels = Levels(args["segmenter"], args["token_targets"])
-    for k, frames in iter_shard_frames(scorer, args["level"], levels, args["shard_size"],
-                                       skip=lambda k: k not in mine or run.has_shard("scores", k)):
+    for k, frames in iter_shard_frames(
+        scorer,
+        args["level"],
+        levels,
+        args["shard_size"],
+        skip=lambda k: k not in mine or run.has_shard("scores", k),
+    ):
         for table in ("token_scores", "segment_scores", "scores"):  # scores last: marks the shard done
             if table in frames:
                 written.append(str(run.write(table, frames[table], shard=k)))
@@ -192,15 +220,21 @@ def dask_runner(dask: str | None, workers: int, gpu: bool) -> Any:
     address = dask_address(dask)
     if address is not None and address != LOCAL:
         return DaskTaskRunner(address=address)
-    kwargs: dict[str, Any] = {"n_workers": max(1, workers), "threads_per_worker": 1, "processes": True,
-                              "dashboard_address": None}
+    kwargs: dict[str, Any] = {
+        "n_workers": max(1, workers),
+        "threads_per_worker": 1,
+        "processes": True,
+        "dashboard_address": None,
+    }
     if gpu:
         kwargs["resources"] = {"GPU": 1}
     return DaskTaskRunner(cluster_kwargs=kwargs)
 
 
 @flow(name="attribute-shards", log_prints=False)
-def shards_flow(lake_root: str, args: dict, run_id: str, plan: dict, groups: list[list[int]], gpu: bool) -> list[str]:
+def shards_flow(
+    lake_root: str, args: dict, run_id: str, plan: dict, groups: list[list[int]], gpu: bool
+) -> list[str]:
     """Fan the shard groups out over the flow's Dask task runner; returns the files written."""
     import dask
 
@@ -212,18 +246,39 @@ def shards_flow(lake_root: str, args: dict, run_id: str, plan: dict, groups: lis
     return [path for future in futures for path in future.result()]
 
 
-def fan_out(lake_root: str, args: dict, run_id: str, plan: dict, groups: list[list[int]], dask: str | None,
-            workers: int, gpu: bool) -> list[str]:
+def fan_out(
+    lake_root: str,
+    args: dict,
+    run_id: str,
+    plan: dict,
+    groups: list[list[int]],
+    dask: str | None,
+    workers: int,
+    gpu: bool,
+) -> list[str]:
     from prefect.context import FlowRunContext
 
     if FlowRunContext.get() is not None:
         runner = dask_runner(dask, workers, gpu)
-        return shards_flow.with_options(task_runner=runner)(lake_root, args, run_id, plan, groups, gpu)  # a subflow
+        return shards_flow.with_options(task_runner=runner)(
+            lake_root, args, run_id, plan, groups, gpu
+        )  # a subflow
     from storage.dask_io import dask_client
 
     with dask_client(dask, n_workers=max(1, workers), resources={"GPU": 1} if gpu else None) as client:
-        futures = [client.submit(score_shards, lake_root, args, run_id, plan, group, pure=False,
-                                 resources={"GPU": 1} if gpu else None) for group in groups]
+        futures = [
+            client.submit(
+                score_shards,
+                lake_root,
+                args,
+                run_id,
+                plan,
+                group,
+                pure=False,
+                resources={"GPU": 1} if gpu else None,
+            )
+            for group in groups
+        ]
         return [path for paths in client.gather(futures) for path in paths]
 
 
@@ -252,9 +307,17 @@ def attribute_sharded(lake: Lake, args: dict, dask: str | None, workers: int) ->
 
 # ------------------------------------------------------------------------------------------ the flow
 @flow(name="attribute", log_prints=False)
-def attribute_flow(train_dataset: str, target_dataset: str, model_dir: str = "demo-quick",
-                   lake_root: str | None = None, method: str = "ekfac", level: str = "example",
-                   options: dict | None = None, dask: str | None = None, workers: int = 0) -> dict:
+def attribute_flow(
+    train_dataset: str,
+    target_dataset: str,
+    model_dir: str = "demo-quick",
+    lake_root: str | None = None,
+    method: str = "ekfac",
+    level: str = "example",
+    options: dict | None = None,
+    dask: str | None = None,
+    workers: int = 0,
+) -> dict:
     """Attribute `target_dataset` to `train_dataset` with the model in `model_dir`.
 
     `options`: more run_attribution keywords (device, method_params, shard_size, max_length, ...).
@@ -273,12 +336,23 @@ def attribute_flow(train_dataset: str, target_dataset: str, model_dir: str = "de
     else:
         plan = plan_attribution(lake, args)
         reused = run_complete(root, plan.run_id)
-        run_id = attribute_step(root, model, train_dataset, target_dataset,
-                                {k: v for k, v in args.items()
-                                 if k not in ("model_dir", "train_dataset", "target_dataset")})
-    tables = {t: str(lake.run_dir(t, run_id)) for t in ("scores", "segment_scores", "token_scores")
-              if lake.run_dir(t, run_id).is_dir()}
-    publish_summary(f"attribute-{train_dataset}-{target_dataset}", f"Attribution of {target_dataset} to "
-                    f"{train_dataset} ({method}, {level})", lake, [run_id],
-                    {"model": model, "reused": reused, "dask": dask or (f"{workers} local workers" if workers else None)})
+        run_id = attribute_step(
+            root,
+            model,
+            train_dataset,
+            target_dataset,
+            {k: v for k, v in args.items() if k not in ("model_dir", "train_dataset", "target_dataset")},
+        )
+    tables = {
+        t: str(lake.run_dir(t, run_id))
+        for t in ("scores", "segment_scores", "token_scores")
+        if lake.run_dir(t, run_id).is_dir()
+    }
+    publish_summary(
+        f"attribute-{train_dataset}-{target_dataset}",
+        f"Attribution of {target_dataset} to {train_dataset} ({method}, {level})",
+        lake,
+        [run_id],
+        {"model": model, "reused": reused, "dask": dask or (f"{workers} local workers" if workers else None)},
+    )
     return {"run_id": run_id, "model": model, "reused": reused, "tables": tables}

@@ -38,7 +38,9 @@ def get_lake(lake: Path | None = None) -> Lake:
 def main_options(
     lake: LakeOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
-    no_prefect: Annotated[bool, typer.Option("--no-prefect", help="Run jobs as plain calls, not Prefect flows.")] = False,
+    no_prefect: Annotated[
+        bool, typer.Option("--no-prefect", help="Run jobs as plain calls, not Prefect flows.")
+    ] = False,
 ) -> None:
     State.lake_root, State.quiet = lake, quiet
     if no_prefect:
@@ -85,17 +87,30 @@ def write_atomic(path: Path, data: bytes) -> None:
 # ---------------------------------------------------------------------------------- commands
 @app.command()
 def ingest(
-    path: Annotated[Path, typer.Argument(help="JSONL, JSON, Parquet, CSV, or a datasets save_to_disk directory.")],
+    path: Annotated[
+        Path, typer.Argument(help="JSONL, JSON, Parquet, CSV, or a datasets save_to_disk directory.")
+    ],
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset name in the lake.")],
-    fmt: Annotated[str | None, typer.Option("--format", help="jsonl|json|parquet|csv|hf (default: by suffix).")] = None,
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="jsonl|json|parquet|csv|hf (default: by suffix).")
+    ] = None,
     split: Annotated[str | None, typer.Option(help="Split of a DatasetDict directory.")] = None,
     prompt_col: Annotated[str, typer.Option(help="Column with the prompt.")] = "prompt",
     response_col: Annotated[str, typer.Option(help="Column with the response.")] = "response",
-    messages_col: Annotated[str, typer.Option(help="Column with chat messages [{role, content}].")] = "messages",
+    messages_col: Annotated[
+        str, typer.Option(help="Column with chat messages [{role, content}].")
+    ] = "messages",
     domain_col: Annotated[str, typer.Option(help="Column with the domain.")] = "domain",
-    domain: Annotated[str | None, typer.Option(help="One domain for every row (instead of a column).")] = None,
-    difficulty_col: Annotated[str, typer.Option(help="Column with a numeric or easy/medium/hard difficulty.")] = "difficulty",
-    id_col: Annotated[str | None, typer.Option(help="Column with stable ids (default: id/example_id/task_id, else a content hash).")] = None,
+    domain: Annotated[
+        str | None, typer.Option(help="One domain for every row (instead of a column).")
+    ] = None,
+    difficulty_col: Annotated[
+        str, typer.Option(help="Column with a numeric or easy/medium/hard difficulty.")
+    ] = "difficulty",
+    id_col: Annotated[
+        str | None,
+        typer.Option(help="Column with stable ids (default: id/example_id/task_id, else a content hash)."),
+    ] = None,
     answer_col: Annotated[str, typer.Option(help="Column with the reference final answer.")] = "answer",
 ) -> None:
     """Ingest a file of examples as a dataset version. Re-ingesting the same content is a no-op."""
@@ -104,20 +119,39 @@ def ingest(
     from flows.runtime import run_job
     from storage.ingest import ColumnMap, normalize, read_rows
 
-    columns = ColumnMap(prompt=prompt_col, response=response_col, messages=messages_col, domain=domain_col,
-                        difficulty=difficulty_col, id=id_col, answer=answer_col, domain_value=domain)
+    columns = ColumnMap(
+        prompt=prompt_col,
+        response=response_col,
+        messages=messages_col,
+        domain=domain_col,
+        difficulty=difficulty_col,
+        id=id_col,
+        answer=answer_col,
+        domain_value=domain,
+    )
     normalize(read_rows(path, fmt, split), dataset, columns, str(path))  # user errors before any job starts
     lake = get_lake()
-    result = run_job("flows.ingest:ingest_flow", path=str(path), dataset=dataset, lake_root=str(lake.root),
-                     columns=asdict(columns), fmt=fmt, split=split)
+    result = run_job(
+        "flows.ingest:ingest_flow",
+        path=str(path),
+        dataset=dataset,
+        lake_root=str(lake.root),
+        columns=asdict(columns),
+        fmt=fmt,
+        split=split,
+    )
     state = "unchanged (already ingested)" if result["unchanged"] else "new version"
     domains = ", ".join(f"{k}: {v}" for k, v in sorted(result["domains"].items()))
-    echo(f"{dataset} {result['version']}: {result['rows']} examples, {state} [{domains}] run {result['run_id']}")
+    echo(
+        f"{dataset} {result['version']}: {result['rows']} examples, {state} [{domains}] run {result['run_id']}"
+    )
 
 
 @app.command()
 def sql(
-    query: Annotated[str, typer.Argument(help="One SELECT / WITH / EXPLAIN statement over the lake's views.")],
+    query: Annotated[
+        str, typer.Argument(help="One SELECT / WITH / EXPLAIN statement over the lake's views.")
+    ],
     fmt: Annotated[str, typer.Option("--format", help="table|csv|json|parquet")] = "table",
     out: Annotated[Path | None, typer.Option("--out", help="Write the result to this file.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds before the query is stopped.")] = 60.0,
@@ -163,7 +197,9 @@ def sql(
 
 @app.command()
 def runs(
-    kind: Annotated[str | None, typer.Option(help="Only runs of this kind (ingest, attribute, curate, ...).")] = None,
+    kind: Annotated[
+        str | None, typer.Option(help="Only runs of this kind (ingest, attribute, curate, ...).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per run.")] = False,
 ) -> None:
     """Runs in the lake with status and lineage (what each read, with which parameters)."""
@@ -180,10 +216,19 @@ def runs(
     rows = []
     for r in records:
         seconds = (r["finished_at"] - r["started_at"]).total_seconds() if r["finished_at"] else None
-        rows.append({"run_id": r["run_id"], "kind": r["kind"], "method": r["method"], "status": r["status"],
-                     "started": r["started_at"].strftime("%Y-%m-%d %H:%M:%S"),
-                     "seconds": None if seconds is None else round(seconds, 1),
-                     "inputs": r["inputs"], "params": r["params"], "error": r["error"] or ""})
+        rows.append(
+            {
+                "run_id": r["run_id"],
+                "kind": r["kind"],
+                "method": r["method"],
+                "status": r["status"],
+                "started": r["started_at"].strftime("%Y-%m-%d %H:%M:%S"),
+                "seconds": None if seconds is None else round(seconds, 1),
+                "inputs": r["inputs"],
+                "params": r["params"],
+                "error": r["error"] or "",
+            }
+        )
     print_frame(pd.DataFrame(rows), title=f"runs in {get_lake().root}")
 
 
@@ -202,23 +247,31 @@ def tables() -> None:
         for name in [*TABLES.keys(), *EXTRA_VIEWS]:
             described = con.execute(f"DESCRIBE {name}").fetchall()
             count = con.execute(f"SELECT count(*) FROM {name}").fetchall()[0][0]
-            rows.append({"table": name, "rows": count,
-                         "columns": ", ".join(f"{c[0]} {c[1]}" for c in described)})
+            rows.append(
+                {"table": name, "rows": count, "columns": ", ".join(f"{c[0]} {c[1]}" for c in described)}
+            )
     finally:
         con.close()
     print_frame(pd.DataFrame(rows), title=f"lake {lake.root}")
 
 
 DEMO_QUERIES = [
-    ("Examples per domain", ("SELECT dataset, domain, count(*) AS examples, round(avg(difficulty), 2) AS "
-     "mean_difficulty FROM examples GROUP BY ALL ORDER BY ALL")),
+    (
+        "Examples per domain",
+        (
+            "SELECT dataset, domain, count(*) AS examples, round(avg(difficulty), 2) AS "
+            "mean_difficulty FROM examples GROUP BY ALL ORDER BY ALL"
+        ),
+    ),
     ("Runs so far", "SELECT kind, method, status, count(*) AS runs FROM runs GROUP BY ALL ORDER BY ALL"),
 ]
 
 
 @app.command()
 def demo(
-    quick: Annotated[bool, typer.Option("--quick", help="A small corpus and a shorter training run.")] = False,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="A small corpus and a shorter training run.")
+    ] = False,
 ) -> None:
     """Build the offline demo corpus and reference model, run every stage, print SQL and answers."""
     from flows.runtime import run_job
@@ -229,14 +282,16 @@ def demo(
     echo(f"lake: {lake.root}")
     for name, result in summary["ingested"].items():
         state = "unchanged" if result["unchanged"] else "ingested"
-        echo(f"  {name}: {result['rows']} examples {state} (version {result['version']}, {result['domains']})")
+        echo(
+            f"  {name}: {result['rows']} examples {state} (version {result['version']}, {result['domains']})"
+        )
     echo(f"reference model: {summary['model']}")
     for stage, run_id in summary.get("runs", {}).items():
         echo(f"  {stage}: run {run_id}")
     if summary.get("export"):
         echo(f"exported dataset: {summary['export']['path']} ({summary['export']['rows']} rows)")
     for title, query in DEMO_QUERIES + summary.get("queries", []):
-        echo(f"\n-- {title}\nassay sql \"{query}\"")
+        echo(f'\n-- {title}\nassay sql "{query}"')
         print_frame(run_sql(lake.root, query).to_pandas())
     if summary.get("report"):
         echo(f"\nreport: {summary['report']}")

@@ -37,8 +37,16 @@ def dask_variant(stage_name: str, ctx: Any, params: dict, dask: str | None) -> A
 
 
 @step(name="stage", task_run_name="{stage_name}", **RETRY)
-def run_stage(lake_root: str, datasets: list[str], stage_name: str, params: dict, previous: dict[str, str],
-              device: str = "cpu", dask: str | None = None, quiet: bool = False) -> str:
+def run_stage(
+    lake_root: str,
+    datasets: list[str],
+    stage_name: str,
+    params: dict,
+    previous: dict[str, str],
+    device: str = "cpu",
+    dask: str | None = None,
+    quiet: bool = False,
+) -> str:
     """Run one registered stage; returns its run id."""
     from curation.stages import StageContext, load_stages
 
@@ -67,9 +75,16 @@ def pin_scores(params: dict, stage_name: str, scores_run: str | None) -> dict:
 
 
 @flow(name="curate", log_prints=False)
-def curate_flow(recipe: str | dict, lake_root: str | None = None, datasets: list[str] | None = None,
-                device: str = "cpu", dask: str | None = None, export_out: str | None = None,
-                scores_run: str | None = None, quiet: bool = False) -> dict:
+def curate_flow(
+    recipe: str | dict,
+    lake_root: str | None = None,
+    datasets: list[str] | None = None,
+    device: str = "cpu",
+    dask: str | None = None,
+    export_out: str | None = None,
+    scores_run: str | None = None,
+    quiet: bool = False,
+) -> dict:
     """Run a recipe (a YAML path, or the recipe as a mapping) over the lake; returns the run ids."""
     lake = Lake(lake_root)
     spec = resolve_recipe(recipe, datasets)
@@ -77,18 +92,41 @@ def curate_flow(recipe: str | dict, lake_root: str | None = None, datasets: list
     runs: dict[str, str] = {}
     for stage in spec.stages:
         params = pin_scores(stage.params, stage.stage, scores_run)
-        runs[stage.name] = run_stage(str(lake.root), spec.datasets, stage.stage, params, dict(runs),
-                                     device=device, dask=dask, quiet=quiet)
+        runs[stage.name] = run_stage(
+            str(lake.root),
+            spec.datasets,
+            stage.stage,
+            params,
+            dict(runs),
+            device=device,
+            dask=dask,
+            quiet=quiet,
+        )
     exported = None
     export = spec.export
     if export is not None or export_out:
         chosen = runs[export.run] if export is not None and export.run else list(runs.values())[-1]
         out = export_out or export.out
-        exported = export_step(str(lake.root), chosen, out, fmt=export.format if export else "jsonl",
-                               style=export.style if export else "chat",
-                               materialise=bool(export and export.materialise), force=bool(export and export.force))
-    extra: dict[str, Any] = {"recipe": spec.name, "datasets": ", ".join(f"{k}@{v}" for k, v in versions.items())}
+        exported = export_step(
+            str(lake.root),
+            chosen,
+            out,
+            fmt=export.format if export else "jsonl",
+            style=export.style if export else "chat",
+            materialise=bool(export and export.materialise),
+            force=bool(export and export.force),
+        )
+    extra: dict[str, Any] = {
+        "recipe": spec.name,
+        "datasets": ", ".join(f"{k}@{v}" for k, v in versions.items()),
+    }
     if exported:
         extra["export"] = f"{exported['path']} ({exported['rows']} rows)"
     publish_summary(f"curate-{spec.name}", f"Curation recipe {spec.name}", lake, runs.values(), extra)
-    return {"recipe": spec.name, "lake": str(lake.root), "datasets": versions, "runs": runs, "export": exported}
+    return {
+        "recipe": spec.name,
+        "lake": str(lake.root),
+        "datasets": versions,
+        "runs": runs,
+        "export": exported,
+    }

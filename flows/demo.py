@@ -16,8 +16,10 @@ from storage import Lake
 DEMO_TRAIN, DEMO_TARGETS = "demo_train", "demo_targets"
 SIZES = {
     False: {"corpus": {"math_per_level": 40, "math_targets_per_level": 8}, "model": {}},
-    True: {"corpus": {"math_per_level": 6, "math_targets_per_level": 2, "code_limit": 30},
-           "model": {"epochs": 2}},
+    True: {
+        "corpus": {"math_per_level": 6, "math_targets_per_level": 2, "code_limit": 30},
+        "model": {"epochs": 2},
+    },
 }
 
 
@@ -52,12 +54,15 @@ def attribute(lake_root: str, model_dir: str) -> str:
     """EK-FAC influence (Infra's setting) at token level: writes scores, segment_scores, token_scores."""
     from attribution.stage import run_attribution
 
-    return run_attribution(Lake(lake_root), model_dir, DEMO_TRAIN, DEMO_TARGETS, method="ekfac", level="token")
+    return run_attribution(
+        Lake(lake_root), model_dir, DEMO_TRAIN, DEMO_TARGETS, method="ekfac", level="token"
+    )
 
 
 ATTRIBUTION_QUERIES = [
-    ("Most helpful and most harmful training examples per target domain (positive = helpful)",
-     """WITH mean AS (
+    (
+        "Most helpful and most harmful training examples per target domain (positive = helpful)",
+        """WITH mean AS (
   SELECT tg.domain AS target_domain, tr.domain AS train_domain, s.train_id, avg(s.score) AS score
   FROM scores s JOIN examples tr ON tr.example_id = s.train_id AND tr.dataset = 'demo_train'
   JOIN examples tg ON tg.example_id = s.target_id AND tg.dataset = 'demo_targets'
@@ -68,18 +73,23 @@ ranked AS (
 SELECT target_domain, CASE WHEN top <= 3 THEN 'helpful' ELSE 'harmful' END AS kind, train_id, train_domain,
        round(score, 1) AS score
 FROM ranked WHERE top <= 3 OR bottom <= 3
-ORDER BY target_domain, kind DESC, score DESC"""),
-    ("Mean influence by (train domain, difficulty) x target domain: Infra's cross-domain table",
-     """SELECT tr.domain AS train_domain, tr.difficulty,
+ORDER BY target_domain, kind DESC, score DESC""",
+    ),
+    (
+        "Mean influence by (train domain, difficulty) x target domain: Infra's cross-domain table",
+        """SELECT tr.domain AS train_domain, tr.difficulty,
        round(avg(s.score) FILTER (WHERE tg.domain = 'math'), 2) AS on_math,
        round(avg(s.score) FILTER (WHERE tg.domain = 'code'), 2) AS on_code
 FROM scores s JOIN examples tr ON tr.example_id = s.train_id AND tr.dataset = 'demo_train'
 JOIN examples tg ON tg.example_id = s.target_id AND tg.dataset = 'demo_targets'
-WHERE s.run_id = '{run}' GROUP BY ALL ORDER BY ALL"""),
-    ("Training tokens with the most influence on math targets",
-     """SELECT trim(token) AS token, count(*) AS n, round(avg(score), 1) AS mean_influence
+WHERE s.run_id = '{run}' GROUP BY ALL ORDER BY ALL""",
+    ),
+    (
+        "Training tokens with the most influence on math targets",
+        """SELECT trim(token) AS token, count(*) AS n, round(avg(score), 1) AS mean_influence
 FROM token_scores WHERE run_id = '{run}' AND target_id = 'domain=math' AND trim(token) <> ''
-GROUP BY 1 HAVING count(*) >= 5 ORDER BY mean_influence DESC LIMIT 8"""),
+GROUP BY 1 HAVING count(*) >= 5 ORDER BY mean_influence DESC LIMIT 8""",
+    ),
 ]
 
 
@@ -100,8 +110,19 @@ def demo_recipe(replay: str, export_out: str) -> dict:
     import yaml
 
     recipe = yaml.safe_load(RECIPE.read_text())
-    dart = {"stage": "dart", "params": {"strategy": "prop2diff", "generator": "replay", "replay": replay,
-                                        "k_p": 8, "n_d": 4, "n_max": 16, "verify": "auto", "seed": 0}}
+    dart = {
+        "stage": "dart",
+        "params": {
+            "strategy": "prop2diff",
+            "generator": "replay",
+            "replay": replay,
+            "k_p": 8,
+            "n_d": 4,
+            "n_max": 16,
+            "verify": "auto",
+            "seed": 0,
+        },
+    }
     recipe["stages"] = [dart, *recipe["stages"]]
     recipe["export"] = {**recipe.get("export", {}), "out": export_out, "force": True}
     return recipe
@@ -117,29 +138,47 @@ def unlearn(lake_root: str, model_dir: str, scores_run: str, quick: bool) -> str
 
     out = state_dir() / "demo" / ("unlearned-quick" if quick else "unlearned")
     out.parent.mkdir(parents=True, exist_ok=True)
-    return run_unlearning(Lake(lake_root), model_dir, DEMO_TRAIN, out, forget_where=FORGET_WHERE,
-                          scores_run_id=scores_run, method="dmm", force=True,
-                          # one calibration retrain of the scores' scale keeps the demo to minutes
-                          settings=UnlearnSettings(lr=1e-3, epochs=10, batch_size=32, calibration_retrains=1))
+    return run_unlearning(
+        Lake(lake_root),
+        model_dir,
+        DEMO_TRAIN,
+        out,
+        forget_where=FORGET_WHERE,
+        scores_run_id=scores_run,
+        method="dmm",
+        force=True,
+        # one calibration retrain of the scores' scale keeps the demo to minutes
+        settings=UnlearnSettings(lr=1e-3, epochs=10, batch_size=32, calibration_retrains=1),
+    )
 
 
-UNLEARN_QUERY = ("Unlearning (DMM) of the hardest code examples: loss before and after",
-                 ("SELECT name, key, round(value, 4) AS value FROM metrics WHERE run_id = '{unlearn}' "
-                  "AND name ILIKE '%loss%' ORDER BY ALL"))
+UNLEARN_QUERY = (
+    "Unlearning (DMM) of the hardest code examples: loss before and after",
+    (
+        "SELECT name, key, round(value, 4) AS value FROM metrics WHERE run_id = '{unlearn}' "
+        "AND name ILIKE '%loss%' ORDER BY ALL"
+    ),
+)
 
 CURATION_QUERIES = [
-    ("DART: trials and kept responses by difficulty (Prop2Diff spends more on hard queries)",
-     """SELECT e.domain, e.difficulty, count(*) AS trials, sum(s.correct::INT) AS correct
+    (
+        "DART: trials and kept responses by difficulty (Prop2Diff spends more on hard queries)",
+        """SELECT e.domain, e.difficulty, count(*) AS trials, sum(s.correct::INT) AS correct
 FROM samples s JOIN examples e ON e.example_id = s.query_id AND e.dataset = 'demo_train'
-WHERE s.run_id = '{dart}' GROUP BY ALL ORDER BY ALL"""),
-    ("PPP clusters of the training set (MiniLM embeddings) against domains",
-     """SELECT l.value::INT AS cluster, e.domain, count(*) AS examples FROM labels l
+WHERE s.run_id = '{dart}' GROUP BY ALL ORDER BY ALL""",
+    ),
+    (
+        "PPP clusters of the training set (MiniLM embeddings) against domains",
+        """SELECT l.value::INT AS cluster, e.domain, count(*) AS examples FROM labels l
 JOIN examples e ON e.example_id = l.example_id AND e.dataset = l.dataset
-WHERE l.run_id = '{ppp}' AND l.name = 'ppp_cluster' GROUP BY ALL ORDER BY ALL"""),
-    ("The curated mixture: examples, total weight and materialised copies per domain",
-     """SELECT e.domain, count(*) AS examples, round(sum(w.weight), 1) AS weight, sum(w.copies) AS copies
+WHERE l.run_id = '{ppp}' AND l.name = 'ppp_cluster' GROUP BY ALL ORDER BY ALL""",
+    ),
+    (
+        "The curated mixture: examples, total weight and materialised copies per domain",
+        """SELECT e.domain, count(*) AS examples, round(sum(w.weight), 1) AS weight, sum(w.copies) AS copies
 FROM weights w JOIN examples e ON e.example_id = w.example_id AND e.dataset = w.dataset
-WHERE w.run_id = '{mix}' GROUP BY ALL ORDER BY ALL"""),
+WHERE w.run_id = '{mix}' GROUP BY ALL ORDER BY ALL""",
+    ),
 ]
 
 
@@ -157,13 +196,29 @@ def demo_flow(lake_root: str, quick: bool = False) -> dict:
     from flows.tasks import subflow
 
     export_out = str(Path("exports") / ("demo-quick" if quick else "demo"))
-    curated = subflow(curate_flow, demo_recipe(dart_replay_file(lake_root), export_out), lake_root=lake_root,
-                             scores_run=attribution_run, quiet=True)
-    runs = {"attribute": attribution_run, **curated["runs"],
-            "unlearn": unlearn(lake_root, model_dir, attribution_run, quick)}
+    curated = subflow(
+        curate_flow,
+        demo_recipe(dart_replay_file(lake_root), export_out),
+        lake_root=lake_root,
+        scores_run=attribution_run,
+        quiet=True,
+    )
+    runs = {
+        "attribute": attribution_run,
+        **curated["runs"],
+        "unlearn": unlearn(lake_root, model_dir, attribution_run, quick),
+    }
     queries += [(title, sql.format(**runs)) for title, sql in [*CURATION_QUERIES, UNLEARN_QUERY]]
     from flows.reports import write_demo_report
 
     report = write_demo_report(Lake(lake_root))
-    return {"lake": lake_root, "files": paths, "ingested": ingested, "model": model_dir, "runs": runs,
-            "export": curated["export"], "report": str(report), "queries": queries}
+    return {
+        "lake": lake_root,
+        "files": paths,
+        "ingested": ingested,
+        "model": model_dir,
+        "runs": runs,
+        "export": curated["export"],
+        "report": str(report),
+        "queries": queries,
+    }

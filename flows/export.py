@@ -29,37 +29,90 @@ def is_assay_export(out: str | Path) -> bool:
 def export_holds(result: dict) -> bool:
     """Does the folder still hold the export of this run (a cached result is only good then)?"""
     card = Path(result["path"]) / "README.md"
-    return card.is_file() and f"{EXPORT_MARK}{result['run_id']}`" in card.read_text(encoding="utf-8",
-                                                                                      errors="replace")
+    return card.is_file() and f"{EXPORT_MARK}{result['run_id']}`" in card.read_text(
+        encoding="utf-8", errors="replace"
+    )
 
 
 # A complete run never changes, so the same export of the same run is safe to reuse from the cache.
 @step(name="export-run", task_run_name="export-{run_id}", **RETRY, **CACHE)
-def export_run_step(lake_root: str, run_id: str, out: str, fmt: str = "jsonl", style: str = "chat",
-                    materialise: bool = False, force: bool = False, seed: int = 0) -> dict:
+def export_run_step(
+    lake_root: str,
+    run_id: str,
+    out: str,
+    fmt: str = "jsonl",
+    style: str = "chat",
+    materialise: bool = False,
+    force: bool = False,
+    seed: int = 0,
+) -> dict:
     from flows.commands.export import export_run
 
-    result = export_run(Lake(lake_root), run_id, Path(out), fmt=fmt, style=style, materialise=materialise,
-                        force=force or is_assay_export(out), seed=seed)
-    return {"run_id": run_id, "path": str(result.path), "rows": int(result.rows), "format": fmt,
-            "files": list(result.files)}
+    result = export_run(
+        Lake(lake_root),
+        run_id,
+        Path(out),
+        fmt=fmt,
+        style=style,
+        materialise=materialise,
+        force=force or is_assay_export(out),
+        seed=seed,
+    )
+    return {
+        "run_id": run_id,
+        "path": str(result.path),
+        "rows": int(result.rows),
+        "format": fmt,
+        "files": list(result.files),
+    }
 
 
-def export_step(lake_root: str, run_id: str, out: str, fmt: str = "jsonl", style: str = "chat",
-                materialise: bool = False, force: bool = False, seed: int = 0) -> dict:
+def export_step(
+    lake_root: str,
+    run_id: str,
+    out: str,
+    fmt: str = "jsonl",
+    style: str = "chat",
+    materialise: bool = False,
+    force: bool = False,
+    seed: int = 0,
+) -> dict:
     """Export, reusing a cached export only while the folder still holds it. A recipe names its
     destination, so the folder's parent is created when missing."""
     out = str(Path(out).expanduser().absolute())
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    return cached(export_run_step, str(Lake(lake_root).root), run_id, out, fmt, style, materialise, force, seed,
-                  valid=export_holds)
+    return cached(
+        export_run_step,
+        str(Lake(lake_root).root),
+        run_id,
+        out,
+        fmt,
+        style,
+        materialise,
+        force,
+        seed,
+        valid=export_holds,
+    )
 
 
 @flow(name="export", log_prints=False)
-def export_flow(run_id: str, out: str, fmt: str = "jsonl", lake_root: str | None = None, style: str = "chat",
-                materialise: bool = False, force: bool = False, seed: int = 0) -> dict:
+def export_flow(
+    run_id: str,
+    out: str,
+    fmt: str = "jsonl",
+    lake_root: str | None = None,
+    style: str = "chat",
+    materialise: bool = False,
+    force: bool = False,
+    seed: int = 0,
+) -> dict:
     lake = Lake(lake_root)
     result = export_step(str(lake.root), run_id, out, fmt, style, materialise, force, seed)
-    publish_summary(f"export-{run_id}", f"Export of {run_id}", lake, [run_id],
-                    {"folder": result["path"], "rows": result["rows"], "format": fmt})
+    publish_summary(
+        f"export-{run_id}",
+        f"Export of {run_id}",
+        lake,
+        [run_id],
+        {"folder": result["path"], "rows": result["rows"], "format": fmt},
+    )
     return result

@@ -11,7 +11,13 @@ from storage.ingest import ColumnMap, ingest
 
 
 @flow(name="ingest", log_prints=True)
-def ingest_flow(path: str, dataset: str, lake_root: str, columns: dict | None = None,
-                fmt: str | None = None, split: str | None = None) -> dict:
+def ingest_flow(
+    path: str,
+    dataset: str,
+    lake_root: str,
+    columns: dict | None = None,
+    fmt: str | None = None,
+    split: str | None = None,
+) -> dict:
     result = ingest(Lake(lake_root), path, dataset, ColumnMap(**(columns or {})), fmt=fmt, split=split)
     return asdict(result)

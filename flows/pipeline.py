@@ -21,23 +21,54 @@ DEMO_RECIPE = str(Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml")
 
 
 @flow(name="pipeline", log_prints=False)
-def pipeline_flow(recipe: str | dict = DEMO_RECIPE, train_dataset: str = "demo_train",
-                  target_dataset: str = "demo_targets", model_dir: str = "demo-quick",
-                  lake_root: str | None = None, method: str = "ekfac", level: str = "example",
-                  attribution_options: dict | None = None, export_out: str | None = None, device: str = "cpu",
-                  dask: str | None = None, workers: int = 0) -> dict:
+def pipeline_flow(
+    recipe: str | dict = DEMO_RECIPE,
+    train_dataset: str = "demo_train",
+    target_dataset: str = "demo_targets",
+    model_dir: str = "demo-quick",
+    lake_root: str | None = None,
+    method: str = "ekfac",
+    level: str = "example",
+    attribution_options: dict | None = None,
+    export_out: str | None = None,
+    device: str = "cpu",
+    dask: str | None = None,
+    workers: int = 0,
+) -> dict:
     """Attribute `target_dataset` to `train_dataset`, curate with `recipe` (its datasets, else the training
     dataset), and export where the recipe or `export_out` says. Returns run ids and paths."""
     lake = Lake(lake_root)
     root = str(lake.root)
-    attributed = subflow(attribute_flow, train_dataset, target_dataset, model_dir=model_dir, lake_root=root, method=method,
-                                level=level, options=attribution_options, dask=dask, workers=workers)
-    curated = subflow(curate_flow, recipe, lake_root=root, device=device, dask=dask, export_out=export_out,
-                          scores_run=attributed["run_id"])
+    attributed = subflow(
+        attribute_flow,
+        train_dataset,
+        target_dataset,
+        model_dir=model_dir,
+        lake_root=root,
+        method=method,
+        level=level,
+        options=attribution_options,
+        dask=dask,
+        workers=workers,
+    )
+    curated = subflow(
+        curate_flow,
+        recipe,
+        lake_root=root,
+        device=device,
+        dask=dask,
+        export_out=export_out,
+        scores_run=attributed["run_id"],
+    )
     runs = [attributed["run_id"], *curated["runs"].values()]
     extra = {"recipe": curated["recipe"], "model": attributed["model"]}
     if curated["export"]:
         extra["export"] = f"{curated['export']['path']} ({curated['export']['rows']} rows)"
-    publish_summary(f"pipeline-{curated['recipe']}", f"Pipeline: attribution, recipe {curated['recipe']}, export",
-                    lake, runs, extra)
+    publish_summary(
+        f"pipeline-{curated['recipe']}",
+        f"Pipeline: attribution, recipe {curated['recipe']}, export",
+        lake,
+        runs,
+        extra,
+    )
     return {"lake": root, "attribution": attributed, "curation": curated, "export": curated["export"]}

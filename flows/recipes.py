@@ -77,8 +77,12 @@ class Recipe:
     source: str = "<recipe>"
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "description": self.description, "datasets": list(self.datasets),
-                               "stages": [{"stage": s.stage, "name": s.name, "params": s.params} for s in self.stages]}
+        out: dict[str, Any] = {
+            "name": self.name,
+            "description": self.description,
+            "datasets": list(self.datasets),
+            "stages": [{"stage": s.stage, "name": s.name, "params": s.params} for s in self.stages],
+        }
         if self.export is not None:
             out["export"] = dict(vars(self.export))
         return out
@@ -107,8 +111,12 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     return doc
 
 
-def parse_recipe(doc: dict[str, Any], source: str = "<recipe>", datasets: list[str] | None = None,
-                 stages: dict[str, Callable] | None = None) -> Recipe:
+def parse_recipe(
+    doc: dict[str, Any],
+    source: str = "<recipe>",
+    datasets: list[str] | None = None,
+    stages: dict[str, Callable] | None = None,
+) -> Recipe:
     """Check every field (and every stage's parameters) of a recipe document; nothing runs here.
 
     `datasets` overrides the recipe's datasets; `stages` is the stage registry (default: load_stages())."""
@@ -156,7 +164,9 @@ def parse_recipe(doc: dict[str, Any], source: str = "<recipe>", datasets: list[s
         if isinstance(entry, str):
             entry = {"stage": entry}
         if not isinstance(entry, dict):
-            raise fail(where, f"expected a mapping {{stage: NAME, params: {{...}}}}, got {type(entry).__name__}")
+            raise fail(
+                where, f"expected a mapping {{stage: NAME, params: {{...}}}}, got {type(entry).__name__}"
+            )
         extra = sorted(set(map(str, entry)) - STAGE_FIELDS)
         if extra:
             raise fail(f"{where}.{extra[0]}", f"unknown field; fields are {', '.join(sorted(STAGE_FIELDS))}")
@@ -203,9 +213,14 @@ def _parse_export(raw: Any, stage_names: list[str], fail: Callable[[str, str], U
         raise fail(f"export.{extra[0]}", f"unknown field; fields are {', '.join(sorted(EXPORT_FIELDS))}")
     if not _is_str(raw.get("out")):
         raise fail("export.out", "missing: the folder to write")
-    spec = ExportSpec(out=str(raw["out"]), format=raw.get("format", "jsonl"),
-                      materialise=raw.get("materialise", False), style=raw.get("style", "chat"),
-                      run=raw.get("run"), force=raw.get("force", False))
+    spec = ExportSpec(
+        out=str(raw["out"]),
+        format=raw.get("format", "jsonl"),
+        materialise=raw.get("materialise", False),
+        style=raw.get("style", "chat"),
+        run=raw.get("run"),
+        force=raw.get("force", False),
+    )
     if spec.format not in EXPORT_FORMATS:
         raise fail("export.format", f"expected one of {', '.join(EXPORT_FORMATS)}, got {spec.format!r}")
     if spec.style not in EXPORT_STYLES:
@@ -218,8 +233,9 @@ def _parse_export(raw: Any, stage_names: list[str], fail: Callable[[str, str], U
     return spec
 
 
-def load_recipe(path: str | Path, datasets: list[str] | None = None,
-                stages: dict[str, Callable] | None = None) -> Recipe:
+def load_recipe(
+    path: str | Path, datasets: list[str] | None = None, stages: dict[str, Callable] | None = None
+) -> Recipe:
     return parse_recipe(read_recipe(path), str(path), datasets, stages)
 
 

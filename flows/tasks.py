@@ -16,8 +16,13 @@ from prefect.tasks import exponential_backoff
 from storage import Lake, UserError
 
 # Errors that do not go away on a retry, although they are OSErrors.
-PERMANENT_OS_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
-                       NotADirectoryError)
+PERMANENT_OS_ERRORS = (
+    FileNotFoundError,
+    FileExistsError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -25,7 +30,9 @@ def is_transient(exc: BaseException) -> bool:
     worth a retry. A user's error or a bug is not."""
     if isinstance(exc, (UserError, *PERMANENT_OS_ERRORS)):
         return False
-    return isinstance(exc, OSError)  # ConnectionError, TimeoutError, BrokenPipeError, distributed's CommClosedError
+    return isinstance(
+        exc, OSError
+    )  # ConnectionError, TimeoutError, BrokenPipeError, distributed's CommClosedError
 
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -36,8 +43,12 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 
 # Three retries after 2, 4 and 8 s (with jitter), for transient errors only.
-RETRY: dict[str, Any] = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=2.0),
-                         "retry_jitter_factor": 0.5, "retry_condition_fn": retry_transient}
+RETRY: dict[str, Any] = {
+    "retries": 3,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=2.0),
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": retry_transient,
+}
 # Cache a task on its inputs and its own source: an edit of the task's code invalidates the cache.
 # Only for tasks whose result is a pure function of their inputs (see `cached`).
 CACHE: dict[str, Any] = {"cache_policy": INPUTS + TASK_SOURCE, "persist_result": True}
@@ -70,15 +81,26 @@ def run_summary(lake: Lake, run_ids: Iterable[str]) -> list[dict[str, Any]]:
         written = [t for t in TABLES if lake.run_dir(t, run_id).is_dir()]
         counts = {}
         if written and record.get("status") == "complete":
-            union = " UNION ALL ".join(f"SELECT '{t}' AS t, count(*) AS n FROM {t} WHERE run_id = ?"
-                                       for t in written)
+            union = " UNION ALL ".join(
+                f"SELECT '{t}' AS t, count(*) AS n FROM {t} WHERE run_id = ?" for t in written
+            )
             frame = lake.query(union, [run_id] * len(written))
             counts = dict(zip(frame["t"], frame["n"].astype(int), strict=True))
-        base = {"run_id": run_id, "kind": record.get("kind"), "method": record.get("method"),
-                "status": record.get("status")}
+        base = {
+            "run_id": run_id,
+            "kind": record.get("kind"),
+            "method": record.get("method"),
+            "status": record.get("status"),
+        }
         for table in written or [None]:
-            rows.append({**base, "table": table, "rows": counts.get(table) if table else None,
-                         "path": str(lake.run_dir(table, run_id)) if table else None})
+            rows.append(
+                {
+                    **base,
+                    "table": table,
+                    "rows": counts.get(table) if table else None,
+                    "path": str(lake.run_dir(table, run_id)) if table else None,
+                }
+            )
     return rows
 
 
@@ -86,8 +108,16 @@ def inspect_sql(rows: list[dict[str, Any]]) -> list[str]:
     """The `assay sql` queries that show what the summarised runs wrote."""
     ids = list(dict.fromkeys(r["run_id"] for r in rows))
     quoted = ", ".join(f"'{i}'" for i in ids)
-    queries = [(f"SELECT run_id, kind, method, status, started_at, finished_at, inputs FROM runs "
-                f"WHERE run_id IN ({quoted})")] if ids else []
+    queries = (
+        [
+            (
+                f"SELECT run_id, kind, method, status, started_at, finished_at, inputs FROM runs "
+                f"WHERE run_id IN ({quoted})"
+            )
+        ]
+        if ids
+        else []
+    )
     for row in rows:
         if row["table"]:
             queries.append(f"SELECT * FROM {row['table']} WHERE run_id = '{row['run_id']}' LIMIT 20")
@@ -99,8 +129,9 @@ def artifact_key(text: str) -> str:
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", text.lower())).strip("-")[:100] or "assay"
 
 
-def publish_summary(key: str, title: str, lake: Lake, run_ids: Iterable[str],
-                    extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def publish_summary(
+    key: str, title: str, lake: Lake, run_ids: Iterable[str], extra: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """A table artifact (runs and tables written) and a markdown artifact (the same, plus the SQL to
     inspect them) on the current flow run. Outside a flow run it only returns the rows."""
     from prefect.context import FlowRunContext
@@ -115,8 +146,11 @@ def publish_summary(key: str, title: str, lake: Lake, run_ids: Iterable[str],
     lines = [f"# {title}", "", f"Lake: `{lake.root}`", ""]
     lines += [f"- **{k}**: `{v}`" for k, v in (extra or {}).items()]
     lines += ["", "| run | kind | method | status | table | rows |", "|---|---|---|---|---|---|"]
-    lines += [f"| `{r['run_id']}` | {r['kind']} | {r['method']} | {r['status']} | {r['table'] or ''} | "
-              f"{'' if r['rows'] is None else r['rows']} |" for r in rows]
+    lines += [
+        f"| `{r['run_id']}` | {r['kind']} | {r['method']} | {r['status']} | {r['table'] or ''} | "
+        f"{'' if r['rows'] is None else r['rows']} |"
+        for r in rows
+    ]
     lines += ["", "## Inspect with SQL", "", "```bash"]
     lines += [f'assay --lake {lake.root} sql "{q}"' for q in inspect_sql(rows)]
     lines += ["```", ""]

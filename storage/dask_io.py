@@ -81,8 +81,14 @@ def use_dask(nbytes: int, address: str | None = None) -> bool:
     return larger_than_memory(nbytes)
 
 
-def read_table(lake: Lake, table: str, run_ids: Iterable[str] | None = None, columns: Sequence[str] | None = None,
-               filters: list | None = None, blocksize: str | None = None) -> Any:
+def read_table(
+    lake: Lake,
+    table: str,
+    run_ids: Iterable[str] | None = None,
+    columns: Sequence[str] | None = None,
+    filters: list | None = None,
+    blocksize: str | None = None,
+) -> Any:
     """A dask dataframe over a table's complete runs (one partition per file; complete runs only, as the
     views show). `columns` default to the table's schema; `filters` are pyarrow row filters."""
     import dask.dataframe as dd
@@ -113,8 +119,10 @@ def write_partitions(run: Run, table: str, frame: Any, first_shard: int = 0) -> 
 
     to_table(table, frame._meta, run.run_id)  # the schema check, before any worker writes
     parts = frame.to_delayed()
-    writes = [dask.delayed(_write_shard)(str(run.lake.root), run.run_id, table, part, first_shard + i)
-              for i, part in enumerate(parts)]
+    writes = [
+        dask.delayed(_write_shard)(str(run.lake.root), run.run_id, table, part, first_shard + i)
+        for i, part in enumerate(parts)
+    ]
     return list(dask.compute(*writes))
 
 
@@ -137,8 +145,12 @@ def set_torch_threads(threads: int | None = None) -> int:
 
 
 @contextmanager
-def dask_client(address: str | None = None, n_workers: int | None = None, threads_per_worker: int = 1,
-                resources: dict[str, float] | None = None) -> Iterator[Any]:
+def dask_client(
+    address: str | None = None,
+    n_workers: int | None = None,
+    threads_per_worker: int = 1,
+    resources: dict[str, float] | None = None,
+) -> Iterator[Any]:
     """A distributed Client: on the cluster at `address` / ASSAY_DASK_ADDRESS, else on a LocalCluster of
     `n_workers` processes (default: ASSAY_DASK_WORKERS, else 2) that is closed afterwards."""
     from distributed import Client, LocalCluster
@@ -155,6 +167,14 @@ def dask_client(address: str | None = None, n_workers: int | None = None, thread
             client.close()
         return
     workers = n_workers or int(os.environ.get("ASSAY_DASK_WORKERS") or 2)
-    with LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
-                      dashboard_address=None, resources=resources) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            dashboard_address=None,
+            resources=resources,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         yield client

@@ -42,10 +42,13 @@ def check_statement(sql: str) -> None:
         raise UserError(f"SQL refused: only SELECT / WITH / EXPLAIN are allowed, got {kind.name}")
 
 
-def gated_connection(lake_root: Path, memory_limit: str = "2GB", threads: int = 2) -> duckdb.DuckDBPyConnection:
+def gated_connection(
+    lake_root: Path, memory_limit: str = "2GB", threads: int = 2
+) -> duckdb.DuckDBPyConnection:
     root = Path(lake_root).absolute()
-    con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False,
-                                            "autoload_known_extensions": False})
+    con = duckdb.connect(
+        ":memory:", config={"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+    )
     catalog.define_views(con, root)
     con.execute(f"SET allowed_directories=[{catalog.quote(str(root) + '/')}]")
     con.execute("SET enable_external_access=false")
@@ -83,6 +86,8 @@ def run_sql(
         con.close()
 
 
-def select_where(lake_root: Path, table: str, predicate: str, columns: str = "*", timeout_s: float = 60.0) -> pa.Table:
+def select_where(
+    lake_root: Path, table: str, predicate: str, columns: str = "*", timeout_s: float = 60.0
+) -> pa.Table:
     """Rows of a lake view matching a user's SQL predicate (recipe filters, forget-set predicates)."""
     return run_sql(lake_root, f"SELECT {columns} FROM {table} WHERE ({predicate})", timeout_s=timeout_s)

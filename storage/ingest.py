@@ -54,14 +54,22 @@ class IngestResult:
 # ------------------------------------------------------------------------------- reading
 def detect_format(path: Path) -> str:
     if path.is_dir():
-        if (path / "dataset_info.json").exists() or (path / "state.json").exists() or (
-            path / "dataset_dict.json"
-        ).exists():
+        if (
+            (path / "dataset_info.json").exists()
+            or (path / "state.json").exists()
+            or (path / "dataset_dict.json").exists()
+        ):
             return "hf"
         raise UserError(f"{path}: a directory, but not a Hugging Face dataset saved with save_to_disk")
     suffix = "".join(path.suffixes[-1:]).lower()
-    by_suffix = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet",
-                 ".pq": "parquet", ".csv": "csv"}
+    by_suffix = {
+        ".jsonl": "jsonl",
+        ".ndjson": "jsonl",
+        ".json": "json",
+        ".parquet": "parquet",
+        ".pq": "parquet",
+        ".csv": "csv",
+    }
     if suffix not in by_suffix:
         raise UserError(f"{path}: unknown file type {suffix or '(none)'}; use --format {'|'.join(FORMATS)}")
     return by_suffix[suffix]
@@ -199,8 +207,10 @@ def _messages(value: Any, where: str, column: str) -> list[dict[str, str]]:
         raise UserError(f"{where}: column {column!r} must be a non-empty list of {{role, content}}")
     out = []
     for message in value:
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str) or not isinstance(
-            message.get("content"), str
+        if (
+            not isinstance(message, dict)
+            or not isinstance(message.get("role"), str)
+            or not isinstance(message.get("content"), str)
         ):
             raise UserError(f"{where}: column {column!r}: each message needs text 'role' and 'content'")
         out.append({"role": message["role"], "content": message["content"]})
@@ -234,8 +244,15 @@ def normalize(rows: list[dict[str, Any]], dataset: str, columns: ColumnMap, sour
     id_column = _id_column(rows, columns)
     if columns.id is not None and columns.id not in first:
         raise UserError(f"{source}: --id-col {columns.id!r} is not a column")
-    known = {columns.prompt, columns.response, columns.messages, columns.domain, columns.difficulty,
-             columns.answer, id_column}
+    known = {
+        columns.prompt,
+        columns.response,
+        columns.messages,
+        columns.domain,
+        columns.difficulty,
+        columns.answer,
+        id_column,
+    }
     records, seen = [], {}
     for index, row in enumerate(rows):
         where = f"{source}: row {index + 1}"
@@ -268,18 +285,20 @@ def normalize(rows: list[dict[str, Any]], dataset: str, columns: ColumnMap, sour
         meta = {k: v for k, v in row.items() if k not in known}
         meta_json = json.dumps(meta, sort_keys=True, default=str, ensure_ascii=False) if meta else "{}"
         answer = row.get(columns.answer)
-        records.append({
-            "dataset": dataset,
-            "example_id": example_id,
-            "row_index": index,
-            "domain": domain,
-            "difficulty": _difficulty(row.get(columns.difficulty), where, columns.difficulty),
-            "prompt": prompt,
-            "response": response,
-            "messages": messages,
-            "answer": None if answer is None else str(answer),
-            "meta": meta_json,
-        })
+        records.append(
+            {
+                "dataset": dataset,
+                "example_id": example_id,
+                "row_index": index,
+                "domain": domain,
+                "difficulty": _difficulty(row.get(columns.difficulty), where, columns.difficulty),
+                "prompt": prompt,
+                "response": response,
+                "messages": messages,
+                "answer": None if answer is None else str(answer),
+                "meta": meta_json,
+            }
+        )
     return records
 
 
@@ -316,14 +335,18 @@ def ingest(
     return ingest_records(lake, normalize(rows, dataset, columns, str(path)), dataset, columns, str(path))
 
 
-def ingest_records(lake: Lake, records: list[dict], dataset: str, columns: ColumnMap, source: str) -> IngestResult:
+def ingest_records(
+    lake: Lake, records: list[dict], dataset: str, columns: ColumnMap, source: str
+) -> IngestResult:
     """Write already-normalised records as a dataset version (no-op when the version exists)."""
     table = records_table(records)
     version = dataset_version(table)
     params = {"dataset": dataset, "columns": asdict(columns)}
     with lake.run("ingest", "examples", params=params, inputs={"version": version}) as run:
         if not run.complete:
-            run.write("examples", table.add_column(1, "version", pa.array([version] * len(table), pa.string())))
+            run.write(
+                "examples", table.add_column(1, "version", pa.array([version] * len(table), pa.string()))
+            )
         unchanged = run.complete
     domains: dict[str, int] = {}
     for record in records:

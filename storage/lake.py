@@ -108,7 +108,9 @@ class Lake:
         return pq.read_table(path).to_pylist()[0]
 
     def _write_record(self, record: dict) -> None:
-        self.write_file_atomic(pa.Table.from_pylist([record], schema=RUNS), self._registry_path(record["run_id"]))
+        self.write_file_atomic(
+            pa.Table.from_pylist([record], schema=RUNS), self._registry_path(record["run_id"])
+        )
 
     def runs(self) -> list[dict]:
         folder = self.root / "runs"
@@ -156,19 +158,28 @@ class Lake:
             handle.resumed = previous is not None
             handle._discard_unsharded()
             record = {
-                "run_id": run_id, "kind": kind, "method": method,
-                "params": canonical_json(params), "inputs": canonical_json(inputs), "model": model,
-                "status": "running", "error": None,
-                "started_at": previous["started_at"] if previous else datetime.now(UTC), "finished_at": None,
-                "version": code_version(), "pid": os.getpid(), "host": socket.gethostname(),
+                "run_id": run_id,
+                "kind": kind,
+                "method": method,
+                "params": canonical_json(params),
+                "inputs": canonical_json(inputs),
+                "model": model,
+                "status": "running",
+                "error": None,
+                "started_at": previous["started_at"] if previous else datetime.now(UTC),
+                "finished_at": None,
+                "version": code_version(),
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
             }
             self._write_record(record)
             try:
                 yield handle
             except BaseException as exc:
                 message = f"{type(exc).__name__}: {exc}"[:2000]
-                self._write_record({**record, "status": "failed", "error": message,
-                                    "finished_at": datetime.now(UTC)})
+                self._write_record(
+                    {**record, "status": "failed", "error": message, "finished_at": datetime.now(UTC)}
+                )
                 raise
             # The registry row turns complete last: everything the run wrote is already in place.
             self._write_record({**record, "status": "complete", "finished_at": datetime.now(UTC)})

@@ -115,8 +115,14 @@ register_table(
 # `group_name`, not `group`: GROUP is an SQL keyword and users query this table.
 register_table(
     "mixture_schedule",
-    pa.schema([("step", pa.int64()), ("group_name", pa.string()), ("tau", pa.float64()),
-               ("probability", pa.float64())]),
+    pa.schema(
+        [
+            ("step", pa.int64()),
+            ("group_name", pa.string()),
+            ("tau", pa.float64()),
+            ("probability", pa.float64()),
+        ]
+    ),
 )
 
 RUNS = pa.schema(

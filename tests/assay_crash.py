@@ -26,8 +26,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "ASSAY_PREFECT": "0", "ASSAY_HOME": str(cwd / ".assay"), "ASSAY_QUIET": "1"}
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=cwd, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(args: list[str], cwd: Path, timeout: float = 900) -> float:
@@ -43,8 +49,16 @@ def check_consistent(lake: Lake) -> None:
         if ".staging" not in path.parts:
             pq.read_metadata(path)  # a torn file would not parse
     unfinished = {r["run_id"] for r in lake.runs() if r["status"] != "complete"}
-    for table in ("examples_all", "scores", "segment_scores", "token_scores", "samples", "labels", "weights",
-                  "metrics"):
+    for table in (
+        "examples_all",
+        "scores",
+        "segment_scores",
+        "token_scores",
+        "samples",
+        "labels",
+        "weights",
+        "metrics",
+    ):
         visible = set(lake.query(f"SELECT DISTINCT run_id FROM {table}")["run_id"])
         assert not visible & unfinished, f"{table} shows rows of unfinished runs {visible & unfinished}"
 

@@ -11,8 +11,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-
-
 def tree_digest(root: Path) -> str:
     """A digest of every file's path and bytes under root ('absent' when root does not exist)."""
     if not root.exists():
@@ -25,10 +23,22 @@ def tree_digest(root: Path) -> str:
     return digest.hexdigest()
 
 
-def run_cli(*args: str, cwd: Path, env: dict | None = None, prefect: bool = False,
-            timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path, env: dict | None = None, prefect: bool = False, timeout: float = 600
+) -> subprocess.CompletedProcess:
     """Run `assay ARGS` in `cwd` (Prefect off unless asked: it costs seconds per process)."""
-    full_env = {**os.environ, "ASSAY_PREFECT": "1" if prefect else "0", "ASSAY_HOME": str(cwd / ".assay"),
-                **(env or {})}
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    full_env = {
+        **os.environ,
+        "ASSAY_PREFECT": "1" if prefect else "0",
+        "ASSAY_HOME": str(cwd / ".assay"),
+        **(env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

@@ -21,8 +21,22 @@ from attribution.unlearning.klom import klom, klom_per_example, margins, oracle_
 from attribution.unlearning.loop import OptimConfig
 
 __all__ = [
-    "DMMConfig", "Datamodel", "OptimConfig", "ascent_descent", "dmm_classifier", "do_nothing",
-    "finetune_points", "fit_regression_datamodel", "gradient_ascent", "gradient_descent", "klom",
-    "klom_per_example", "margins", "oracle_floor", "oracle_matching", "per_logit_datamodel",
-    "predicted_outputs", "regression_datamodel",
+    "DMMConfig",
+    "Datamodel",
+    "OptimConfig",
+    "ascent_descent",
+    "dmm_classifier",
+    "do_nothing",
+    "finetune_points",
+    "fit_regression_datamodel",
+    "gradient_ascent",
+    "gradient_descent",
+    "klom",
+    "klom_per_example",
+    "margins",
+    "oracle_floor",
+    "oracle_matching",
+    "per_logit_datamodel",
+    "predicted_outputs",
+    "regression_datamodel",
 ]

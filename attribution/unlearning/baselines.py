@@ -32,23 +32,34 @@ def _ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: np.ndarray) -> 
     index = torch.as_tensor(idx)
     logits = model(x[index])
     labels = y[index].expand(logits.shape[:-1])
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum") / len(idx)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum") / len(
+        idx
+    )
 
 
-def gradient_ascent(model: nn.Module, x: torch.Tensor, y: torch.Tensor, forget: np.ndarray,
-                    optim: OptimConfig) -> nn.Module:
+def gradient_ascent(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, forget: np.ndarray, optim: OptimConfig
+) -> nn.Module:
     forget = np.asarray(forget, dtype=np.int64)
     return optimise(model, len(forget), lambda idx: -_ce(model, x, y, forget[idx]), optim)
 
 
-def gradient_descent(model: nn.Module, x: torch.Tensor, y: torch.Tensor, retain: np.ndarray,
-                     optim: OptimConfig) -> nn.Module:
+def gradient_descent(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, retain: np.ndarray, optim: OptimConfig
+) -> nn.Module:
     retain = np.asarray(retain, dtype=np.int64)
     return optimise(model, len(retain), lambda idx: _ce(model, x, y, retain[idx]), optim)
 
 
-def ascent_descent(model: nn.Module, x: torch.Tensor, y: torch.Tensor, forget: np.ndarray, retain: np.ndarray,
-                   optim: OptimConfig, ascent_weight: float = 1.0) -> nn.Module:
+def ascent_descent(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    forget: np.ndarray,
+    retain: np.ndarray,
+    optim: OptimConfig,
+    ascent_weight: float = 1.0,
+) -> nn.Module:
     """One pass over the retain set per epoch; each step pairs its retain batch with a forget batch
     (cycling through F)."""
     forget, retain = np.asarray(forget, dtype=np.int64), np.asarray(retain, dtype=np.int64)
@@ -60,7 +71,7 @@ def ascent_descent(model: nn.Module, x: torch.Tensor, y: torch.Tensor, forget: n
         while len(take) < size:
             if state["pos"] >= len(forget):
                 state["order"], state["pos"] = rng.permutation(len(forget)), 0
-            chunk = state["order"][state["pos"]:state["pos"] + size - len(take)]
+            chunk = state["order"][state["pos"] : state["pos"] + size - len(take)]
             state["pos"] += len(chunk)
             take.extend(forget[chunk])
         return np.array(take)
@@ -72,8 +83,14 @@ def ascent_descent(model: nn.Module, x: torch.Tensor, y: torch.Tensor, forget: n
     return optimise(model, len(retain), batch_loss, optim)
 
 
-def oracle_matching(model: nn.Module, x: torch.Tensor, forget: np.ndarray, oracle_logits: np.ndarray,
-                    config: DMMConfig | None = None, retain: np.ndarray | None = None) -> nn.Module:
+def oracle_matching(
+    model: nn.Module,
+    x: torch.Tensor,
+    forget: np.ndarray,
+    oracle_logits: np.ndarray,
+    config: DMMConfig | None = None,
+    retain: np.ndarray | None = None,
+) -> nn.Module:
     """Fine-tune toward `oracle_logits` (n x C: the mean logits of oracles retrained without F) on DMM's
     fine-tuning set (F repeated plus a retain sample)."""
     config = config or DMMConfig(optim=OptimConfig(lr=5e-4, epochs=5))

@@ -44,8 +44,10 @@ class Datamodel:
             self.weights = self.weights[:, :, None]
         n_train, n_targets, _ = self.weights.shape
         if (n_train, n_targets) != (len(self.train_ids), len(self.target_ids)):
-            raise ValueError(f"datamodel weights {self.weights.shape} do not match {len(self.train_ids)} train "
-                             f"and {len(self.target_ids)} target ids")
+            raise ValueError(
+                f"datamodel weights {self.weights.shape} do not match {len(self.train_ids)} train "
+                f"and {len(self.target_ids)} target ids"
+            )
         self.train_ids, self.target_ids = [str(i) for i in self.train_ids], [str(t) for t in self.target_ids]
         self._train_pos = {t: i for i, t in enumerate(self.train_ids)}
         self._target_pos = {t: i for i, t in enumerate(self.target_ids)}
@@ -76,8 +78,14 @@ class Datamodel:
         return self.weights[rows][:, cols].sum(0)
 
     @classmethod
-    def from_scores(cls, scores: pd.DataFrame, scale: float = 1.0, train_ids: Sequence | None = None,
-                    target_ids: Sequence | None = None, n_outputs: int = 1) -> Datamodel:
+    def from_scores(
+        cls,
+        scores: pd.DataFrame,
+        scale: float = 1.0,
+        train_ids: Sequence | None = None,
+        target_ids: Sequence | None = None,
+        n_outputs: int = 1,
+    ) -> Datamodel:
         """From a `scores` frame (train_id, target_id, score), times `scale`.
 
         With `n_outputs` > 1 the target ids are `"<point>#<k>"` (as `per_logit_datamodel` writes them) and
@@ -93,8 +101,11 @@ class Datamodel:
             if matrix.isna().to_numpy().any():
                 raise ValueError("the scores do not cover every (train, target) pair asked for")
             return cls(matrix.to_numpy(np.float64) * scale, list(matrix.index), list(matrix.columns))
-        points = list(target_ids) if target_ids is not None else list(
-            dict.fromkeys(c.rsplit("#", 1)[0] for c in matrix.columns))
+        points = (
+            list(target_ids)
+            if target_ids is not None
+            else list(dict.fromkeys(c.rsplit("#", 1)[0] for c in matrix.columns))
+        )
         columns = [f"{p}#{k}" for p in points for k in range(n_outputs)]
         matrix = matrix.reindex(columns=columns)
         if matrix.isna().to_numpy().any():
@@ -146,16 +157,31 @@ def per_logit_datamodel(
     targets = [(points_x[p], torch.tensor(c)) for p in range(len(points_x)) for c in range(n_classes)]
     pids = [str(p) for p in (point_ids if point_ids is not None else range(len(points_x)))]
     tids = [str(t) for t in (train_ids if train_ids is not None else range(len(train_x)))]
-    result = attribute(model, train, targets, task=task, method=method, method_params=method_params,
-                       device=device, seed=seed, train_ids=tids,
-                       target_ids=[f"{p}#{c}" for p in pids for c in range(n_classes)])
+    result = attribute(
+        model,
+        train,
+        targets,
+        task=task,
+        method=method,
+        method_params=method_params,
+        device=device,
+        seed=seed,
+        train_ids=tids,
+        target_ids=[f"{p}#{c}" for p in pids for c in range(n_classes)],
+    )
     factor = auto_scale(method, len(train)) if scale == "auto" else float(scale)
     return Datamodel.from_scores(result.scores, factor, tids, pids, n_outputs=n_classes)
 
 
-def fit_regression_datamodel(masks: np.ndarray, outputs: np.ndarray, *, estimator: str = "ridge",
-                             alpha: float | Sequence[float] = 1.0, train_ids: Sequence | None = None,
-                             target_ids: Sequence | None = None) -> Datamodel:
+def fit_regression_datamodel(
+    masks: np.ndarray,
+    outputs: np.ndarray,
+    *,
+    estimator: str = "ridge",
+    alpha: float | Sequence[float] = 1.0,
+    train_ids: Sequence | None = None,
+    target_ids: Sequence | None = None,
+) -> Datamodel:
     """Regress outputs (n_subsets x n_targets [x n_outputs]) on subset masks (n_subsets x n_train).
 
     `estimator`: "ridge" (closed form, all outputs at once) or "lasso" (sparse, one fit per output, as
@@ -186,8 +212,13 @@ def fit_regression_datamodel(masks: np.ndarray, outputs: np.ndarray, *, estimato
     tids = list(train_ids) if train_ids is not None else [str(i) for i in range(masks.shape[1])]
     pids = list(target_ids) if target_ids is not None else [str(t) for t in range(n_targets)]
     chosen = float(getattr(reg, "alpha_", getattr(reg, "alpha", 0.0)))
-    return Datamodel(weights, tids, pids, intercept.reshape(n_targets, n_outputs),
-                     {"estimator": estimator, "alpha": chosen, "n_subsets": m})
+    return Datamodel(
+        weights,
+        tids,
+        pids,
+        intercept.reshape(n_targets, n_outputs),
+        {"estimator": estimator, "alpha": chosen, "n_subsets": m},
+    )
 
 
 def random_masks(n_train: int, n_subsets: int, fraction: float = 0.5, seed: int = 0) -> np.ndarray:
@@ -202,10 +233,19 @@ def random_masks(n_train: int, n_subsets: int, fraction: float = 0.5, seed: int 
     return rng.random((n_subsets, n_train)) < fraction
 
 
-def regression_datamodel(retrain_eval: Callable[[np.ndarray], np.ndarray], n_train: int, *, n_subsets: int = 200,
-                         fraction: float = 0.5, seed: int = 0, estimator: str = "ridge", alpha: float = 1.0,
-                         train_ids: Sequence | None = None, target_ids: Sequence | None = None,
-                         progress: bool = False) -> Datamodel:
+def regression_datamodel(
+    retrain_eval: Callable[[np.ndarray], np.ndarray],
+    n_train: int,
+    *,
+    n_subsets: int = 200,
+    fraction: float = 0.5,
+    seed: int = 0,
+    estimator: str = "ridge",
+    alpha: float = 1.0,
+    train_ids: Sequence | None = None,
+    target_ids: Sequence | None = None,
+    progress: bool = False,
+) -> Datamodel:
     """Retrain on `n_subsets` random subsets (each keeping `fraction` of the training set) through
     `retrain_eval(mask) -> outputs (n_targets [x n_outputs])` and fit the regression datamodel.
 
@@ -213,7 +253,12 @@ def regression_datamodel(retrain_eval: Callable[[np.ndarray], np.ndarray], n_tra
     from tqdm.auto import tqdm
 
     masks = random_masks(n_train, n_subsets, fraction, seed)
-    outputs = np.stack([np.asarray(retrain_eval(mask), dtype=np.float64)
-                        for mask in tqdm(masks, desc="datamodel retrain", disable=not progress)])
-    return fit_regression_datamodel(masks, outputs, estimator=estimator, alpha=alpha, train_ids=train_ids,
-                                    target_ids=target_ids)
+    outputs = np.stack(
+        [
+            np.asarray(retrain_eval(mask), dtype=np.float64)
+            for mask in tqdm(masks, desc="datamodel retrain", disable=not progress)
+        ]
+    )
+    return fit_regression_datamodel(
+        masks, outputs, estimator=estimator, alpha=alpha, train_ids=train_ids, target_ids=target_ids
+    )

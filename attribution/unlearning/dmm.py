@@ -39,13 +39,14 @@ def predicted_outputs(base: np.ndarray, removal_effect: np.ndarray) -> np.ndarra
     `base` may carry leading model dimensions (M x points x outputs): one datamodel serves every model.
     """
     base, removal_effect = np.asarray(base, dtype=np.float64), np.asarray(removal_effect, dtype=np.float64)
-    if base.shape[-removal_effect.ndim:] != removal_effect.shape:
+    if base.shape[-removal_effect.ndim :] != removal_effect.shape:
         raise ValueError(f"outputs {base.shape} and removal effects {removal_effect.shape} differ in shape")
     return base - removal_effect
 
 
-def finetune_points(forget: np.ndarray, retain: np.ndarray, forget_repeats: int = 5, retain_multiple: int = 20,
-                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def finetune_points(
+    forget: np.ndarray, retain: np.ndarray, forget_repeats: int = 5, retain_multiple: int = 20, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """(fine-tuning sequence with repeats, its distinct points): F x forget_repeats + a retain sample."""
     forget, retain = np.asarray(forget), np.asarray(retain)
     rng = np.random.default_rng(seed)
@@ -72,9 +73,15 @@ def match_logits(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, optim
     return optimise(model, len(x), batch_loss, optim)
 
 
-def dmm_classifier(model: nn.Module, x: torch.Tensor, forget: np.ndarray, datamodel: Datamodel,
-                   config: DMMConfig | None = None, retain: np.ndarray | None = None,
-                   ids: list[str] | None = None) -> nn.Module:
+def dmm_classifier(
+    model: nn.Module,
+    x: torch.Tensor,
+    forget: np.ndarray,
+    datamodel: Datamodel,
+    config: DMMConfig | None = None,
+    retain: np.ndarray | None = None,
+    ids: list[str] | None = None,
+) -> nn.Module:
     """DMM for a classifier on training inputs `x` (n x d); `forget` / `retain` index x.
 
     The datamodel's train and target ids are the training indices as strings unless `ids` names them.
@@ -86,7 +93,9 @@ def dmm_classifier(model: nn.Module, x: torch.Tensor, forget: np.ndarray, datamo
     forget = np.asarray(forget, dtype=np.int64)
     retain = np.setdiff1d(np.arange(n), forget) if retain is None else np.asarray(retain, dtype=np.int64)
     names = ids if ids is not None else [str(i) for i in range(n)]
-    sequence, points = finetune_points(forget, retain, config.forget_repeats, config.retain_multiple, config.seed)
+    sequence, points = finetune_points(
+        forget, retain, config.forget_repeats, config.retain_multiple, config.seed
+    )
     with torch.no_grad():
         base = model.eval()(x[torch.as_tensor(points)]).double().numpy()
     effect = datamodel.removal_effect([names[i] for i in forget], [names[i] for i in points])

@@ -60,8 +60,9 @@ class EnsembleMLP(nn.Module):
         return model.eval()
 
 
-def train_ensemble(x: torch.Tensor, y: torch.Tensor, keep: np.ndarray, seeds: list[int], recipe: Recipe
-                   ) -> EnsembleMLP:
+def train_ensemble(
+    x: torch.Tensor, y: torch.Tensor, keep: np.ndarray, seeds: list[int], recipe: Recipe
+) -> EnsembleMLP:
     """Train one member per row of `keep` (M x n boolean masks) with seed `seeds[k]`.
 
     Members whose subsets differ in size take the same number of steps per epoch (that of the largest):
@@ -86,15 +87,19 @@ def train_ensemble(x: torch.Tensor, y: torch.Tensor, keep: np.ndarray, seeds: li
             per_batch = -(-len(m) // steps)
             perm = m[r.permutation(len(m))]
             for b in range(steps):
-                chunk = perm[b * per_batch:(b + 1) * per_batch]
-                order[k, b * recipe.batch_size:b * recipe.batch_size + len(chunk)] = chunk
-                weight[k, b * recipe.batch_size:b * recipe.batch_size + len(chunk)] = 1.0
+                chunk = perm[b * per_batch : (b + 1) * per_batch]
+                order[k, b * recipe.batch_size : b * recipe.batch_size + len(chunk)] = chunk
+                weight[k, b * recipe.batch_size : b * recipe.batch_size + len(chunk)] = 1.0
         order_t, weight_t = torch.as_tensor(order), torch.as_tensor(weight)
         for start in range(0, steps * recipe.batch_size, recipe.batch_size):
-            idx, w = order_t[:, start:start + recipe.batch_size], weight_t[:, start:start + recipe.batch_size]
+            idx, w = (
+                order_t[:, start : start + recipe.batch_size],
+                weight_t[:, start : start + recipe.batch_size],
+            )
             logits = model(x[idx])
-            losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[idx].reshape(-1),
-                                     reduction="none").view(w.shape)
+            losses = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), y[idx].reshape(-1), reduction="none"
+            ).view(w.shape)
             # sum over members of each member's mean loss: every member gets its own mean-loss gradient
             loss = ((losses * w).sum(1) / w.sum(1).clamp(min=1)).sum()
             opt.zero_grad(set_to_none=True)
@@ -108,13 +113,20 @@ def logits_of(model: EnsembleMLP, x: torch.Tensor) -> np.ndarray:
         return model(x).numpy()
 
 
-def subset_logits(x: torch.Tensor, y: torch.Tensor, masks: np.ndarray, points: torch.Tensor, recipe: Recipe,
-                  seed: int = 0, chunk: int = 250) -> np.ndarray:
+def subset_logits(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    masks: np.ndarray,
+    points: torch.Tensor,
+    recipe: Recipe,
+    seed: int = 0,
+    chunk: int = 250,
+) -> np.ndarray:
     """Logits on `points` of one model per subset mask (n_subsets x n_points x C): the outcomes a regression
     datamodel is fitted to (attribution.unlearning.datamodels.fit_regression_datamodel)."""
     out = []
     for start in range(0, len(masks), chunk):
-        block = masks[start:start + chunk]
+        block = masks[start : start + chunk]
         seeds = list(range(seed + start, seed + start + len(block)))
         out.append(logits_of(train_ensemble(x, y, block, seeds, recipe), points))
     return np.concatenate(out)

@@ -33,8 +33,9 @@ def margins(logits: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor
     return (correct - torch.logsumexp(others, -1)).cpu().numpy()
 
 
-def klom_per_example(unlearned: np.ndarray, oracle: np.ndarray, bins: int = BINS, clip: float = CLIP,
-                     empty: float = EMPTY) -> np.ndarray:
+def klom_per_example(
+    unlearned: np.ndarray, oracle: np.ndarray, bins: int = BINS, clip: float = CLIP, empty: float = EMPTY
+) -> np.ndarray:
     """KL(unlearned || oracle) per example from margin samples (n_models x n_examples each).
 
     The two sides may hold different numbers of models.
@@ -42,8 +43,10 @@ def klom_per_example(unlearned: np.ndarray, oracle: np.ndarray, bins: int = BINS
     p_samples = np.clip(np.asarray(unlearned, dtype=np.float64), -clip, clip)
     q_samples = np.clip(np.asarray(oracle, dtype=np.float64), -clip, clip)
     if p_samples.ndim != 2 or q_samples.ndim != 2 or p_samples.shape[1] != q_samples.shape[1]:
-        raise ValueError(f"margins must be (n_models x n_examples) on both sides, got {p_samples.shape} "
-                         f"and {q_samples.shape}")
+        raise ValueError(
+            f"margins must be (n_models x n_examples) on both sides, got {p_samples.shape} "
+            f"and {q_samples.shape}"
+        )
     lo = np.minimum(p_samples.min(0), q_samples.min(0))
     hi = np.maximum(p_samples.max(0), q_samples.max(0))
     hi = np.where(hi > lo, hi, lo + 1.0)
@@ -81,16 +84,18 @@ class KLoMReport:
         return self.groups[group]
 
 
-def klom(unlearned: np.ndarray, oracle: np.ndarray, groups: dict[str, np.ndarray], q: float = 95.0
-         ) -> KLoMReport:
+def klom(
+    unlearned: np.ndarray, oracle: np.ndarray, groups: dict[str, np.ndarray], q: float = 95.0
+) -> KLoMReport:
     """KLoM (the q-th percentile, 95 by default) over each group of example indices, e.g.
     {"forget": ..., "retain": ..., "val": ...}, from margins (n_models x n_examples)."""
     values = klom_per_example(unlearned, oracle)
     return KLoMReport({name: klom95(values[np.asarray(idx)], q) for name, idx in groups.items()}, values)
 
 
-def oracle_floor(oracle_a: np.ndarray, oracle_b: np.ndarray, groups: dict[str, np.ndarray], q: float = 95.0
-                 ) -> KLoMReport:
+def oracle_floor(
+    oracle_a: np.ndarray, oracle_b: np.ndarray, groups: dict[str, np.ndarray], q: float = 95.0
+) -> KLoMReport:
     """The floor: one set of oracles scored against another (KL(a || b)); as low as any method can get
     with this many models."""
     return klom(oracle_a, oracle_b, groups, q)

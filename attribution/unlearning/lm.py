@@ -78,7 +78,9 @@ def mean_losses(model: nn.Module, data: EncodedSet, batch_size: int = 16) -> np.
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def token_shifts(base: Sequence[np.ndarray], removal_effect: np.ndarray, kind: str = "mean") -> list[np.ndarray]:
+def token_shifts(
+    base: Sequence[np.ndarray], removal_effect: np.ndarray, kind: str = "mean"
+) -> list[np.ndarray]:
     """How much each response token's log-probability drops for each point's removal effect (see the
     module docstring for the three kinds)."""
     if kind not in SHIFT_KINDS:
@@ -94,14 +96,22 @@ def token_shifts(base: Sequence[np.ndarray], removal_effect: np.ndarray, kind: s
     return out
 
 
-def dmm_token_targets(base: Sequence[np.ndarray], removal_effect: np.ndarray, kind: str = "mean"
-                      ) -> list[np.ndarray]:
+def dmm_token_targets(
+    base: Sequence[np.ndarray], removal_effect: np.ndarray, kind: str = "mean"
+) -> list[np.ndarray]:
     """Per-token DMM targets: base log-probabilities minus the removal effect's shifts, capped at 0."""
-    return [np.minimum(logp - shift, 0.0) for logp, shift in zip(base, token_shifts(base, removal_effect, kind))]
+    return [
+        np.minimum(logp - shift, 0.0) for logp, shift in zip(base, token_shifts(base, removal_effect, kind))
+    ]
 
 
-def match_token_logprobs(model: nn.Module, data: EncodedSet, targets: Sequence[np.ndarray], sequence: np.ndarray,
-                         optim: OptimConfig) -> nn.Module:
+def match_token_logprobs(
+    model: nn.Module,
+    data: EncodedSet,
+    targets: Sequence[np.ndarray],
+    sequence: np.ndarray,
+    optim: OptimConfig,
+) -> nn.Module:
     """Fine-tune so the response tokens' log-probabilities of data[sequence[k]] approach targets[sequence[k]]:
     squared error, mean over each example's tokens, then over the batch."""
     sequence = np.asarray(sequence, dtype=np.int64)
@@ -126,18 +136,28 @@ def _sft(model: nn.Module, data: EncodedSet, rows: Sequence[int]) -> torch.Tenso
     return example_loss(forward_logits(model, batch), batch["labels"]).mean()
 
 
-def lm_gradient_ascent(model: nn.Module, data: EncodedSet, forget: np.ndarray, optim: OptimConfig) -> nn.Module:
+def lm_gradient_ascent(
+    model: nn.Module, data: EncodedSet, forget: np.ndarray, optim: OptimConfig
+) -> nn.Module:
     forget = np.asarray(forget, dtype=np.int64)
     return optimise(model, len(forget), lambda idx: -_sft(model, data, forget[idx]), optim)
 
 
-def lm_gradient_descent(model: nn.Module, data: EncodedSet, retain: np.ndarray, optim: OptimConfig) -> nn.Module:
+def lm_gradient_descent(
+    model: nn.Module, data: EncodedSet, retain: np.ndarray, optim: OptimConfig
+) -> nn.Module:
     retain = np.asarray(retain, dtype=np.int64)
     return optimise(model, len(retain), lambda idx: _sft(model, data, retain[idx]), optim)
 
 
-def lm_ascent_descent(model: nn.Module, data: EncodedSet, forget: np.ndarray, retain: np.ndarray,
-                      optim: OptimConfig, ascent_weight: float = 1.0) -> nn.Module:
+def lm_ascent_descent(
+    model: nn.Module,
+    data: EncodedSet,
+    forget: np.ndarray,
+    retain: np.ndarray,
+    optim: OptimConfig,
+    ascent_weight: float = 1.0,
+) -> nn.Module:
     """Each step: a retain batch's SFT loss minus `ascent_weight` x a forget batch's (cycling through F)."""
     forget, retain = np.asarray(forget, dtype=np.int64), np.asarray(retain, dtype=np.int64)
     state = {"pos": 0}

@@ -33,8 +33,13 @@ class OptimConfig:
         return asdict(self)
 
 
-def optimise(model: nn.Module, n_items: int, batch_loss: Callable[[np.ndarray], torch.Tensor],
-             config: OptimConfig, steps_per_epoch: int | None = None) -> nn.Module:
+def optimise(
+    model: nn.Module,
+    n_items: int,
+    batch_loss: Callable[[np.ndarray], torch.Tensor],
+    config: OptimConfig,
+    steps_per_epoch: int | None = None,
+) -> nn.Module:
     """Minimise `batch_loss(indices)` over shuffled batches of range(n_items); returns the model in eval mode.
 
     `steps_per_epoch` (default: one pass over the items) lets a method draw its own batches.
@@ -47,7 +52,9 @@ def optimise(model: nn.Module, n_items: int, batch_loss: Callable[[np.ndarray], 
     if config.optimizer == "adam":
         opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     else:
-        opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        opt = torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=config.lr_decay)
     anchor = [p.detach().clone() for p in params] if config.l2_to_init else None
     rng = np.random.default_rng(config.seed)
@@ -59,7 +66,7 @@ def optimise(model: nn.Module, n_items: int, batch_loss: Callable[[np.ndarray], 
         if steps_per_epoch is not None:
             starts = [(k * config.batch_size) % n_items for k in range(steps_per_epoch)]
         for start in starts:
-            idx = order[start:start + config.batch_size]
+            idx = order[start : start + config.batch_size]
             loss = batch_loss(idx)
             if anchor is not None:
                 loss = loss + config.l2_to_init * sum(((p - a) ** 2).sum() for p, a in zip(params, anchor))

@@ -25,12 +25,28 @@ from typing import Any
 import numpy as np
 
 SIZES = {
-    True: {"corpus": {"math_per_level": 6, "math_targets_per_level": 2, "code_limit": 30}, "model": {"epochs": 2},
-           "n_train": 32, "n_targets": 8, "max_length": 192, "proj_dim": 512, "subsets": 10, "ensemble": 2,
-           "repeats": 2},
-    False: {"corpus": {"math_per_level": 40, "math_targets_per_level": 8}, "model": {},
-            "n_train": None, "n_targets": None, "max_length": 384, "proj_dim": 2048, "subsets": 24, "ensemble": 4,
-            "repeats": 3},
+    True: {
+        "corpus": {"math_per_level": 6, "math_targets_per_level": 2, "code_limit": 30},
+        "model": {"epochs": 2},
+        "n_train": 32,
+        "n_targets": 8,
+        "max_length": 192,
+        "proj_dim": 512,
+        "subsets": 10,
+        "ensemble": 2,
+        "repeats": 2,
+    },
+    False: {
+        "corpus": {"math_per_level": 40, "math_targets_per_level": 8},
+        "model": {},
+        "n_train": None,
+        "n_targets": None,
+        "max_length": 384,
+        "proj_dim": 2048,
+        "subsets": 24,
+        "ensemble": 4,
+        "repeats": 3,
+    },
 }
 BATCH = 8
 
@@ -81,19 +97,35 @@ def _peer_inputs(spec: dict) -> tuple[Any, list[dict], list[dict], int]:
     from attribution.training import encode_records
 
     model, tok = load_causal_lm(spec["model_dir"], _device(spec))
-    return (model, encode_records(tok, spec["train"], spec["max_length"]),
-            encode_records(tok, spec["targets"], spec["max_length"]), pad_id(tok))
+    return (
+        model,
+        encode_records(tok, spec["train"], spec["max_length"]),
+        encode_records(tok, spec["targets"], spec["max_length"]),
+        pad_id(tok),
+    )
 
 
 def _ours(method: str, spec: dict) -> None:
     from attribution.api import attribute, load_causal_lm
 
     model, tok = load_causal_lm(spec["model_dir"], _device(spec))
-    params = {"train_batch_size": BATCH} if method == "ekfac" else {"proj_dim": spec["proj_dim"], "batch_size": BATCH}
+    params = (
+        {"train_batch_size": BATCH}
+        if method == "ekfac"
+        else {"proj_dim": spec["proj_dim"], "batch_size": BATCH}
+    )
     yield_point = _rss_mb()
     start = _clock(spec)
-    attribute(model, spec["train"], spec["targets"], tokenizer=tok, method=method, method_params=params,
-              max_length=spec["max_length"], device=spec.get("device", "cpu"))  # per-shard target cost included
+    attribute(
+        model,
+        spec["train"],
+        spec["targets"],
+        tokenizer=tok,
+        method=method,
+        method_params=params,
+        max_length=spec["max_length"],
+        device=spec.get("device", "cpu"),
+    )  # per-shard target cost included
     _report(start, yield_point, spec)
 
 
@@ -116,14 +148,28 @@ def _kronfluence(spec: dict) -> None:
     cuda = _device(spec).type == "cuda"
     amp = torch.bfloat16 if cuda else None  # as our path: bfloat16 autocast on CUDA
     with tempfile.TemporaryDirectory() as tmp:
-        analyzer = Analyzer("bench", prepare_model(model, task), task, cpu=not cuda, output_dir=tmp,
-                            disable_tqdm=True, log_level=logging.ERROR)
+        analyzer = Analyzer(
+            "bench",
+            prepare_model(model, task),
+            task,
+            cpu=not cuda,
+            output_dir=tmp,
+            disable_tqdm=True,
+            log_level=logging.ERROR,
+        )
         analyzer.set_dataloader_kwargs(DataLoaderKwargs(collate_fn=lambda b: collate(b, pid)))
-        analyzer.fit_all_factors("f", dataset=train, per_device_batch_size=BATCH,
-                                 factor_args=FactorArguments(amp_dtype=amp))
-        analyzer.compute_pairwise_scores("s", "f", query_dataset=targets, train_dataset=train,
-                                         per_device_query_batch_size=len(targets), per_device_train_batch_size=BATCH,
-                                         score_args=ScoreArguments(damping_factor=None, amp_dtype=amp))
+        analyzer.fit_all_factors(
+            "f", dataset=train, per_device_batch_size=BATCH, factor_args=FactorArguments(amp_dtype=amp)
+        )
+        analyzer.compute_pairwise_scores(
+            "s",
+            "f",
+            query_dataset=targets,
+            train_dataset=train,
+            per_device_query_batch_size=len(targets),
+            per_device_train_batch_size=BATCH,
+            score_args=ScoreArguments(damping_factor=None, amp_dtype=amp),
+        )
         analyzer.load_pairwise_scores("s")
     _report(start, baseline, spec)
 
@@ -145,18 +191,26 @@ def _traker(spec: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         # traker needs a causal-LM output (it has none; ours); the projector is traker's own choice
         # (BasicProjector on CPU, fast_jl's CudaProjector on CUDA when installed, else BasicProjector)
-        traker = TRAKer(model=model, task=CausalLMModelOutput(), train_set_size=len(train), save_dir=tmp,
-                        device=str(model.device), proj_dim=spec["proj_dim"], use_half_precision=half,
-                        lambda_reg=1e-3 if len(train) < spec["proj_dim"] else 0.0, grad_wrt=names,
-                        logging_level=logging.ERROR)
+        traker = TRAKer(
+            model=model,
+            task=CausalLMModelOutput(),
+            train_set_size=len(train),
+            save_dir=tmp,
+            device=str(model.device),
+            proj_dim=spec["proj_dim"],
+            use_half_precision=half,
+            lambda_reg=1e-3 if len(train) < spec["proj_dim"] else 0.0,
+            grad_wrt=names,
+            logging_level=logging.ERROR,
+        )
         traker.load_checkpoint(model.state_dict(), model_id=0)
         for s in range(0, len(train), BATCH):
-            chunk = tuple(t.to(model.device) for t in lm_batch(collate(train[s:s + BATCH], pid)))
+            chunk = tuple(t.to(model.device) for t in lm_batch(collate(train[s : s + BATCH], pid)))
             traker.featurize(chunk, inds=np.arange(s, s + chunk[0].shape[0]))
         traker.finalize_features()
         traker.start_scoring_checkpoint("t", model.state_dict(), 0, len(targets))
         for s in range(0, len(targets), BATCH):
-            chunk = tuple(t.to(model.device) for t in lm_batch(collate(targets[s:s + BATCH], pid)))
+            chunk = tuple(t.to(model.device) for t in lm_batch(collate(targets[s : s + BATCH], pid)))
             traker.score(chunk, inds=np.arange(s, s + chunk[0].shape[0]))
         traker.finalize_scores("t")
     _report(start, baseline, spec)
@@ -179,7 +233,9 @@ def _dattri(spec: dict, algo: str) -> None:
 
     def to_len(t: tuple) -> tuple:
         fill = (pid, 0, -100)
-        return tuple(torch.nn.functional.pad(x[0], (0, length - x.shape[1]), value=v) for x, v in zip(t, fill))
+        return tuple(
+            torch.nn.functional.pad(x[0], (0, length - x.shape[1]), value=v) for x, v in zip(t, fill)
+        )
 
     train_t, target_t = [to_len(t) for t in padded(train)], [to_len(t) for t in padded(targets)]
 
@@ -194,15 +250,18 @@ def _dattri(spec: dict, algo: str) -> None:
     names = [n for n, _ in model.named_parameters() if ".mlp." in n]
 
     def call(params: dict, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return torch.func.functional_call(model, params, args=(), kwargs={"input_ids": ids,
-                                                                         "attention_mask": mask}).logits
+        return torch.func.functional_call(
+            model, params, args=(), kwargs={"input_ids": ids, "attention_mask": mask}
+        ).logits
 
     if algo == "trak":
         from dattri.algorithm.trak import TRAKAttributor
 
         def margin(params: dict, data: tuple) -> torch.Tensor:
             ids, mask, labels = data
-            logp, rest, m = _token_logps(call(params, ids.unsqueeze(0), mask.unsqueeze(0)), labels.unsqueeze(0))
+            logp, rest, m = _token_logps(
+                call(params, ids.unsqueeze(0), mask.unsqueeze(0)), labels.unsqueeze(0)
+            )
             return ((logp - rest) * m).sum() / m.sum().clamp(min=1)
 
         def prob(params: dict, data: tuple) -> torch.Tensor:
@@ -211,9 +270,14 @@ def _dattri(spec: dict, algo: str) -> None:
             return ((logp * m).sum() / m.sum().clamp(min=1)).exp()
 
         task = AttributionTask(loss_func=margin, model=model, checkpoints=model.state_dict())
-        attributor = TRAKAttributor(task=task, correct_probability_func=prob, device=device, layer_name=names,
-                                    projector_kwargs={"proj_dim": spec["proj_dim"], "device": device},
-                                    regularization=1e-3)
+        attributor = TRAKAttributor(
+            task=task,
+            correct_probability_func=prob,
+            device=device,
+            layer_name=names,
+            projector_kwargs={"proj_dim": spec["proj_dim"], "device": device},
+            regularization=1e-3,
+        )
     else:
         from dattri.algorithm.influence_function import IFAttributorEKFAC
 
@@ -255,8 +319,13 @@ def _report(start: tuple[float, float], baseline: float, spec: dict) -> None:
     if cuda:
         torch.cuda.synchronize()
     wall, cpu = time.perf_counter() - start[0], time.process_time() - start[1]
-    out = {"seconds": wall, "cpu_seconds": cpu, "peak_mb": _rss_mb(), "extra_mb": _rss_mb() - baseline,
-           "n_train": len(spec["train"])}
+    out = {
+        "seconds": wall,
+        "cpu_seconds": cpu,
+        "peak_mb": _rss_mb(),
+        "extra_mb": _rss_mb() - baseline,
+        "n_train": len(spec["train"]),
+    }
     if cuda:
         out["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     print(json.dumps(out), flush=True)
@@ -272,8 +341,9 @@ def count_flops(fn: Any, *args: Any) -> int:
     return int(counter.get_total_flops())
 
 
-def matmul_peak(device: str = "cpu", dtype: str = "float32", sizes: tuple[int, ...] = (512, 1024, 2048),
-                repeats: int = 5) -> dict:
+def matmul_peak(
+    device: str = "cpu", dtype: str = "float32", sizes: tuple[int, ...] = (512, 1024, 2048), repeats: int = 5
+) -> dict:
     """The best FLOP/s of a square torch.mm on this device and dtype over `sizes` (the machine's
     matmul peak as the benchmarks run: on CPU with the calling process's thread count)."""
     import torch
@@ -308,11 +378,22 @@ WORKERS = {
 def _measure(name: str, spec: dict, count: bool) -> dict:
     path = Path(spec["spec_path"])
     # One thread per CPU worker: idle OpenMP threads spin on an oversubscribed machine and inflate CPU time.
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1",
-           "MKL_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONWARNINGS": "ignore",
+        "TQDM_DISABLE": "1",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
     argv = [sys.executable, "-m", "benchmarks.attribution.bench", "--worker", name, str(path)]
-    proc = subprocess.run(argv + (["--count-flops"] if count else []), capture_output=True, text=True, env=env,
-                          check=False, cwd=Path(__file__).resolve().parents[2])
+    proc = subprocess.run(
+        argv + (["--count-flops"] if count else []),
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     lines = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
     timed = [ln for ln in lines if "seconds" in ln]
     if proc.returncode != 0 or len(timed) < 2:
@@ -328,8 +409,14 @@ def measure_paths(ctx: dict, device: str = "cpu", names: list[str] | None = None
     import tempfile
 
     size = ctx["size"]
-    spec = {"model_dir": ctx["model_dir"], "train": ctx["train"], "targets": ctx["targets"], "device": device,
-            "max_length": size["max_length"], "proj_dim": size["proj_dim"]}
+    spec = {
+        "model_dir": ctx["model_dir"],
+        "train": ctx["train"],
+        "targets": ctx["targets"],
+        "device": device,
+        "max_length": size["max_length"],
+        "proj_dim": size["proj_dim"],
+    }
     names = names or list(WORKERS)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump(spec, fh)
@@ -350,9 +437,13 @@ def measure_paths(ctx: dict, device: str = "cpu", names: list[str] | None = None
             continue
         best = min(good, key=lambda r: r[clock])
         flops = next((r["flops"] for r in good if "flops" in r), None)
-        out[name] = {**best, "peak_mb": max(r["peak_mb"] for r in good),
-                     "extra_mb": max(r["extra_mb"] for r in good), "flops": flops,
-                     "all_seconds": [r[clock] for r in good]}
+        out[name] = {
+            **best,
+            "peak_mb": max(r["peak_mb"] for r in good),
+            "extra_mb": max(r["extra_mb"] for r in good),
+            "flops": flops,
+            "all_seconds": [r[clock] for r in good],
+        }
         if "gpu_peak_mb" in best:
             out[name]["gpu_peak_mb"] = max(r["gpu_peak_mb"] for r in good)
     return out
@@ -365,8 +456,10 @@ def _peer_of(name: str) -> str:
 def _explain(name: str, error: str) -> str:
     if name == "dattri ekfac" and "a_prev" in error:
         # dattri 0.3.0 fisher.py: a_prev is only set for 2-D layer inputs; (batch, seq, d) leaves it unbound
-        return ("not comparable: dattri 0.3.0's EK-FAC takes 2-D layer inputs only (its covariance update "
-                "leaves a_prev unset for (batch, sequence, hidden) inputs), so it cannot run on a causal LM")
+        return (
+            "not comparable: dattri 0.3.0's EK-FAC takes 2-D layer inputs only (its covariance update "
+            "leaves a_prev unset for (batch, sequence, hidden) inputs), so it cannot run on a causal LM"
+        )
     return error
 
 
@@ -384,46 +477,96 @@ def throughput_table(ctx: dict, results: dict[str, dict], device: str = "cpu") -
         time_ratio = None if not ok else round(ours[clock] / res[clock], 3)
         mem = "gpu_peak_mb" if cuda else "extra_mb"
         mem_ratio = ours[mem] / res[mem] if ok and res[mem] > 0 else None
-        note = (("" if mem_ratio is None else f"our {'GPU peak' if cuda else 'extra RSS'} / this: {mem_ratio:.2f}; ")
-                + ("s" if cuda else "CPU s") + " per run: " + ", ".join(f"{t:.1f}" for t in res["all_seconds"]))
+        note = (
+            (
+                ""
+                if mem_ratio is None
+                else f"our {'GPU peak' if cuda else 'extra RSS'} / this: {mem_ratio:.2f}; "
+            )
+            + ("s" if cuda else "CPU s")
+            + " per run: "
+            + ", ".join(f"{t:.1f}" for t in res["all_seconds"])
+        )
         rate = round(res["n_train"] / res[clock], 3)
         if cuda:
-            rows.append([name, rate, round(res["seconds"], 2), round(res["cpu_seconds"], 2),
-                         round(res["gpu_peak_mb"]), time_ratio, note])
+            rows.append(
+                [
+                    name,
+                    rate,
+                    round(res["seconds"], 2),
+                    round(res["cpu_seconds"], 2),
+                    round(res["gpu_peak_mb"]),
+                    time_ratio,
+                    note,
+                ]
+            )
         else:
-            rows.append([name, rate, round(res["cpu_seconds"], 2), round(res["seconds"], 2), round(res["peak_mb"]),
-                         round(res["extra_mb"]), time_ratio, note])
+            rows.append(
+                [
+                    name,
+                    rate,
+                    round(res["cpu_seconds"], 2),
+                    round(res["seconds"], 2),
+                    round(res["peak_mb"]),
+                    round(res["extra_mb"]),
+                    time_ratio,
+                    note,
+                ]
+            )
     if cuda:
-        columns = ["path", "train examples / s", "seconds", "CPU seconds", "peak GPU MB", "our time / this",
-                   "notes"]
-        how = ("Each path runs in its own process on the GPU (bfloat16 autocast for the EK-FAC paths, float16 "
-               "features for the TRAK paths, as ours use on CUDA), first on a 4-example warm-up, then timed "
-               "with a synchronize at both ends; wall seconds are what the ratios use. Peak GPU MB is "
-               "torch.cuda.max_memory_allocated over the timed run.")
+        columns = [
+            "path",
+            "train examples / s",
+            "seconds",
+            "CPU seconds",
+            "peak GPU MB",
+            "our time / this",
+            "notes",
+        ]
+        how = (
+            "Each path runs in its own process on the GPU (bfloat16 autocast for the EK-FAC paths, float16 "
+            "features for the TRAK paths, as ours use on CUDA), first on a 4-example warm-up, then timed "
+            "with a synchronize at both ends; wall seconds are what the ratios use. Peak GPU MB is "
+            "torch.cuda.max_memory_allocated over the timed run."
+        )
     else:
-        columns = ["path", "train examples / CPU s", "CPU seconds", "wall seconds", "peak RSS MB", "extra RSS MB",
-                   "our CPU time / this", "notes"]
-        how = ("Each path runs in its own single-threaded process, first on a 4-example warm-up, then timed; "
-               "throughput and ratios use process CPU seconds (all threads), as wall time on this shared "
-               "machine mostly measured the neighbours. Extra RSS is the process's peak RSS minus its peak "
-               "before attribution started.")
+        columns = [
+            "path",
+            "train examples / CPU s",
+            "CPU seconds",
+            "wall seconds",
+            "peak RSS MB",
+            "extra RSS MB",
+            "our CPU time / this",
+            "notes",
+        ]
+        how = (
+            "Each path runs in its own single-threaded process, first on a 4-example warm-up, then timed; "
+            "throughput and ratios use process CPU seconds (all threads), as wall time on this shared "
+            "machine mostly measured the neighbours. Extra RSS is the process's peak RSS minus its peak "
+            "before attribution started."
+        )
     return {
         "title": f"Attribution throughput and peak memory (reference LM, {device.upper()})",
         "columns": columns,
         "rows": rows,
-        "notes": (f"{len(ctx['train'])} training and {len(ctx['targets'])} target examples, max_length "
-                  f"{size['max_length']}, batch {BATCH}, proj_dim {size['proj_dim']}, MLP layers / parameters "
-                  f"tracked by every path. {how} {size['repeats']} interleaved runs per path, the fastest kept. "
-                  "Time covers fitting and scoring (model loading excluded). 'our ... / this' is assay's path "
-                  "over the row's path (1.0 = same speed; our ekfac rows compare with kronfluence and dattri "
-                  "ekfac, our trak rows with traker and dattri trak). traker is given our causal-LM model output "
-                  "(it has none) and picks its own projector; ours keeps traker's random projection in memory "
-                  "(attribution.trak_adapter.CachedProjector) instead of regenerating it for every batch. "
-                  "Figures as measured."),
+        "notes": (
+            f"{len(ctx['train'])} training and {len(ctx['targets'])} target examples, max_length "
+            f"{size['max_length']}, batch {BATCH}, proj_dim {size['proj_dim']}, MLP layers / parameters "
+            f"tracked by every path. {how} {size['repeats']} interleaved runs per path, the fastest kept. "
+            "Time covers fitting and scoring (model loading excluded). 'our ... / this' is assay's path "
+            "over the row's path (1.0 = same speed; our ekfac rows compare with kronfluence and dattri "
+            "ekfac, our trak rows with traker and dattri trak). traker is given our causal-LM model output "
+            "(it has none) and picks its own projector; ours keeps traker's random projection in memory "
+            "(attribution.trak_adapter.CachedProjector) instead of regenerating it for every batch. "
+            "Figures as measured."
+        ),
     }
 
 
-def peak_share_table(ctx: dict, results: dict[str, dict], peaks: dict[str, dict], device: str = "cpu") -> dict:
+def peak_share_table(
+    ctx: dict, results: dict[str, dict], peaks: dict[str, dict], device: str = "cpu"
+) -> dict:
     """FLOP/s each path reaches against the matmul peak measured in the same run."""
     cuda = device == "cuda"
     clock = "seconds" if cuda else "cpu_seconds"
@@ -439,25 +582,38 @@ def peak_share_table(ctx: dict, results: dict[str, dict], peaks: dict[str, dict]
         rate = res["flops"] / res[clock]
         # unrounded: the tables print 4 significant digits, and tiny runs need them all
         rows.append([name, dtype, res["flops"] / 1e9, res[clock], rate / 1e9, peak / 1e9, 100 * rate / peak])
-    peak_text = "; ".join(f"{d}: {p['flops_per_s'] / 1e9:.1f} GFLOP/s at n = {p['size']}" for d, p in peaks.items())
+    peak_text = "; ".join(
+        f"{d}: {p['flops_per_s'] / 1e9:.1f} GFLOP/s at n = {p['size']}" for d, p in peaks.items()
+    )
     return {
         "title": f"Share of the measured matmul peak ({device.upper()})",
-        "columns": ["path", "dtype", "matmul GFLOP", "CPU seconds" if not cuda else "seconds", "GFLOP/s reached",
-                    "peak GFLOP/s", "share of peak %"],
+        "columns": [
+            "path",
+            "dtype",
+            "matmul GFLOP",
+            "CPU seconds" if not cuda else "seconds",
+            "GFLOP/s reached",
+            "peak GFLOP/s",
+            "share of peak %",
+        ],
         "rows": rows,
-        "notes": (f"Peak: the best square torch.mm over sizes {'2048-8192' if cuda else '512-2048'}, measured in this run "
-                  f"({'on the GPU' if cuda else 'one thread, as the paths run'}): {peak_text}. Each path's FLOPs are "
-                  "the matrix multiplies (mm, bmm, addmm, attention) that torch.utils.flop_counter.FlopCounterMode "
-                  "counts over its whole attribution call (factor fitting, per-example gradients, projection, "
-                  "scoring) in an extra, untimed run; elementwise work, which matters on a model this small, "
-                  "is not counted. GFLOP/s reached = counted FLOPs / the timed run's "
-                  f"{'wall' if cuda else 'CPU'} seconds."),
+        "notes": (
+            f"Peak: the best square torch.mm over sizes {'2048-8192' if cuda else '512-2048'}, measured in this run "
+            f"({'on the GPU' if cuda else 'one thread, as the paths run'}): {peak_text}. Each path's FLOPs are "
+            "the matrix multiplies (mm, bmm, addmm, attention) that torch.utils.flop_counter.FlopCounterMode "
+            "counts over its whole attribution call (factor fitting, per-example gradients, projection, "
+            "scoring) in an extra, untimed run; elementwise work, which matters on a model this small, "
+            "is not counted. GFLOP/s reached = counted FLOPs / the timed run's "
+            f"{'wall' if cuda else 'CPU'} seconds."
+        ),
     }
 
 
 def throughput_tables(ctx: dict, device: str = "cpu", names: list[str] | None = None) -> list[dict]:
     if device == "cuda":
-        peaks = {d: matmul_peak("cuda", d, sizes=(2048, 4096, 8192)) for d in ("float32", "bfloat16", "float16")}
+        peaks = {
+            d: matmul_peak("cuda", d, sizes=(2048, 4096, 8192)) for d in ("float32", "bfloat16", "float16")
+        }
     else:
         peaks = {"float32": _one_thread_peak()}
     results = measure_paths(ctx, device, names)
@@ -495,19 +651,32 @@ def lds_table(ctx: dict) -> dict:
     # The model attributed is the recipe trained on this (sub)set of the corpus, as the retrained ones are.
     base = finetune_causal_lm(fresh(), tok, train, max_length=max_length, seed=settings["seed"], **recipe)
     ensemble = [base.state_dict()] + [
-        finetune_causal_lm(fresh(settings["seed"] + k), tok, train, max_length=max_length,
-                           seed=settings["seed"] + k, **recipe).state_dict()
-        for k in range(1, size["ensemble"])]
+        finetune_causal_lm(
+            fresh(settings["seed"] + k),
+            tok,
+            train,
+            max_length=max_length,
+            seed=settings["seed"] + k,
+            **recipe,
+        ).state_dict()
+        for k in range(1, size["ensemble"])
+    ]
     small_dim = max(2, len(train) // 2)
     methods = {
         "ekfac": {"method": "ekfac"},
         "trak (1 model)": {"method": "trak", "method_params": {"proj_dim": size["proj_dim"]}},
         # a projection below the number of training examples: invertible kernel, no ridge, less information
         f"trak (1 model, proj_dim {small_dim})": {"method": "trak", "method_params": {"proj_dim": small_dim}},
-        f"trak ({size['ensemble']} models)": {"method": "trak", "method_params": {"proj_dim": size["proj_dim"]},
-                                              "checkpoints": ensemble},
+        f"trak ({size['ensemble']} models)": {
+            "method": "trak",
+            "method_params": {"proj_dim": size["proj_dim"]},
+            "checkpoints": ensemble,
+        },
         "gradsim (cosine)": {"method": "gradsim", "method_params": {"proj_dim": size["proj_dim"]}},
-        "gradsim (dot)": {"method": "gradsim", "method_params": {"proj_dim": size["proj_dim"], "similarity": "dot"}},
+        "gradsim (dot)": {
+            "method": "gradsim",
+            "method_params": {"proj_dim": size["proj_dim"], "similarity": "dot"},
+        },
     }
     scores, seconds = {}, {}
     for name, kw in methods.items():
@@ -518,8 +687,9 @@ def lds_table(ctx: dict) -> dict:
         tids = [str(r.get("id", r.get("example_id"))) for r in targets]
         scores[name] = res.matrix().loc[ids, tids].to_numpy()
     masks = subset_masks(len(train), size["subsets"], 0.5, seed=0)
-    retrain = causal_lm_retrain_eval(fresh, tok, train, targets, max_length=max_length, seed=settings["seed"],
-                                     **recipe)
+    retrain = causal_lm_retrain_eval(
+        fresh, tok, train, targets, max_length=max_length, seed=settings["seed"], **recipe
+    )
     outputs = subset_outputs(retrain, masks)
     rows = []
     for name, mat in scores.items():
@@ -535,14 +705,16 @@ def lds_table(ctx: dict) -> dict:
         "title": "LDS on the reference LM (higher is better)",
         "columns": ["method", "LDS (mean Spearman)", "std. error", "targets", "attribution seconds"],
         "rows": rows,
-        "notes": (f"{len(train)} training / {len(targets)} target examples of the demo corpus; {size['subsets']} "
-                  f"random 50% subsets, each retrained with the reference recipe ({recipe}, same seed and init); "
-                  "f = mean log-likelihood of each target's reference response; Spearman per target across "
-                  f"subsets, mean over targets. Measured: ekfac {ek:.3f} vs best gradsim {gs:.3f} "
-                  f"({'ekfac higher' if ek > gs else 'ekfac NOT higher'}). TRAK with proj_dim {size['proj_dim']} > "
-                  f"{len(train)} training examples (singular kernel, ridge 1e-3): {trak_big:.3f}; "
-                  f"proj_dim {small_dim} (invertible, no ridge): {trak_small:.3f}. Published reference points: EK-FAC "
-                  "0.44 on WikiText-2/GPT-2, gradient-only ~0.1; a tiny model and few subsets make these noisy."),
+        "notes": (
+            f"{len(train)} training / {len(targets)} target examples of the demo corpus; {size['subsets']} "
+            f"random 50% subsets, each retrained with the reference recipe ({recipe}, same seed and init); "
+            "f = mean log-likelihood of each target's reference response; Spearman per target across "
+            f"subsets, mean over targets. Measured: ekfac {ek:.3f} vs best gradsim {gs:.3f} "
+            f"({'ekfac higher' if ek > gs else 'ekfac NOT higher'}). TRAK with proj_dim {size['proj_dim']} > "
+            f"{len(train)} training examples (singular kernel, ridge 1e-3): {trak_big:.3f}; "
+            f"proj_dim {small_dim} (invertible, no ridge): {trak_small:.3f}. Published reference points: EK-FAC "
+            "0.44 on WikiText-2/GPT-2, gradient-only ~0.1; a tiny model and few subsets make these noisy."
+        ),
     }
 
 

@@ -25,10 +25,18 @@ from typing import Any
 from benchmarks.attribution.bench import WORKERS, throughput_tables
 
 GPU_SIZE = {
-    "model": {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 8, "num_attention_heads": 8,
-              "num_key_value_heads": 8},
+    "model": {
+        "hidden_size": 512,
+        "intermediate_size": 2048,
+        "num_hidden_layers": 8,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 8,
+    },
     "corpus": {"math_per_level": 40, "math_targets_per_level": 8},
-    "n_targets": 32, "max_length": 512, "proj_dim": 4096, "repeats": 1,  # GPU timings are steady
+    "n_targets": 32,
+    "max_length": 512,
+    "proj_dim": 4096,
+    "repeats": 1,  # GPU timings are steady
 }
 
 
@@ -40,8 +48,10 @@ def skip_reason() -> str | None:
         return "torch is not installed"
     if torch.cuda.is_available():
         return None
-    return (f"no CUDA device (torch {torch.__version__}: torch.cuda.is_available() is False); "
-            "run `make bench-gpu` on a machine with an NVIDIA GPU")
+    return (
+        f"no CUDA device (torch {torch.__version__}: torch.cuda.is_available() is False); "
+        "run `make bench-gpu` on a machine with an NVIDIA GPU"
+    )
 
 
 def model_dir(size: dict, records: list[dict], cache: Path) -> Path:
@@ -61,8 +71,9 @@ def model_dir(size: dict, records: list[dict], cache: Path) -> Path:
     return target
 
 
-def section(device: str, size: dict, names: list[str] | None = None, mixing_size: dict | None = None
-            ) -> list[dict]:
+def section(
+    device: str, size: dict, names: list[str] | None = None, mixing_size: dict | None = None
+) -> list[dict]:
     """The attribution throughput and peak-share tables for `size`, then the mixing reproduction at
     `mixing_size` (default: its full size), on `device`."""
     from benchmarks.mixing.bench import REPRODUCTION_SIZES, reproduction
@@ -74,8 +85,8 @@ def section(device: str, size: dict, names: list[str] | None = None, mixing_size
     cache.mkdir(parents=True, exist_ok=True)
     ctx: dict[str, Any] = {
         "model_dir": str(model_dir(size, corpus["train"], cache)),
-        "train": corpus["train"][:size.get("n_train")],
-        "targets": corpus["targets"][:size["n_targets"]],
+        "train": corpus["train"][: size.get("n_train")],
+        "targets": corpus["targets"][: size["n_targets"]],
         "size": size,
     }
     tables = throughput_tables(ctx, device, names=names)

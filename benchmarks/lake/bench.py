@@ -38,22 +38,35 @@ def build_lake(root: Path, n_train: int, n_target: int, shards: int = 10) -> Lak
     lake = Lake(root)
     rng = np.random.default_rng(0)
     ids = [f"train-{i:07d}" for i in range(n_train)] + [f"target-{j:05d}" for j in range(n_target)]
-    examples = pd.DataFrame({
-        "dataset": "bench", "version": "v", "example_id": ids, "row_index": np.arange(len(ids)),
-        "domain": rng.choice(["math", "code"], len(ids)), "difficulty": rng.integers(1, 6, len(ids)).astype(float),
-        "prompt": "p", "response": "r", "messages": [[]] * len(ids), "answer": None, "meta": "{}"})
+    examples = pd.DataFrame(
+        {
+            "dataset": "bench",
+            "version": "v",
+            "example_id": ids,
+            "row_index": np.arange(len(ids)),
+            "domain": rng.choice(["math", "code"], len(ids)),
+            "difficulty": rng.integers(1, 6, len(ids)).astype(float),
+            "prompt": "p",
+            "response": "r",
+            "messages": [[]] * len(ids),
+            "answer": None,
+            "meta": "{}",
+        }
+    )
     with lake.run("ingest", "examples", params={"dataset": "bench"}) as run:
         run.write("examples", examples)
     train = pa.array(ids[:n_train])
     with lake.run("attribute", "synthetic", params={"n": n_train * n_target}) as run:
         per_shard = max(1, n_target // shards)
         for shard, start in enumerate(range(0, n_target, per_shard)):
-            targets = ids[n_train + start:n_train + min(n_target, start + per_shard)]
-            table = pa.table({
-                "train_id": pa.concat_arrays([train] * len(targets)),
-                "target_id": pa.array(np.repeat(targets, n_train)),
-                "score": pa.array(rng.standard_normal(n_train * len(targets))),
-            })
+            targets = ids[n_train + start : n_train + min(n_target, start + per_shard)]
+            table = pa.table(
+                {
+                    "train_id": pa.concat_arrays([train] * len(targets)),
+                    "target_id": pa.array(np.repeat(targets, n_train)),
+                    "score": pa.array(rng.standard_normal(n_train * len(targets))),
+                }
+            )
             run.write("scores", table, shard=shard)
     return lake
 
@@ -79,7 +92,11 @@ def query_engines(lake: Lake) -> dict[str, dict[str, callable]]:
 
     def read(table: str, columns: list[str]) -> pd.DataFrame:
         # The files carry run_id themselves: read them without hive partitioning.
-        return ds.dataset(lake.root / table, format="parquet", partitioning=None).to_table(columns=columns).to_pandas()
+        return (
+            ds.dataset(lake.root / table, format="parquet", partitioning=None)
+            .to_table(columns=columns)
+            .to_pandas()
+        )
 
     def pandas_topk():
         s = read("scores", ["train_id", "target_id", "score"])
@@ -89,12 +106,15 @@ def query_engines(lake: Lake) -> dict[str, dict[str, callable]]:
         s = read("scores", ["train_id", "target_id", "score"])
         e = read("examples", ["example_id", "domain", "difficulty"])
         m = s.merge(e, left_on="train_id", right_on="example_id").merge(
-            e[["example_id", "domain"]], left_on="target_id", right_on="example_id", suffixes=("", "_target"))
+            e[["example_id", "domain"]], left_on="target_id", right_on="example_id", suffixes=("", "_target")
+        )
         return m.groupby(["domain", "difficulty", "domain_target"])["score"].mean().reset_index()
 
     engines = {
-        "assay gate": {"top-k": lambda: run_sql(lake.root, TOPK, timeout_s=3600),
-                       "by-group": lambda: run_sql(lake.root, BY_GROUP, timeout_s=3600)},
+        "assay gate": {
+            "top-k": lambda: run_sql(lake.root, TOPK, timeout_s=3600),
+            "by-group": lambda: run_sql(lake.root, BY_GROUP, timeout_s=3600),
+        },
         "raw duckdb": {"top-k": lambda: raw(TOPK), "by-group": lambda: raw(BY_GROUP)},
         "pandas": {"top-k": pandas_topk, "by-group": pandas_group},
     }
@@ -102,15 +122,25 @@ def query_engines(lake: Lake) -> dict[str, dict[str, callable]]:
         import polars as pl
 
         def polars_topk():
-            return (pl.scan_parquet(scores_glob).sort(["target_id", "score"], descending=[False, True])
-                    .group_by("target_id").head(10).collect())
+            return (
+                pl.scan_parquet(scores_glob)
+                .sort(["target_id", "score"], descending=[False, True])
+                .group_by("target_id")
+                .head(10)
+                .collect()
+            )
 
         def polars_group():
             s = pl.scan_parquet(scores_glob)
             e = pl.scan_parquet(examples_glob).select(["example_id", "domain", "difficulty"])
             t = e.select([pl.col("example_id").alias("target_id"), pl.col("domain").alias("target_domain")])
-            return (s.join(e, left_on="train_id", right_on="example_id").join(t, on="target_id")
-                    .group_by(["domain", "difficulty", "target_domain"]).agg(pl.col("score").mean()).collect())
+            return (
+                s.join(e, left_on="train_id", right_on="example_id")
+                .join(t, on="target_id")
+                .group_by(["domain", "difficulty", "target_domain"])
+                .agg(pl.col("score").mean())
+                .collect()
+            )
 
         engines["polars"] = {"top-k": polars_topk, "by-group": polars_group}
     except ImportError:
@@ -126,14 +156,24 @@ def bench_queries(quick: bool) -> dict:
         engines = query_engines(lake)
         times = {name: {q: timed(fn)[0] for q, fn in queries.items()} for name, queries in engines.items()}
     base = times["raw duckdb"]
-    table_rows = [[name, round(t["top-k"], 3), round(t["top-k"] / base["top-k"], 2), round(t["by-group"], 3),
-                   round(t["by-group"] / base["by-group"], 2)] for name, t in times.items()]
-    return {"title": f"Queries over {rows:,} score rows (best of 2)",
-            "columns": ["engine", "top-k s", "top-k vs raw duckdb", "by-group s", "by-group vs raw duckdb"],
-            "rows": table_rows,
-            "notes": "top-k: 10 most helpful train examples per target; by-group: mean influence by (train "
-                     "domain, difficulty) x target domain. The gate adds statement parsing, view setup and "
-                     "limits over raw DuckDB on the same files."}
+    table_rows = [
+        [
+            name,
+            round(t["top-k"], 3),
+            round(t["top-k"] / base["top-k"], 2),
+            round(t["by-group"], 3),
+            round(t["by-group"] / base["by-group"], 2),
+        ]
+        for name, t in times.items()
+    ]
+    return {
+        "title": f"Queries over {rows:,} score rows (best of 2)",
+        "columns": ["engine", "top-k s", "top-k vs raw duckdb", "by-group s", "by-group vs raw duckdb"],
+        "rows": table_rows,
+        "notes": "top-k: 10 most helpful train examples per target; by-group: mean influence by (train "
+        "domain, difficulty) x target domain. The gate adds statement parsing, view setup and "
+        "limits over raw DuckDB on the same files.",
+    }
 
 
 def bench_ingest(quick: bool) -> dict:
@@ -141,17 +181,36 @@ def bench_ingest(quick: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "data.jsonl"
         with open(path, "w") as fh:
-            fh.writelines(json.dumps({"id": i, "prompt": f"question {i} " * 8, "response": f"answer {i} " * 16,
-                                     "domain": "math" if i % 2 else "code", "difficulty": i % 5 + 1}) + "\n" for i in range(n))
+            fh.writelines(
+                json.dumps(
+                    {
+                        "id": i,
+                        "prompt": f"question {i} " * 8,
+                        "response": f"answer {i} " * 16,
+                        "domain": "math" if i % 2 else "code",
+                        "difficulty": i % 5 + 1,
+                    }
+                )
+                + "\n"
+                for i in range(n)
+            )
         ours, _ = timed(lambda: ingest(Lake(Path(tmp) / f"lake-{time.perf_counter_ns()}"), path, "bench"), 1)
         bare, _ = timed(lambda: pq.write_table(pajson.read_json(path), Path(tmp) / "bare.parquet"), 1)
-    return {"title": f"Ingest of a {n:,}-row JSONL file",
-            "columns": ["path", "seconds", "rows / s", "ratio vs bare pyarrow"],
-            "rows": [["assay ingest (validate, ids, version, atomic write)", round(ours, 3), round(n / ours),
-                      round(ours / bare, 2)],
-                     ["bare pyarrow read_json + write_table", round(bare, 3), round(n / bare), 1.0]],
-            "notes": "assay validates every row in Python (types, ids, duplicates) to name the bad row; that "
-                     "is the price over a bare columnar copy."}
+    return {
+        "title": f"Ingest of a {n:,}-row JSONL file",
+        "columns": ["path", "seconds", "rows / s", "ratio vs bare pyarrow"],
+        "rows": [
+            [
+                "assay ingest (validate, ids, version, atomic write)",
+                round(ours, 3),
+                round(n / ours),
+                round(ours / bare, 2),
+            ],
+            ["bare pyarrow read_json + write_table", round(bare, 3), round(n / bare), 1.0],
+        ],
+        "notes": "assay validates every row in Python (types, ids, duplicates) to name the bad row; that "
+        "is the price over a bare columnar copy.",
+    }
 
 
 def run(quick: bool = True) -> list[dict]:

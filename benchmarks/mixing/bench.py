@@ -46,9 +46,10 @@ def _corpus(math_per_level: int, test_per_level: int) -> tuple[list[dict], list[
     code = humaneval_records()
     code_test = [r for i, r in enumerate(code) if i % 5 == 0]
     math_train = math_problems(math_per_level, seed=0)
-    code_train = [r for i, r in enumerate(code) if i % 5 != 0][:round(len(math_train) / 9)]
-    math_test = math_problems(test_per_level, seed=1000, prefix="math-test",
-                              exclude={r["prompt"] for r in math_train})
+    code_train = [r for i, r in enumerate(code) if i % 5 != 0][: round(len(math_train) / 9)]
+    math_test = math_problems(
+        test_per_level, seed=1000, prefix="math-test", exclude={r["prompt"] for r in math_train}
+    )
     train = math_train + code_train
     return train, [r["domain"] for r in train], {"math": math_test, "code": code_test}
 
@@ -58,8 +59,9 @@ def _tokenizer_and_model(texts: list[str], hidden: int, layers: int, seed: int) 
     from attribution.reference_model import build_model, build_tokenizer
 
     tokenizer = build_tokenizer(texts, vocab_size=1024)
-    model = build_model(tokenizer, seed=seed, hidden_size=hidden, intermediate_size=4 * hidden,
-                        num_hidden_layers=layers)
+    model = build_model(
+        tokenizer, seed=seed, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers
+    )
     return tokenizer, model
 
 
@@ -80,15 +82,24 @@ def _held_out_loss(model: Any, encoded: dict[str, list], pad: int) -> dict[str, 
     out = {}
     with torch.no_grad():
         for group, items in encoded.items():
-            losses = [loss_fn(model, _on(model, collate(items[i:i + 16], pad))) for i in range(0, len(items), 16)]
+            losses = [
+                loss_fn(model, _on(model, collate(items[i : i + 16], pad))) for i in range(0, len(items), 16)
+            ]
             out[group] = float(torch.cat(losses).mean())
     model.train()
     return out
 
 
 def _train_arm(
-    init_state: dict, model: Any, train_items: list, test_items: dict[str, list], pad: int,
-    sequence: pd.DataFrame, loss_weight: np.ndarray, lr: float, evals: list[int],
+    init_state: dict,
+    model: Any,
+    train_items: list,
+    test_items: dict[str, list],
+    pad: int,
+    sequence: pd.DataFrame,
+    loss_weight: np.ndarray,
+    lr: float,
+    evals: list[int],
 ) -> list[dict[str, float]]:
     import torch
 
@@ -114,10 +125,26 @@ def _train_arm(
 
 
 REPRODUCTION_SIZES = {
-    True: {"steps": 240, "batch": 8, "max_len": 160, "hidden": 64, "layers": 2, "seeds": (0, 1),
-           "math_per_level": 60, "test_per_level": 4},
-    False: {"steps": 500, "batch": 16, "max_len": 256, "hidden": 128, "layers": 4, "seeds": (0, 1, 2),
-            "math_per_level": 70, "test_per_level": 8},
+    True: {
+        "steps": 240,
+        "batch": 8,
+        "max_len": 160,
+        "hidden": 64,
+        "layers": 2,
+        "seeds": (0, 1),
+        "math_per_level": 60,
+        "test_per_level": 4,
+    },
+    False: {
+        "steps": 500,
+        "batch": 16,
+        "max_len": 256,
+        "hidden": 128,
+        "layers": 4,
+        "seeds": (0, 1, 2),
+        "math_per_level": 70,
+        "test_per_level": 8,
+    },
 }
 
 
@@ -139,15 +166,18 @@ def reproduction(quick: bool, device: str = "cpu", size: dict | None = None) -> 
     arms = {
         "proportional (tau=1)": (mixing.tau_schedule(steps, "constant", tau_start=1.0), None),
         f"temperature (tau={TAU:g})": (mixing.tau_schedule(steps, "constant", tau_start=TAU), None),
-        f"scalarization (tau={TAU:g})": (mixing.tau_schedule(steps, "constant", tau_start=1.0),
-                                         mixing.example_weights(groups, TAU)),
+        f"scalarization (tau={TAU:g})": (
+            mixing.tau_schedule(steps, "constant", tau_start=1.0),
+            mixing.example_weights(groups, TAU),
+        ),
         f"cooldown (tau={TAU:g} -> 1 at 50%)": (mixing.tau_schedule(steps, "cooldown", tau_start=TAU), None),
     }
     evals = [steps // 4, steps // 2, 3 * steps // 4, steps]
     runs: dict[str, list[dict]] = {name: [] for name in arms}
     for seed in seeds:
-        tokenizer, model = _tokenizer_and_model([r["prompt"] + "\n" + r["response"] for r in train],
-                                                hidden, layers, seed=seed)
+        tokenizer, model = _tokenizer_and_model(
+            [r["prompt"] + "\n" + r["response"] for r in train], hidden, layers, seed=seed
+        )
         model = model.to(device)
         pad = pad_id(tokenizer)
         train_items = encode_records(tokenizer, train, max_len)
@@ -160,8 +190,13 @@ def reproduction(quick: bool, device: str = "cpu", size: dict | None = None) -> 
             began = time.perf_counter()
             curve = _train_arm(init_state, model, train_items, test_items, pad, sequence, weight, 3e-3, evals)
             copies = mixing.copies_from_sequence(sequence["index"].to_numpy(), len(train))
-            runs[name].append({"curve": curve, "seconds": time.perf_counter() - began,
-                               "epochs": mixing.effective_epochs(groups, copies)["effective_epochs"]})
+            runs[name].append(
+                {
+                    "curve": curve,
+                    "seconds": time.perf_counter() - began,
+                    "epochs": mixing.effective_epochs(groups, copies)["effective_epochs"],
+                }
+            )
 
     def mean(values: list[float]) -> float:
         return round(float(np.mean(values)), 4)
@@ -174,31 +209,60 @@ def reproduction(quick: bool, device: str = "cpu", size: dict | None = None) -> 
         final_math = [r["curve"][-1]["math"] for r in seed_runs]
         final_code = [r["curve"][-1]["code"] for r in seed_runs]
         best_code = [min(c["code"] for c in r["curve"]) for r in seed_runs]
-        results.append([name, spread(final_math), spread(final_code),
-                        mean([(m + c) / 2 for m, c in zip(final_math, final_code, strict=True)]),
-                        mean(best_code), round(float(np.mean([r["epochs"]["code"] for r in seed_runs])), 2),
-                        round(float(np.mean([r["epochs"]["math"] for r in seed_runs])), 2),
-                        round(float(np.mean([r["seconds"] for r in seed_runs])), 1)])
+        results.append(
+            [
+                name,
+                spread(final_math),
+                spread(final_code),
+                mean([(m + c) / 2 for m, c in zip(final_math, final_code, strict=True)]),
+                mean(best_code),
+                round(float(np.mean([r["epochs"]["code"] for r in seed_runs])), 2),
+                round(float(np.mean([r["epochs"]["math"] for r in seed_runs])), 2),
+                round(float(np.mean([r["seconds"] for r in seed_runs])), 1),
+            ]
+        )
         for k, step in enumerate(evals):
-            curves.append([name, step, mean([r["curve"][k]["math"] for r in seed_runs]),
-                           mean([r["curve"][k]["code"] for r in seed_runs])])
+            curves.append(
+                [
+                    name,
+                    step,
+                    mean([r["curve"][k]["math"] for r in seed_runs]),
+                    mean([r["curve"][k]["code"] for r in seed_runs]),
+                ]
+            )
     f_tau = mixing.variance_factor(counts, TAU)
-    setup = (f"{n_math} math + {n_code} code training examples ({100 * n_code / (n_math + n_code):.0f}% code); "
-             f"held-out {len(tests['math'])} math, {len(tests['code'])} code (HumanEval tasks never trained on). "
-             f"reference model (Qwen2, {layers} layers x {hidden}, on {device}), BPE vocab 1024 trained on the training "
-             f"texts, chat template, "
-             f"{steps} AdamW steps of {batch}, lr 3e-3, max_length {max_len}; per seed every arm starts from the "
-             f"same weights. Mean over seeds {list(seeds)} (min-max in brackets). "
-             f"p_code(tau=1) = {mixing.temperature_probs(counts, 1.0)['code']:.3f}, "
-             f"p_code(tau={TAU:g}) = {mixing.temperature_probs(counts, TAU)['code']:.3f}; F({TAU:g}) = {f_tau:.3f}.")
+    setup = (
+        f"{n_math} math + {n_code} code training examples ({100 * n_code / (n_math + n_code):.0f}% code); "
+        f"held-out {len(tests['math'])} math, {len(tests['code'])} code (HumanEval tasks never trained on). "
+        f"reference model (Qwen2, {layers} layers x {hidden}, on {device}), BPE vocab 1024 trained on the training "
+        f"texts, chat template, "
+        f"{steps} AdamW steps of {batch}, lr 3e-3, max_length {max_len}; per seed every arm starts from the "
+        f"same weights. Mean over seeds {list(seeds)} (min-max in brackets). "
+        f"p_code(tau=1) = {mixing.temperature_probs(counts, 1.0)['code']:.3f}, "
+        f"p_code(tau={TAU:g}) = {mixing.temperature_probs(counts, TAU)['code']:.3f}; F({TAU:g}) = {f_tau:.3f}."
+    )
     return [
-        {"title": "Mixing reproduction: held-out loss per group after training (lower is better)",
-         "columns": ["arm", "math loss", "code loss", "mean of groups", "best code loss on the way",
-                     "code epochs", "math epochs", "train s / seed"],
-         "rows": results, "notes": setup},
-        {"title": "Mixing reproduction: held-out loss along training (mean over seeds)",
-         "columns": ["arm", "step", "math loss", "code loss"], "rows": curves,
-         "notes": "Evaluated at 25/50/75/100% of the steps; Cooldown switches to tau=1 at 50%."},
+        {
+            "title": "Mixing reproduction: held-out loss per group after training (lower is better)",
+            "columns": [
+                "arm",
+                "math loss",
+                "code loss",
+                "mean of groups",
+                "best code loss on the way",
+                "code epochs",
+                "math epochs",
+                "train s / seed",
+            ],
+            "rows": results,
+            "notes": setup,
+        },
+        {
+            "title": "Mixing reproduction: held-out loss along training (mean over seeds)",
+            "columns": ["arm", "step", "math loss", "code loss"],
+            "rows": curves,
+            "notes": "Evaluated at 25/50/75/100% of the steps; Cooldown switches to tau=1 at 50%.",
+        },
     ]
 
 
@@ -219,9 +283,13 @@ def _write_examples(folder: Path, rows: int, files: int, groups: int, seed: int)
         domain = names[rng.choice(groups, size=stop - start, p=sizes / sizes.sum())]
         for name, n in zip(*np.unique(domain, return_counts=True), strict=True):
             counts[name] = counts.get(name, 0) + int(n)
-        table = pa.table({"dataset": pa.array(["big"] * (stop - start)),
-                          "example_id": pa.array([f"ex{i:010d}" for i in range(start, stop)]),
-                          "domain": pa.array(domain.tolist())})
+        table = pa.table(
+            {
+                "dataset": pa.array(["big"] * (stop - start)),
+                "example_id": pa.array([f"ex{i:010d}" for i in range(start, stop)]),
+                "domain": pa.array(domain.tolist()),
+            }
+        )
         pq.write_table(table, folder / f"part-{f:04d}.parquet")
     return counts
 
@@ -229,7 +297,8 @@ def _write_examples(folder: Path, rows: int, files: int, groups: int, seed: int)
 def _copies_partition(df: pd.DataFrame, expected_by_group: dict[str, float], seed: int) -> pd.DataFrame:
     expected = df["domain"].map(expected_by_group).to_numpy(dtype=np.float64)
     return df[["dataset", "example_id", "domain"]].assign(
-        copies=mixing.round_copies(df["example_id"].to_numpy(), expected, seed))
+        copies=mixing.round_copies(df["example_id"].to_numpy(), expected, seed)
+    )
 
 
 def _expected_by_group(counts: pd.Series, tau: float) -> dict[str, float]:
@@ -246,8 +315,14 @@ def _pandas_peer(src: str, dst: str, tau: float, seed: int, queue: Any) -> None:
     out = _copies_partition(frame, _expected_by_group(counts, tau), seed)
     out.to_parquet(dst, index=False)
     draws = out.groupby("domain")["copies"].sum()
-    queue.put({"seconds": time.perf_counter() - began, "peak_mb": _self_peak_mb(), "draws": draws.to_dict(),
-               "drawn_examples": int((out["copies"] > 0).sum())})
+    queue.put(
+        {
+            "seconds": time.perf_counter() - began,
+            "peak_mb": _self_peak_mb(),
+            "draws": draws.to_dict(),
+            "drawn_examples": int((out["copies"] > 0).sum()),
+        }
+    )
 
 
 def _self_peak_mb() -> float:
@@ -309,13 +384,23 @@ def scale(quick: bool) -> list[dict]:
 
         queue = mp.get_context("spawn").Queue()
         peer = mp.get_context("spawn").Process(
-            target=_pandas_peer, args=(str(work / "examples"), str(work / "pandas.parquet"), TAU, seed, queue))
+            target=_pandas_peer, args=(str(work / "examples"), str(work / "pandas.parquet"), TAU, seed, queue)
+        )
         peer.start()
         pandas_result = queue.get()
         peer.join()
 
-        with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit="2GB", processes=True,
-                          dashboard_address=None, silence_logs=50) as cluster, Client(cluster) as client:
+        with (
+            LocalCluster(
+                n_workers=2,
+                threads_per_worker=1,
+                memory_limit="2GB",
+                processes=True,
+                dashboard_address=None,
+                silence_logs=50,
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             client.run(lambda: None)  # workers are up before the clock starts
             with _MemoryWatch() as watch:
                 began = time.perf_counter()
@@ -331,10 +416,14 @@ def scale(quick: bool) -> list[dict]:
                 dask_s = time.perf_counter() - began
             worker_peak = max(watch.peak_child.values()) if watch.peak_child else float("nan")
             workers = len(client.scheduler_info()["workers"])
-        same = (dict(sorted(draws.to_dict().items())) == dict(sorted(pandas_result["draws"].items()))
-                and int(drawn) == pandas_result["drawn_examples"])
+        same = (
+            dict(sorted(draws.to_dict().items())) == dict(sorted(pandas_result["draws"].items()))
+            and int(drawn) == pandas_result["drawn_examples"]
+        )
         # Check the exact per-example agreement on one file's worth of rows (cheap).
-        sample_ids = pd.read_parquet(work / "examples" / "part-0000.parquet", columns=["example_id"])["example_id"]
+        sample_ids = pd.read_parquet(work / "examples" / "part-0000.parquet", columns=["example_id"])[
+            "example_id"
+        ]
         a = pd.read_parquet(work / "pandas.parquet", columns=["example_id", "copies"]).set_index("example_id")
         b = dd.read_parquet(str(work / "dask_out"), columns=["example_id", "copies"]).partitions[0].compute()
         b = b.set_index("example_id")
@@ -344,24 +433,48 @@ def scale(quick: bool) -> list[dict]:
         smallest = min(truth, key=truth.get)
         epochs_small = float(draws[smallest]) / truth[smallest]
         rows_out = [
-            ["pandas, 1 process", rows, round(pandas_result["seconds"], 2), round(pandas_result["peak_mb"]),
-             "-", 1.0],
-            [f"dask LocalCluster, {workers} workers x 2 GB", rows, round(dask_s, 2),
-             round(watch.peak_total / 2**20), round(worker_peak / 2**20),
-             round(pandas_result["seconds"] / dask_s, 2)],
+            [
+                "pandas, 1 process",
+                rows,
+                round(pandas_result["seconds"], 2),
+                round(pandas_result["peak_mb"]),
+                "-",
+                1.0,
+            ],
+            [
+                f"dask LocalCluster, {workers} workers x 2 GB",
+                rows,
+                round(dask_s, 2),
+                round(watch.peak_total / 2**20),
+                round(worker_peak / 2**20),
+                round(pandas_result["seconds"] / dask_s, 2),
+            ],
         ]
-        notes = (f"{rows:,} rows in {files} Parquet files (dataset, example_id, domain; 12 Zipf-sized domains; "
-                 f"generation {gen_s:.1f} s, not timed). Temperature tau={TAU:g}, one epoch of draws "
-                 f"({total_draws:,} copies in all); the smallest domain ({truth[smallest]:,} rows) gets "
-                 f"{epochs_small:.2f} effective epochs. Time covers reading, group counts, copies and writing "
-                 f"the result as Parquet. Peak memory: pandas = its process's max RSS (it runs in a child); dask "
-                 f"= max of the summed RSS of nannies + workers (polled every 50 ms; the client, which only "
-                 f"plans and gathers small results, is left out), and the largest single worker. Per-group draws and a file of per-example copies are identical between the two: "
-                 f"{'yes' if same else 'NO'}. Machine: {os.cpu_count()} cores.")
-        return [{"title": "Mixing at scale: materialising copies for a temperature mixture",
-                 "columns": ["engine", "rows", "seconds", "peak MB (all worker processes)", "peak MB (one worker)",
-                             "speed vs pandas (x)"],
-                 "rows": rows_out, "notes": notes}]
+        notes = (
+            f"{rows:,} rows in {files} Parquet files (dataset, example_id, domain; 12 Zipf-sized domains; "
+            f"generation {gen_s:.1f} s, not timed). Temperature tau={TAU:g}, one epoch of draws "
+            f"({total_draws:,} copies in all); the smallest domain ({truth[smallest]:,} rows) gets "
+            f"{epochs_small:.2f} effective epochs. Time covers reading, group counts, copies and writing "
+            f"the result as Parquet. Peak memory: pandas = its process's max RSS (it runs in a child); dask "
+            f"= max of the summed RSS of nannies + workers (polled every 50 ms; the client, which only "
+            f"plans and gathers small results, is left out), and the largest single worker. Per-group draws and a file of per-example copies are identical between the two: "
+            f"{'yes' if same else 'NO'}. Machine: {os.cpu_count()} cores."
+        )
+        return [
+            {
+                "title": "Mixing at scale: materialising copies for a temperature mixture",
+                "columns": [
+                    "engine",
+                    "rows",
+                    "seconds",
+                    "peak MB (all worker processes)",
+                    "peak MB (one worker)",
+                    "speed vs pandas (x)",
+                ],
+                "rows": rows_out,
+                "notes": notes,
+            }
+        ]
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -127,7 +127,7 @@ def cvxpy_fit(Z: np.ndarray, y: np.ndarray, lam: float, **solver_options: float)
 def solver_table(quick: bool) -> dict:
     """Our proximal Newton against cvxpy on the same problems (one draw per size, three lambdas)."""
     rows = []
-    for n in ((2500, 10_000) if quick else (2500, 10_000, 50_000)):
+    for n in (2500, 10_000) if quick else (2500, 10_000, 50_000):
         X, y, _ = simulate(np.random.default_rng([7, n]), 0.5, n=n)
         Z = (X - X.mean(axis=0)) / X.std(axis=0)
         K = int(y.max()) + 1
@@ -141,19 +141,44 @@ def solver_table(quick: bool) -> dict:
             theirs, status = cvxpy_fit(Z, y, lam)
             theirs_s = time.perf_counter() - start
             f_ours, f_theirs = _objective(ours, Z, y, lam), _objective(theirs, Z, y, lam)
-            rows.append([n, f"{frac} x lambda_max", round(ours_s, 3), round(theirs_s, 3), round(theirs_s / ours_s, 1),
-                         float(f_ours), float(f_theirs), float(f_ours - f_theirs),
-                         float(np.max(np.abs(ours - theirs))), int(np.sum(np.abs(ours[:, 1:]) > 1e-6)), status])
+            rows.append(
+                [
+                    n,
+                    f"{frac} x lambda_max",
+                    round(ours_s, 3),
+                    round(theirs_s, 3),
+                    round(theirs_s / ours_s, 1),
+                    float(f_ours),
+                    float(f_theirs),
+                    float(f_ours - f_theirs),
+                    float(np.max(np.abs(ours - theirs))),
+                    int(np.sum(np.abs(ours[:, 1:]) > 1e-6)),
+                    status,
+                ]
+            )
     return {
         "title": "PRESTO's solver against cvxpy on the same problem (K=4, p=10)",
-        "columns": ["n", "lambda", "ours s", "cvxpy s", "cvxpy s / ours", "objective (ours)", "objective (cvxpy)",
-                    "ours - cvxpy", "max |coef difference|", "nonzero psi (ours)", "cvxpy status"],
+        "columns": [
+            "n",
+            "lambda",
+            "ours s",
+            "cvxpy s",
+            "cvxpy s / ours",
+            "objective (ours)",
+            "objective (cvxpy)",
+            "ours - cvxpy",
+            "max |coef difference|",
+            "nonzero psi (ours)",
+            "cvxpy status",
+        ],
         "rows": rows,
-        "notes": ("Same standardised data and lambda for both; ours: proximal Newton from the null model "
-                  "(curation.presto.fit_penalized); cvxpy: the exponential-cone form (cvxpy_fit in this file) "
-                  "solved by Clarabel, problem construction included. Objective = mean NLL + lambda * sum |psi|, "
-                  "both evaluated by the same function; a negative 'ours - cvxpy' means ours is lower. One draw "
-                  "per n (pi = 0.5, alpha = (0, 3, 5))."),
+        "notes": (
+            "Same standardised data and lambda for both; ours: proximal Newton from the null model "
+            "(curation.presto.fit_penalized); cvxpy: the exponential-cone form (cvxpy_fit in this file) "
+            "solved by Clarabel, problem construction included. Objective = mean NLL + lambda * sum |psi|, "
+            "both evaluated by the same function; a negative 'ours - cvxpy' means ours is lower. One draw "
+            "per n (pi = 0.5, alpha = (0, 3, 5))."
+        ),
     }
 
 

@@ -76,11 +76,11 @@ class Data:
 
     @property
     def x_train(self) -> torch.Tensor:
-        return self.x[:self.n_train]
+        return self.x[: self.n_train]
 
     @property
     def y_train(self) -> torch.Tensor:
-        return self.y[:self.n_train]
+        return self.y[: self.n_train]
 
 
 def load_data(seed: int = 0) -> Data:
@@ -93,13 +93,15 @@ def load_data(seed: int = 0) -> Data:
 
 def forget_sets(data: Data, full_margins: np.ndarray, seed: int = 1) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    mean_margin = full_margins[:, :data.n_train].mean(0)
+    mean_margin = full_margins[:, : data.n_train].mean(0)
     labels = data.y_train.numpy()
     hardest_class = min(range(10), key=lambda c: mean_margin[labels == c].mean())
     members = np.flatnonzero(labels == hardest_class)
     hardest = members[np.argsort(mean_margin[members])[:FORGET_SIZE]]
-    return {"random": np.sort(rng.choice(data.n_train, FORGET_SIZE, replace=False)),
-            f"class {hardest_class}, hardest": np.sort(hardest)}
+    return {
+        "random": np.sort(rng.choice(data.n_train, FORGET_SIZE, replace=False)),
+        f"class {hardest_class}, hardest": np.sort(hardest),
+    }
 
 
 @dataclass
@@ -119,14 +121,18 @@ def _dmm(name: str) -> Apply:
     def apply(model: Any, ctx: Context, cfg: dict) -> Any:
         optim = OptimConfig(lr=cfg["lr"], epochs=cfg["epochs"], batch_size=cfg["batch"])
         key = f"{name} {cfg['ridge']:g}" if "ridge" in cfg else name
-        return dmm_classifier(model, ctx.data.x_train, ctx.forget, ctx.datamodels[key], DMMConfig(optim=optim),
-                              ctx.retain)
+        return dmm_classifier(
+            model, ctx.data.x_train, ctx.forget, ctx.datamodels[key], DMMConfig(optim=optim), ctx.retain
+        )
+
     return apply
 
 
 def _om(model: Any, ctx: Context, cfg: dict) -> Any:
     optim = OptimConfig(lr=cfg["lr"], epochs=cfg["epochs"], batch_size=cfg["batch"])
-    return oracle_matching(model, ctx.data.x_train, ctx.forget, ctx.oracle_logits, DMMConfig(optim=optim), ctx.retain)
+    return oracle_matching(
+        model, ctx.data.x_train, ctx.forget, ctx.oracle_logits, DMMConfig(optim=optim), ctx.retain
+    )
 
 
 def _ga(model: Any, ctx: Context, cfg: dict) -> Any:
@@ -157,8 +163,10 @@ def methods(quick: bool, ekfac: bool) -> dict[str, tuple[Apply | None, list[dict
         "gradient ascent (F)": (_ga, _grid((1e-4, 3e-4, 1e-3), (1, 3), 16)),
         "gradient descent (retain)": (_gd, _grid((1e-4, 3e-4, 1e-3), (1, 3), 64)),
         "ascent + descent": (_gagd, _grid((1e-4, 3e-4, 1e-3), (1, 3), 64)),
-        "DMM (regression datamodel)": (_dmm("ridge"), _grid((1e-3, 3e-3, 1e-2), (4, 10) if small else (4, 10, 20),
-                                                           128, RIDGE_ALPHAS)),
+        "DMM (regression datamodel)": (
+            _dmm("ridge"),
+            _grid((1e-3, 3e-3, 1e-2), (4, 10) if small else (4, 10, 20), 128, RIDGE_ALPHAS),
+        ),
         "DMM, authors' defaults": (_dmm("ridge"), _grid((1e-4,), (4,), 512, RIDGE_ALPHAS)),
         "Oracle Matching": (_om, match_grid),
     }
@@ -191,7 +199,9 @@ def unlearned_margins(apply: Apply | None, ensemble: EnsembleMLP, ctx: Context, 
     return margins(logits_of(model, ctx.data.x), ctx.data.y)
 
 
-def datamodel_errors(ctx: Context, full: EnsembleMLP, oracle_margins: np.ndarray) -> dict[str, tuple[float, float]]:
+def datamodel_errors(
+    ctx: Context, full: EnsembleMLP, oracle_margins: np.ndarray
+) -> dict[str, tuple[float, float]]:
     """Per datamodel: the share of retraining's change in the forget set's mean margin that it predicts,
     and the RMS error of its predicted change in each fine-tuning point's mean margin (beside retraining's
     RMS change, as the last entry)."""
@@ -205,8 +215,11 @@ def datamodel_errors(ctx: Context, full: EnsembleMLP, oracle_margins: np.ndarray
         effect = dm.removal_effect([str(i) for i in ctx.forget], [str(p) for p in points])
         predicted = margins(logits - effect, labels).mean(0) - before
         k = len(ctx.forget)
-        out[key] = (predicted[:k].mean() / actual[:k].mean(), float(np.sqrt(np.mean((predicted - actual) ** 2))))
-    out["retraining"] = (1.0, float(np.sqrt(np.mean(actual ** 2))))
+        out[key] = (
+            predicted[:k].mean() / actual[:k].mean(),
+            float(np.sqrt(np.mean((predicted - actual) ** 2))),
+        )
+    out["retraining"] = (1.0, float(np.sqrt(np.mean(actual**2))))
     return out
 
 
@@ -230,38 +243,60 @@ def fitted_scale(dm: Datamodel, subsets: tuple[np.ndarray, np.ndarray], points: 
     masks, outcomes = subsets
     y = outcomes[:, points].reshape(len(masks), -1).astype(np.float64)
     x = masks.astype(np.float64) @ dm.weights[:, dm.target_positions([str(p) for p in points])].reshape(
-        dm.weights.shape[0], -1)
+        dm.weights.shape[0], -1
+    )
     y, x = y - y.mean(0), x - x.mean(0)
     return max(0.0, float((x * y).sum() / (x * x).sum()))
 
 
-def evaluate_forget_set(label: str, forget: np.ndarray, data: Data, full: EnsembleMLP, tune: EnsembleMLP,
-                        regression: dict[float, Datamodel], subsets: tuple[np.ndarray, np.ndarray], settings: dict,
-                        quick: bool, seed: int) -> tuple[dict, dict]:
+def evaluate_forget_set(
+    label: str,
+    forget: np.ndarray,
+    data: Data,
+    full: EnsembleMLP,
+    tune: EnsembleMLP,
+    regression: dict[float, Datamodel],
+    subsets: tuple[np.ndarray, np.ndarray],
+    settings: dict,
+    quick: bool,
+    seed: int,
+) -> tuple[dict, dict]:
     n = data.n_train
     keep = np.ones(n, bool)
     keep[forget] = False
     n_models = settings["models"]
     masks = np.tile(keep, (n_models, 1))
     oracle_a = train_ensemble(data.x_train, data.y_train, masks, list(range(seed, seed + n_models)), RECIPE)
-    oracle_b = train_ensemble(data.x_train, data.y_train, masks,
-                              list(range(seed + 10_000, seed + 10_000 + n_models)), RECIPE)
+    oracle_b = train_ensemble(
+        data.x_train, data.y_train, masks, list(range(seed + 10_000, seed + 10_000 + n_models)), RECIPE
+    )
     started = time.perf_counter()  # retraining one model without F, the compute unit
     train_ensemble(data.x_train, data.y_train, keep[None, :], [seed + 20_000], RECIPE)
     retrain_seconds = time.perf_counter() - started
     retain = np.flatnonzero(keep)
     groups = {"forget": forget, "retain": retain, "val": np.arange(n, len(data.x))}
-    ctx = Context(data, forget, retain, {f"ridge {a:g}": dm for a, dm in regression.items()},
-                  logits_of(oracle_b, data.x_train).mean(0), groups)
+    ctx = Context(
+        data,
+        forget,
+        retain,
+        {f"ridge {a:g}": dm for a, dm in regression.items()},
+        logits_of(oracle_b, data.x_train).mean(0),
+        groups,
+    )
     facts = {"retrain_seconds": retrain_seconds}
     if settings["ekfac"]:
         started = time.perf_counter()
         _, points = finetune_points(forget, retain)
         reference = train_ensemble(data.x_train, data.y_train, np.ones((1, n), bool), [seed + 30_000], RECIPE)
         ctx.datamodels["ekfac"] = per_logit_datamodel(
-            reference.member(0), data.x_train, data.y_train, data.x_train[torch.as_tensor(points)],
-            point_ids=[str(p) for p in points], method="ekfac",
-            method_params={"train_batch_size": 200, "query_batch_size": 4096})
+            reference.member(0),
+            data.x_train,
+            data.y_train,
+            data.x_train[torch.as_tensor(points)],
+            point_ids=[str(p) for p in points],
+            method="ekfac",
+            method_params={"train_batch_size": 200, "query_batch_size": 4096},
+        )
         facts["ekfac_seconds"] = time.perf_counter() - started
         scale = fitted_scale(ctx.datamodels["ekfac"], subsets, points)
         ekfac = ctx.datamodels["ekfac"]
@@ -282,13 +317,26 @@ def evaluate_forget_set(label: str, forget: np.ndarray, data: Data, full: Ensemb
                 if score < best_score:
                     best, best_score = cfg, score
         report = klom(unlearned_margins(apply, full, ctx, best), margins_a, groups)
-        rows.append([name, _fmt_cfg(best), *[report[g] for g in GROUPS],
-                     examples_processed(name, best, ctx) / retrain_examples,
-                     seconds_for_one(apply, full, ctx, best) / retrain_seconds])
+        rows.append(
+            [
+                name,
+                _fmt_cfg(best),
+                *[report[g] for g in GROUPS],
+                examples_processed(name, best, ctx) / retrain_examples,
+                seconds_for_one(apply, full, ctx, best) / retrain_seconds,
+            ]
+        )
     table = {
         "title": f"KLoM95, forget set: {label} (|F| = {len(forget)}), {n_models} models",
-        "columns": ["method", "chosen setting", "KLoM95 forget", "KLoM95 retain", "KLoM95 val",
-                    "examples / retraining", "wall time / retraining"],
+        "columns": [
+            "method",
+            "chosen setting",
+            "KLoM95 forget",
+            "KLoM95 retain",
+            "KLoM95 val",
+            "examples / retraining",
+            "wall time / retraining",
+        ],
         "rows": rows,
     }
     return table, facts
@@ -300,10 +348,20 @@ def run(quick: bool = True) -> list[dict]:
     data = load_data()
     n = data.n_train
     started = time.perf_counter()
-    full = train_ensemble(data.x_train, data.y_train, np.ones((settings["models"], n), bool),
-                          list(range(settings["models"])), RECIPE)
-    tune = train_ensemble(data.x_train, data.y_train, np.ones((settings["tune"], n), bool),
-                          list(range(50_000, 50_000 + settings["tune"])), RECIPE)
+    full = train_ensemble(
+        data.x_train,
+        data.y_train,
+        np.ones((settings["models"], n), bool),
+        list(range(settings["models"])),
+        RECIPE,
+    )
+    tune = train_ensemble(
+        data.x_train,
+        data.y_train,
+        np.ones((settings["tune"], n), bool),
+        list(range(50_000, 50_000 + settings["tune"])),
+        RECIPE,
+    )
     full_seconds = time.perf_counter() - started
     accuracy = float((logits_of(full, data.x[n:]).argmax(-1) == data.y[n:].numpy()).mean())
     started = time.perf_counter()
@@ -315,20 +373,41 @@ def run(quick: bool = True) -> list[dict]:
     sets = forget_sets(data, margins(logits_of(full, data.x), data.y))
     tables, facts = [], []
     for k, (label, forget) in enumerate(sets.items()):
-        table, fact = evaluate_forget_set(label, forget, data, full, tune, regression, (masks, outcomes), settings,
-                                          quick, seed=1_000 + 100_000 * (k + 1))
+        table, fact = evaluate_forget_set(
+            label,
+            forget,
+            data,
+            full,
+            tune,
+            regression,
+            (masks, outcomes),
+            settings,
+            quick,
+            seed=1_000 + 100_000 * (k + 1),
+        )
         tables.append(table)
         facts.append(fact)
     if settings["ekfac"]:
-        ekfac = ("; EK-FAC per-logit datamodel (one model, " + ", ".join(f"{f['ekfac_seconds']:.0f} s" for f in facts)
-                 + f"), scale 1/n = {1 / N_TRAIN:.2g} or fitted on the subset models: "
-                 + ", ".join(f"{f['ekfac_scale']:.2g}" for f in facts))
+        ekfac = (
+            "; EK-FAC per-logit datamodel (one model, "
+            + ", ".join(f"{f['ekfac_seconds']:.0f} s" for f in facts)
+            + f"), scale 1/n = {1 / N_TRAIN:.2g} or fitted on the subset models: "
+            + ", ".join(f"{f['ekfac_scale']:.2g}" for f in facts)
+        )
     else:
-        ekfac = "; the EK-FAC datamodel row is full mode only (minutes of kronfluence per forget set on 2 cores)"
+        ekfac = (
+            "; the EK-FAC datamodel row is full mode only (minutes of kronfluence per forget set on 2 cores)"
+        )
     alphas = ", ".join(f"{a:g}" for a in RIDGE_ALPHAS)
-    errors = " | ".join(", ".join(f"{key} {100 * share:.0f}% / {rmse:.2f}" for key, (share, rmse) in f["datamodels"].items()
-                                  if key != "retraining") + f" (retraining's RMS change {f['datamodels']['retraining'][1]:.2f})"
-                        for f in facts)
+    errors = " | ".join(
+        ", ".join(
+            f"{key} {100 * share:.0f}% / {rmse:.2f}"
+            for key, (share, rmse) in f["datamodels"].items()
+            if key != "retraining"
+        )
+        + f" (retraining's RMS change {f['datamodels']['retraining'][1]:.2f})"
+        for f in facts
+    )
     notes = (
         f"{'Quick' if quick else 'Full'} mode: N = {settings['models']} models and N + N oracles per forget set "
         f"(the paper uses 100; KLoM is stable from about 80), {settings['tune']} tuning models. MLP validation "

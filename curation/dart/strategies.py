@@ -24,17 +24,32 @@ from curation.dart.generators import Generator
 from curation.dart.types import Query, Response, Verdict
 
 STRATEGIES = ("vrt", "uniform", "prop2diff")
-TRIAL_COLUMNS = ["query_id", "dataset", "trial", "phase", "response", "correct", "verdict", "message",
-                 "truncated", "kept"]
+TRIAL_COLUMNS = [
+    "query_id",
+    "dataset",
+    "trial",
+    "phase",
+    "response",
+    "correct",
+    "verdict",
+    "message",
+    "truncated",
+    "kept",
+]
 
 
 class Verifier:
     """Anything with `verify([(query, response), ...]) -> [Verdict, ...]` (see verifiers.AnswerVerifier)."""
 
     def verify(self, items: Sequence[tuple[Query, Response]]) -> list[Verdict]:
-        return [Verdict(bool(r.correct) and not r.truncated,
-                        "truncated" if r.truncated else ("pass" if r.correct else "fail"), "recorded")
-                for _, r in items]
+        return [
+            Verdict(
+                bool(r.correct) and not r.truncated,
+                "truncated" if r.truncated else ("pass" if r.correct else "fail"),
+                "recorded",
+            )
+            for _, r in items
+        ]
 
 
 @dataclass
@@ -55,8 +70,15 @@ class DartResult:
 class _Sampler:
     """Per-query bookkeeping shared by the strategies."""
 
-    def __init__(self, queries: Sequence[Query], generator: Generator, verifier, seed: int, n_max: int,
-                 on_round: Callable[[int, int, int], None] | None) -> None:
+    def __init__(
+        self,
+        queries: Sequence[Query],
+        generator: Generator,
+        verifier,
+        seed: int,
+        n_max: int,
+        on_round: Callable[[int, int, int], None] | None,
+    ) -> None:
         self.queries, self.generator, self.verifier = list(queries), generator, verifier
         self.seed, self.n_max, self.on_round = seed, n_max, on_round
         m = len(self.queries)
@@ -73,8 +95,11 @@ class _Sampler:
         pairs = [(i, k) for i, k in zip(idx, counts, strict=True) if k > 0]
         if not pairs:
             return
-        batch = self.generator.generate([self.queries[i] for i, _ in pairs], [k for _, k in pairs],
-                                        seed=self.seed * 1_000_003 + self.rounds)
+        batch = self.generator.generate(
+            [self.queries[i] for i, _ in pairs],
+            [k for _, k in pairs],
+            seed=self.seed * 1_000_003 + self.rounds,
+        )
         self.rounds += 1
         flat = [(i, r) for (i, _), responses in zip(pairs, batch, strict=True) for r in responses]
         verdicts = self.verifier.verify([(self.queries[i], r) for i, r in flat])
@@ -84,11 +109,20 @@ class _Sampler:
         for (i, response), verdict in zip(flat, verdicts, strict=True):
             query = self.queries[i]
             keep = verdict.correct and (self.target[i] is None or self.kept[i] < self.target[i])
-            self.rows.append({
-                "query_id": query.query_id, "dataset": query.dataset, "trial": self.trials[i], "phase": phase,
-                "response": response.text, "correct": bool(verdict.correct), "verdict": verdict.verdict,
-                "message": verdict.message, "truncated": bool(response.truncated), "kept": bool(keep),
-            })
+            self.rows.append(
+                {
+                    "query_id": query.query_id,
+                    "dataset": query.dataset,
+                    "trial": self.trials[i],
+                    "phase": phase,
+                    "response": response.text,
+                    "correct": bool(verdict.correct),
+                    "verdict": verdict.verdict,
+                    "message": verdict.message,
+                    "truncated": bool(response.truncated),
+                    "kept": bool(keep),
+                }
+            )
             self.trials[i] += 1
             self.correct[i] += int(verdict.correct)
             self.kept[i] += int(keep)
@@ -98,9 +132,14 @@ class _Sampler:
     def until_targets(self, batch: int) -> None:
         """Rounds until every query has its target of kept responses, n_max trials, or is exhausted."""
         while True:
-            active = [i for i in range(len(self.queries))
-                      if not self.exhausted[i] and self.trials[i] < self.n_max
-                      and self.target[i] is not None and self.kept[i] < self.target[i]]
+            active = [
+                i
+                for i in range(len(self.queries))
+                if not self.exhausted[i]
+                and self.trials[i] < self.n_max
+                and self.target[i] is not None
+                and self.kept[i] < self.target[i]
+            ]
             if not active:
                 return
             self.sample(active, [min(batch, self.n_max - self.trials[i]) for i in active], "sample")
@@ -118,12 +157,18 @@ class _Sampler:
     def result(self, strategy: dict, difficulty: list[float | None]) -> DartResult:
         trials = pd.DataFrame(self.rows, columns=TRIAL_COLUMNS)
         trials["trial"] = trials["trial"].astype("int32")
-        queries = pd.DataFrame({
-            "query_id": [q.query_id for q in self.queries], "dataset": [q.dataset for q in self.queries],
-            "domain": [q.domain for q in self.queries], "difficulty": difficulty,
-            "target": [t if t is not None else pd.NA for t in self.target], "trials": self.trials,
-            "correct": self.correct, "kept": self.kept,
-        })
+        queries = pd.DataFrame(
+            {
+                "query_id": [q.query_id for q in self.queries],
+                "dataset": [q.dataset for q in self.queries],
+                "domain": [q.domain for q in self.queries],
+                "difficulty": difficulty,
+                "target": [t if t is not None else pd.NA for t in self.target],
+                "trials": self.trials,
+                "correct": self.correct,
+                "kept": self.kept,
+            }
+        )
         queries["target"] = queries["target"].astype("Int64")
         queries["covered"] = queries["kept"] > 0
         queries["exhausted"] = self.exhausted
@@ -141,8 +186,9 @@ class VRT:
     n_per_query: int = 8
     name: str = field(default="vrt", init=False)
 
-    def run(self, queries: Sequence[Query], generator: Generator, verifier=None, seed: int = 0,
-            on_round=None) -> DartResult:
+    def run(
+        self, queries: Sequence[Query], generator: Generator, verifier=None, seed: int = 0, on_round=None
+    ) -> DartResult:
         _check_positive(n_per_query=self.n_per_query)
         s = _Sampler(queries, generator, verifier or Verifier(), seed, self.n_per_query, on_round)
         s.sample(list(range(len(s.queries))), [self.n_per_query] * len(s.queries), "sample")
@@ -156,8 +202,9 @@ class Uniform:
     batch: int = 16
     name: str = field(default="uniform", init=False)
 
-    def run(self, queries: Sequence[Query], generator: Generator, verifier=None, seed: int = 0,
-            on_round=None) -> DartResult:
+    def run(
+        self, queries: Sequence[Query], generator: Generator, verifier=None, seed: int = 0, on_round=None
+    ) -> DartResult:
         _check_positive(k_u=self.k_u, n_max=self.n_max, batch=self.batch)
         s = _Sampler(queries, generator, verifier or Verifier(), seed, self.n_max, on_round)
         s.target = [self.k_u] * len(s.queries)
@@ -187,8 +234,9 @@ class Prop2Diff:
     reuse_difficulty_samples: bool = True
     name: str = field(default="prop2diff", init=False)
 
-    def run(self, queries: Sequence[Query], generator: Generator, verifier=None, seed: int = 0,
-            on_round=None) -> DartResult:
+    def run(
+        self, queries: Sequence[Query], generator: Generator, verifier=None, seed: int = 0, on_round=None
+    ) -> DartResult:
         _check_positive(k_p=self.k_p, n_max=self.n_max, batch=self.batch, n_d=self.n_d)
         if self.difficulty not in ("fail_rate", "labels"):
             raise ValueError(f"difficulty must be fail_rate or labels, got {self.difficulty!r}")
@@ -199,8 +247,10 @@ class Prop2Diff:
             labels = [q.difficulty for q in s.queries]
             missing = [q.query_id for q, d in zip(s.queries, labels, strict=True) if d is None or d < 0]
             if missing:
-                raise ValueError(f"difficulty=labels, but {len(missing)} queries lack a non-negative "
-                                 f"difficulty (first: {missing[0]})")
+                raise ValueError(
+                    f"difficulty=labels, but {len(missing)} queries lack a non-negative "
+                    f"difficulty (first: {missing[0]})"
+                )
             difficulty = normalised_difficulty([float(d) for d in labels])
         else:
             everyone = list(range(len(s.queries)))

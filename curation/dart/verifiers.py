@@ -21,8 +21,13 @@ MODES = ("auto", "verify", "recorded")
 
 
 class AnswerVerifier:
-    def __init__(self, mode: str = "auto", workers: int = 2, math_timeout_s: float = 5.0,
-                 code_limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        mode: str = "auto",
+        workers: int = 2,
+        math_timeout_s: float = 5.0,
+        code_limits: Limits | None = None,
+    ) -> None:
         if mode not in MODES:
             raise ValueError(f"verify mode {mode!r}: use one of {', '.join(MODES)}")
         self.mode, self.workers, self.math_timeout_s = mode, max(1, workers), math_timeout_s
@@ -48,7 +53,9 @@ class AnswerVerifier:
             elif query.answer is not None:
                 math_idx.append(i)
             else:
-                out[i] = Verdict(False, "error", f"query {query.query_id} has no answer or tests to check against")
+                out[i] = Verdict(
+                    False, "error", f"query {query.query_id} has no answer or tests to check against"
+                )
         if code_idx:
             from curation.verify.code import check_response
 

@@ -42,8 +42,9 @@ def with_defaults(stage_name: str, params: dict | None, defaults: dict) -> dict:
     params = dict(params or {})
     unknown = sorted(set(params) - set(defaults))
     if unknown:
-        raise UserError(f"stage {stage_name}: unknown parameter(s) {', '.join(unknown)}; "
-                        f"known: {', '.join(defaults)}")
+        raise UserError(
+            f"stage {stage_name}: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(defaults)}"
+        )
     return {**defaults, **params}
 
 

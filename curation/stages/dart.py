@@ -45,25 +45,58 @@ from storage import Lake, UserError
 from storage.ingest import ColumnMap, dataset_version, normalize, records_table
 
 DEFAULTS: dict[str, Any] = {
-    "strategy": "prop2diff", "n_per_query": 8, "k_u": 4, "k_p": 8, "n_max": 64, "batch": 8, "n_d": 8,
-    "difficulty": "fail_rate", "generator": "replay", "replay": None, "model": None, "endpoint": None,
-    "api": "chat", "temperature": 1.0, "top_p": 0.95, "max_new_tokens": 512, "gen_batch_size": 8,
-    "device": "cpu", "verify": "auto", "workers": 2, "math_timeout_s": 5.0, "code_timeout_s": 6.0,
-    "domains": None, "limit": None, "seed": 0, "output_dataset": None,
+    "strategy": "prop2diff",
+    "n_per_query": 8,
+    "k_u": 4,
+    "k_p": 8,
+    "n_max": 64,
+    "batch": 8,
+    "n_d": 8,
+    "difficulty": "fail_rate",
+    "generator": "replay",
+    "replay": None,
+    "model": None,
+    "endpoint": None,
+    "api": "chat",
+    "temperature": 1.0,
+    "top_p": 0.95,
+    "max_new_tokens": 512,
+    "gen_batch_size": 8,
+    "device": "cpu",
+    "verify": "auto",
+    "workers": 2,
+    "math_timeout_s": 5.0,
+    "code_timeout_s": 6.0,
+    "domains": None,
+    "limit": None,
+    "seed": 0,
+    "output_dataset": None,
 }
 GENERATOR_CHOICES = ("replay", "transformers", "vllm", "openai")
-POSITIVE_INTS = ("n_per_query", "k_u", "k_p", "n_max", "batch", "n_d", "max_new_tokens", "gen_batch_size",
-                 "workers")
+POSITIVE_INTS = (
+    "n_per_query",
+    "k_u",
+    "k_p",
+    "n_max",
+    "batch",
+    "n_d",
+    "max_new_tokens",
+    "gen_batch_size",
+    "workers",
+)
 
 
 def resolve_params(params: dict | None) -> dict[str, Any]:
     """Defaults filled in and checked; every problem is a UserError naming the parameter."""
     p = with_defaults("dart", params, DEFAULTS)
     if p["strategy"] not in strategies.STRATEGIES:
-        raise UserError(f"stage dart: strategy must be one of {', '.join(strategies.STRATEGIES)}, "
-                        f"got {p['strategy']!r}")
+        raise UserError(
+            f"stage dart: strategy must be one of {', '.join(strategies.STRATEGIES)}, got {p['strategy']!r}"
+        )
     if p["generator"] not in GENERATOR_CHOICES:
-        raise UserError(f"stage dart: generator must be one of {', '.join(GENERATOR_CHOICES)}, got {p['generator']!r}")
+        raise UserError(
+            f"stage dart: generator must be one of {', '.join(GENERATOR_CHOICES)}, got {p['generator']!r}"
+        )
     if p["difficulty"] not in ("fail_rate", "labels"):
         raise UserError(f"stage dart: difficulty must be fail_rate or labels, got {p['difficulty']!r}")
     if p["verify"] not in MODES:
@@ -97,7 +130,9 @@ def resolve_params(params: dict | None) -> dict[str, Any]:
         from storage.ingest import DATASET_NAME
 
         if not isinstance(p["output_dataset"], str) or not DATASET_NAME.match(p["output_dataset"]):
-            raise UserError(f"stage dart: output_dataset {p['output_dataset']!r}: use letters, digits, '_', '.', '-'")
+            raise UserError(
+                f"stage dart: output_dataset {p['output_dataset']!r}: use letters, digits, '_', '.', '-'"
+            )
     return p
 
 
@@ -106,8 +141,9 @@ def build_strategy(p: dict[str, Any]):
         return strategies.VRT(n_per_query=p["n_per_query"])
     if p["strategy"] == "uniform":
         return strategies.Uniform(k_u=p["k_u"], n_max=p["n_max"], batch=p["batch"])
-    return strategies.Prop2Diff(k_p=p["k_p"], n_max=p["n_max"], batch=p["batch"], n_d=p["n_d"],
-                                difficulty=p["difficulty"])
+    return strategies.Prop2Diff(
+        k_p=p["k_p"], n_max=p["n_max"], batch=p["batch"], n_d=p["n_d"], difficulty=p["difficulty"]
+    )
 
 
 def _meta(value: Any) -> dict:
@@ -134,19 +170,28 @@ def queries_from_examples(examples: pd.DataFrame, domains: list[str] | None = No
     if len(dup):
         first = dup.iloc[0]
         owners = sorted(examples.loc[examples["example_id"] == first, "dataset"].unique())
-        raise UserError(f"stage dart: example id {first!r} appears in datasets {', '.join(owners)}; "
-                        "run dart on one of them at a time")
+        raise UserError(
+            f"stage dart: example id {first!r} appears in datasets {', '.join(owners)}; "
+            "run dart on one of them at a time"
+        )
     out = []
     for row in examples.to_dict("records"):
         meta = _meta(row.get("meta"))
         difficulty = row.get("difficulty")
-        out.append(Query(
-            query_id=str(row["example_id"]), prompt=str(row["prompt"]), domain=_text(row.get("domain")) or "",
-            answer=_text(row.get("answer")) if row.get("answer") is not None else _text(meta.get("answer")),
-            test=_text(meta.get("test")), entry_point=_text(meta.get("entry_point")),
-            difficulty=None if difficulty is None or pd.isna(difficulty) else float(difficulty),
-            dataset=_text(row.get("dataset")),
-        ))
+        out.append(
+            Query(
+                query_id=str(row["example_id"]),
+                prompt=str(row["prompt"]),
+                domain=_text(row.get("domain")) or "",
+                answer=_text(row.get("answer"))
+                if row.get("answer") is not None
+                else _text(meta.get("answer")),
+                test=_text(meta.get("test")),
+                entry_point=_text(meta.get("entry_point")),
+                difficulty=None if difficulty is None or pd.isna(difficulty) else float(difficulty),
+                dataset=_text(row.get("dataset")),
+            )
+        )
     return out
 
 
@@ -181,38 +226,65 @@ def make_generator(lake: Lake, p: dict[str, Any]) -> tuple[generators.Generator,
             samples = lake.table("samples", "run_id = ?", [run_id])
             if samples.empty:
                 raise UserError(f"stage dart: replay {source}: that run wrote no samples")
-            cols = [c for c in ("query_id", "trial", "response", "correct", "truncated") if c in samples.columns]
+            cols = [
+                c for c in ("query_id", "trial", "response", "correct", "truncated") if c in samples.columns
+            ]
             return generators.ReplayGenerator(samples[cols], source=source), {"replay_run": run_id}, None
         path = Path(source).expanduser()
         gen = generators.ReplayGenerator.from_file(path)
         return gen, {"replay_file": str(path.resolve()), "replay_digest": _file_digest(path)}, None
     if kind == "openai":
-        gen = generators.OpenAIGenerator(p["endpoint"], p["model"], api=p["api"], temperature=p["temperature"],
-                                         top_p=p["top_p"], max_new_tokens=p["max_new_tokens"])
+        gen = generators.OpenAIGenerator(
+            p["endpoint"],
+            p["model"],
+            api=p["api"],
+            temperature=p["temperature"],
+            top_p=p["top_p"],
+            max_new_tokens=p["max_new_tokens"],
+        )
         gen.check()
         return gen, {}, f"{gen.base}#{p['model']}"
     path = Path(p["model"]).expanduser()
     if kind == "transformers":
-        gen = generators.TransformersGenerator(path, temperature=p["temperature"], top_p=p["top_p"],
-                                               max_new_tokens=p["max_new_tokens"],
-                                               batch_size=p["gen_batch_size"], device=p["device"])
+        gen = generators.TransformersGenerator(
+            path,
+            temperature=p["temperature"],
+            top_p=p["top_p"],
+            max_new_tokens=p["max_new_tokens"],
+            batch_size=p["gen_batch_size"],
+            device=p["device"],
+        )
         return gen, {}, _model_fingerprint(gen.path)
-    gen = generators.VLLMGenerator(path, temperature=p["temperature"], top_p=p["top_p"],
-                                   max_new_tokens=p["max_new_tokens"], seed=p["seed"])
+    gen = generators.VLLMGenerator(
+        path,
+        temperature=p["temperature"],
+        top_p=p["top_p"],
+        max_new_tokens=p["max_new_tokens"],
+        seed=p["seed"],
+    )
     return gen, {}, _model_fingerprint(path) if path.is_dir() else str(p["model"])
 
 
-def curated_records(result: strategies.DartResult, queries: list[Query], generator_name: str,
-                    dataset: str, source: str) -> list[dict]:
+def curated_records(
+    result: strategies.DartResult, queries: list[Query], generator_name: str, dataset: str, source: str
+) -> list[dict]:
     """The kept responses as normalised `examples` records of `dataset`."""
     by_id = {q.query_id: q for q in queries}
     rows = []
     for trial in result.kept.itertuples(index=False):
         query = by_id[trial.query_id]
-        row = {"id": f"{query.query_id}#dart{int(trial.trial)}", "domain": query.domain,
-               "difficulty": query.difficulty, "prompt": query.prompt, "response": trial.response,
-               "answer": query.answer, "query_id": query.query_id, "trial": int(trial.trial),
-               "source_dataset": query.dataset, "generator": generator_name}
+        row = {
+            "id": f"{query.query_id}#dart{int(trial.trial)}",
+            "domain": query.domain,
+            "difficulty": query.difficulty,
+            "prompt": query.prompt,
+            "response": trial.response,
+            "answer": query.answer,
+            "query_id": query.query_id,
+            "trial": int(trial.trial),
+            "source_dataset": query.dataset,
+            "generator": generator_name,
+        }
         if query.test is not None:
             row["test"], row["entry_point"] = query.test, query.entry_point
         rows.append(row)
@@ -222,25 +294,45 @@ def curated_records(result: strategies.DartResult, queries: list[Query], generat
 def _labels(result: strategies.DartResult) -> pd.DataFrame:
     q = result.queries
     frames = []
-    for name, column in (("dart_difficulty", "difficulty"), ("dart_target", "target"), ("dart_trials", "trials"),
-                         ("dart_correct", "correct"), ("dart_kept", "kept"), ("dart_covered", "covered")):
-        values = pd.to_numeric(q[column].astype("Float64") if column != "covered" else q[column].astype(float),
-                               errors="coerce")
-        frame = pd.DataFrame({"dataset": q["dataset"], "example_id": q["query_id"], "name": name,
-                              "value": values.astype(float)})
+    for name, column in (
+        ("dart_difficulty", "difficulty"),
+        ("dart_target", "target"),
+        ("dart_trials", "trials"),
+        ("dart_correct", "correct"),
+        ("dart_kept", "kept"),
+        ("dart_covered", "covered"),
+    ):
+        values = pd.to_numeric(
+            q[column].astype("Float64") if column != "covered" else q[column].astype(float), errors="coerce"
+        )
+        frame = pd.DataFrame(
+            {
+                "dataset": q["dataset"],
+                "example_id": q["query_id"],
+                "name": name,
+                "value": values.astype(float),
+            }
+        )
         frames.append(frame.dropna(subset=["value"]))
     return pd.concat(frames, ignore_index=True)
 
 
 def _metrics(result: strategies.DartResult) -> pd.DataFrame:
     q, t = result.queries, result.trials
-    rows = [("queries", "all", float(len(q))), ("covered", "all", float(q["covered"].sum())),
-            ("uncovered", "all", float((~q["covered"]).sum())), ("trials", "all", float(len(t))),
-            ("kept", "all", float(t["kept"].sum())), ("correct", "all", float(t["correct"].sum()))]
+    rows = [
+        ("queries", "all", float(len(q))),
+        ("covered", "all", float(q["covered"].sum())),
+        ("uncovered", "all", float((~q["covered"]).sum())),
+        ("trials", "all", float(len(t))),
+        ("kept", "all", float(t["kept"].sum())),
+        ("correct", "all", float(t["correct"].sum())),
+    ]
     rows += [("verdict", str(v), float(n)) for v, n in t["verdict"].value_counts().items()]
     for domain, group in q.groupby("domain"):
-        rows += [("covered", f"domain={domain}", float(group["covered"].sum())),
-                 ("kept", f"domain={domain}", float(group["kept"].sum()))]
+        rows += [
+            ("covered", f"domain={domain}", float(group["covered"].sum())),
+            ("kept", f"domain={domain}", float(group["kept"].sum())),
+        ]
     return pd.DataFrame(rows, columns=["name", "key", "value"])
 
 
@@ -257,25 +349,30 @@ def dart(ctx: StageContext, params: dict) -> str:
         missing = [q for q in queries if q.query_id not in recorded]
         queries = [q for q in queries if q.query_id in recorded]
         if not queries:
-            raise UserError(f"stage dart: replay {p['replay']}: no query_id matches an example id of "
-                            f"{', '.join(ctx.datasets)}")
+            raise UserError(
+                f"stage dart: replay {p['replay']}: no query_id matches an example id of "
+                f"{', '.join(ctx.datasets)}"
+            )
         if missing and not ctx.quiet:
             print(f"dart: {len(missing)} examples have no recorded responses in the replay; left out")
     if p["limit"] is not None:
-        queries = queries[:p["limit"]]
+        queries = queries[: p["limit"]]
     if not queries:
         raise UserError(f"stage dart: no examples of {', '.join(ctx.datasets)} in domains {p['domains']}")
     if p["strategy"] == "prop2diff" and p["difficulty"] == "labels":
         unlabelled = [q.query_id for q in queries if q.difficulty is None or q.difficulty < 0]
         if unlabelled:
-            raise UserError(f"stage dart: difficulty labels requested, but {len(unlabelled)} examples have no "
-                            f"difficulty (first: {unlabelled[0]}); use difficulty: fail_rate")
+            raise UserError(
+                f"stage dart: difficulty labels requested, but {len(unlabelled)} examples have no "
+                f"difficulty (first: {unlabelled[0]}); use difficulty: fail_rate"
+            )
     strategy = build_strategy(p)
     from curation.verify.code import DEFAULT_LIMITS
 
     limits = replace(DEFAULT_LIMITS, wall_s=p["code_timeout_s"], cpu_s=max(1.0, p["code_timeout_s"] / 2))
-    verifier = AnswerVerifier(p["verify"], workers=p["workers"], math_timeout_s=p["math_timeout_s"],
-                              code_limits=limits)
+    verifier = AnswerVerifier(
+        p["verify"], workers=p["workers"], math_timeout_s=p["math_timeout_s"], code_limits=limits
+    )
     inputs = {"sources": versions, **gen_inputs}
     run_params = {**p, "generator_settings": generator.describe()}
     try:
@@ -291,10 +388,20 @@ def dart(ctx: StageContext, params: dict) -> str:
             if records:
                 table = records_table(records)  # the same table and version hash as `assay ingest`
                 version = dataset_version(table)
-                run.write("examples", table.add_column(1, "version", pa.array([version] * len(table), pa.string())))
-                run.write("weights", pd.DataFrame({"dataset": out_name,
-                                                   "example_id": [r["example_id"] for r in records],
-                                                   "weight": 1.0, "copies": 1}))
+                run.write(
+                    "examples", table.add_column(1, "version", pa.array([version] * len(table), pa.string()))
+                )
+                run.write(
+                    "weights",
+                    pd.DataFrame(
+                        {
+                            "dataset": out_name,
+                            "example_id": [r["example_id"] for r in records],
+                            "weight": 1.0,
+                            "copies": 1,
+                        }
+                    ),
+                )
             run.write("labels", _labels(result))
             run.write("metrics", _metrics(result))
             if not ctx.quiet:
@@ -310,8 +417,10 @@ def _progress(rounds: int, queries: int, trials: int) -> None:
 
 def _report(result: strategies.DartResult, out_name: str | None) -> None:
     q = result.queries
-    print(f"dart: {len(q)} queries, {len(result.trials)} trials, {int(result.trials['kept'].sum())} responses kept, "
-          f"{int(q['covered'].sum())} covered")
+    print(
+        f"dart: {len(q)} queries, {len(result.trials)} trials, {int(result.trials['kept'].sum())} responses kept, "
+        f"{int(q['covered'].sum())} covered"
+    )
     if result.uncovered:
         shown = ", ".join(result.uncovered[:10]) + (" ..." if len(result.uncovered) > 10 else "")
         print(f"dart: {len(result.uncovered)} uncovered (no correct response): {shown}")

@@ -29,10 +29,21 @@ from curation.stages import StageContext, stage, with_defaults
 from curation.stages.mix import load_examples
 from storage import Lake, UserError
 
-FLIP_DEFAULTS: dict[str, Any] = {"directions": {"math": "hard", "code": "easy"}, "fraction": 1.0,
-                                 "easy_max": None, "hard_min": None}
-REWEIGHT_DEFAULTS: dict[str, Any] = {"scores_run": "latest", "group_by": "domain", "groups": None,
-                                     "temperature": 1.0, "transform": "exp", "clip_min": 0.25, "clip_max": 4.0}
+FLIP_DEFAULTS: dict[str, Any] = {
+    "directions": {"math": "hard", "code": "easy"},
+    "fraction": 1.0,
+    "easy_max": None,
+    "hard_min": None,
+}
+REWEIGHT_DEFAULTS: dict[str, Any] = {
+    "scores_run": "latest",
+    "group_by": "domain",
+    "groups": None,
+    "temperature": 1.0,
+    "transform": "exp",
+    "clip_min": 0.25,
+    "clip_max": 4.0,
+}
 BAND_CODES = {"easy": 0.0, "medium": 1.0, "hard": 2.0}
 
 
@@ -43,11 +54,15 @@ def _number(value: Any) -> bool:
 def resolve_flip(params: dict | None) -> dict[str, Any]:
     p = with_defaults("difficulty_flip", params, FLIP_DEFAULTS)
     if not isinstance(p["directions"], dict) or not p["directions"]:
-        raise UserError(f"stage difficulty_flip: directions must map domains to hard/easy/none, got {p['directions']!r}")
+        raise UserError(
+            f"stage difficulty_flip: directions must map domains to hard/easy/none, got {p['directions']!r}"
+        )
     for domain, direction in p["directions"].items():
         if direction not in difficulty.DIRECTIONS:
-            raise UserError(f"stage difficulty_flip: directions.{domain} must be one of "
-                            f"{', '.join(difficulty.DIRECTIONS)}, got {direction!r}")
+            raise UserError(
+                f"stage difficulty_flip: directions.{domain} must be one of "
+                f"{', '.join(difficulty.DIRECTIONS)}, got {direction!r}"
+            )
     if not _number(p["fraction"]) or not 0 <= p["fraction"] <= 1:
         raise UserError(f"stage difficulty_flip: fraction must be a number in [0, 1], got {p['fraction']!r}")
     for name in ("easy_max", "hard_min"):
@@ -55,27 +70,35 @@ def resolve_flip(params: dict | None) -> dict[str, Any]:
         if value is None or _number(value):
             continue
         if not isinstance(value, dict) or not all(_number(v) for v in value.values()):
-            raise UserError(f"stage difficulty_flip: {name} must be a number or {{domain: number}}, got {value!r}")
+            raise UserError(
+                f"stage difficulty_flip: {name} must be a number or {{domain: number}}, got {value!r}"
+            )
     return p
 
 
 def resolve_reweight(params: dict | None) -> dict[str, Any]:
     p = with_defaults("influence_reweight", params, REWEIGHT_DEFAULTS)
     if not isinstance(p["scores_run"], str) or not p["scores_run"]:
-        raise UserError(f"stage influence_reweight: scores_run must be a run id or latest, got {p['scores_run']!r}")
+        raise UserError(
+            f"stage influence_reweight: scores_run must be a run id or latest, got {p['scores_run']!r}"
+        )
     if p["transform"] not in difficulty.TRANSFORMS:
-        raise UserError(f"stage influence_reweight: transform must be one of {', '.join(difficulty.TRANSFORMS)}, "
-                        f"got {p['transform']!r}")
+        raise UserError(
+            f"stage influence_reweight: transform must be one of {', '.join(difficulty.TRANSFORMS)}, "
+            f"got {p['transform']!r}"
+        )
     if not _number(p["temperature"]) or not p["temperature"] > 0:
         raise UserError(f"stage influence_reweight: temperature must be positive, got {p['temperature']!r}")
     lo, hi = p["clip_min"], p["clip_max"]
     if not (_number(lo) and _number(hi) and 0 <= lo <= 1 <= hi):
         raise UserError(f"stage influence_reweight: need 0 <= clip_min <= 1 <= clip_max, got {lo!r}, {hi!r}")
     groups = p["groups"]
-    if groups is not None and (not isinstance(groups, dict) or not groups
-                               or not all(_number(w) and w >= 0 for w in groups.values())):
-        raise UserError(f"stage influence_reweight: groups must map target groups to non-negative weights, "
-                        f"got {groups!r}")
+    if groups is not None and (
+        not isinstance(groups, dict) or not groups or not all(_number(w) and w >= 0 for w in groups.values())
+    ):
+        raise UserError(
+            f"stage influence_reweight: groups must map target groups to non-negative weights, got {groups!r}"
+        )
     return p
 
 
@@ -91,26 +114,47 @@ def difficulty_flip(ctx: StageContext, params: dict) -> str:
     present = set(examples["domain"].dropna())
     absent = sorted(set(p["directions"]) - present)
     if absent == sorted(p["directions"]):
-        raise UserError(f"stage difficulty_flip: no example has domain {', '.join(absent)} "
-                        f"(domains: {', '.join(sorted(present)) or 'none'})")
-    with ctx.lake.run(kind="curate", method="difficulty_flip", params=p, inputs={"datasets": versions}) as run:
+        raise UserError(
+            f"stage difficulty_flip: no example has domain {', '.join(absent)} "
+            f"(domains: {', '.join(sorted(present)) or 'none'})"
+        )
+    with ctx.lake.run(
+        kind="curate", method="difficulty_flip", params=p, inputs={"datasets": versions}
+    ) as run:
         if run.complete:
             return run.run_id
-        flipped = difficulty.difficulty_flip(examples, p["directions"], p["fraction"], p["easy_max"], p["hard_min"])
-        weights = examples[["dataset", "example_id"]].assign(weight=flipped["weight"].to_numpy(),
-                                                             copies=flipped["copies"].to_numpy())
+        flipped = difficulty.difficulty_flip(
+            examples, p["directions"], p["fraction"], p["easy_max"], p["hard_min"]
+        )
+        weights = examples[["dataset", "example_id"]].assign(
+            weight=flipped["weight"].to_numpy(), copies=flipped["copies"].to_numpy()
+        )
         run.write("weights", weights)
         banded = flipped["band"].notna().to_numpy()
-        run.write("labels", pd.DataFrame({
-            "dataset": examples["dataset"][banded].to_numpy(), "example_id": examples["example_id"][banded].to_numpy(),
-            "name": "difficulty_band", "value": flipped["band"][banded].map(BAND_CODES).to_numpy(dtype=float),
-        }))
-        table = pd.DataFrame({"domain": examples["domain"].fillna("(none)").to_numpy(),
-                              "band": flipped["band"].fillna("(none)").to_numpy(),
-                              "copies": flipped["copies"].to_numpy()})
+        run.write(
+            "labels",
+            pd.DataFrame(
+                {
+                    "dataset": examples["dataset"][banded].to_numpy(),
+                    "example_id": examples["example_id"][banded].to_numpy(),
+                    "name": "difficulty_band",
+                    "value": flipped["band"][banded].map(BAND_CODES).to_numpy(dtype=float),
+                }
+            ),
+        )
+        table = pd.DataFrame(
+            {
+                "domain": examples["domain"].fillna("(none)").to_numpy(),
+                "band": flipped["band"].fillna("(none)").to_numpy(),
+                "copies": flipped["copies"].to_numpy(),
+            }
+        )
         summary = table.groupby(["domain", "band"]).agg(examples=("copies", "size"), copies=("copies", "sum"))
-        rows = [(name, f"domain={d},band={b}", float(v)) for (d, b), r in summary.iterrows()
-                for name, v in (("examples", r["examples"]), ("copies", r["copies"]))]
+        rows = [
+            (name, f"domain={d},band={b}", float(v))
+            for (d, b), r in summary.iterrows()
+            for name, v in (("examples", r["examples"]), ("copies", r["copies"]))
+        ]
         run.write("metrics", pd.DataFrame(rows, columns=["name", "key", "value"]))
         if not ctx.quiet:
             for (d, b), r in summary.iterrows():
@@ -119,10 +163,14 @@ def difficulty_flip(ctx: StageContext, params: dict) -> str:
 
 
 def latest_scores_run(lake: Lake) -> str:
-    found = lake.query("SELECT s.run_id FROM (SELECT DISTINCT run_id FROM scores) s JOIN runs r USING (run_id) "
-                       "ORDER BY r.finished_at DESC LIMIT 1")
+    found = lake.query(
+        "SELECT s.run_id FROM (SELECT DISTINCT run_id FROM scores) s JOIN runs r USING (run_id) "
+        "ORDER BY r.finished_at DESC LIMIT 1"
+    )
     if found.empty:
-        raise UserError(f"stage influence_reweight: the lake at {lake.root} has no scores; run attribution first")
+        raise UserError(
+            f"stage influence_reweight: the lake at {lake.root} has no scores; run attribution first"
+        )
     return str(found["run_id"].iloc[0])
 
 
@@ -133,8 +181,10 @@ def scored_target_groups(lake: Lake, targets: list[str], p: dict, scores_run: st
     if p["groups"] is not None:
         unknown = sorted(set(p["groups"]) - set(scored_groups))
         if unknown:
-            raise UserError(f"stage influence_reweight: groups {', '.join(unknown)} have no scored targets "
-                            f"(scored groups by {p['group_by']}: {', '.join(scored_groups) or 'none'})")
+            raise UserError(
+                f"stage influence_reweight: groups {', '.join(unknown)} have no scored targets "
+                f"(scored groups by {p['group_by']}: {', '.join(scored_groups) or 'none'})"
+            )
     if not len(groups):
         raise UserError(f"stage influence_reweight: no target of run {scores_run} is an example in the lake")
     return groups
@@ -148,8 +198,10 @@ def target_groups(lake: Lake, target_ids: list[str], group_by: str) -> pd.Series
     con = lake.connect()
     try:
         con.register("wanted", pd.DataFrame({"example_id": target_ids}))
-        rows = con.execute(f'SELECT DISTINCT e.example_id, CAST(e."{group_by}" AS VARCHAR) AS grp '
-                           "FROM examples_all e JOIN wanted USING (example_id)").df()
+        rows = con.execute(
+            f'SELECT DISTINCT e.example_id, CAST(e."{group_by}" AS VARCHAR) AS grp '
+            "FROM examples_all e JOIN wanted USING (example_id)"
+        ).df()
     finally:
         con.close()
     rows = rows.dropna(subset=["grp"]).drop_duplicates("example_id", keep="first")
@@ -175,25 +227,42 @@ def influence_reweight(ctx: StageContext, params: dict) -> str:
         agg = difficulty.aggregate_influence(scores, groups, p["groups"])
         influence = agg["influence"].reindex(examples["example_id"].astype(str).to_numpy())
         influence.index = examples.index
-        out = difficulty.influence_weights(influence, temperature=p["temperature"], transform=p["transform"],
-                                           clip_min=p["clip_min"], clip_max=p["clip_max"])
-        run.write("weights", examples[["dataset", "example_id"]].assign(
-            weight=out["weight"].to_numpy(), copies=out["copies"].to_numpy()))
+        out = difficulty.influence_weights(
+            influence,
+            temperature=p["temperature"],
+            transform=p["transform"],
+            clip_min=p["clip_min"],
+            clip_max=p["clip_max"],
+        )
+        run.write(
+            "weights",
+            examples[["dataset", "example_id"]].assign(
+                weight=out["weight"].to_numpy(), copies=out["copies"].to_numpy()
+            ),
+        )
         labels = []
         ids = examples[["dataset", "example_id"]].reset_index(drop=True)
         for name, values in [("influence", influence.to_numpy()), ("influence_z", out["z"].to_numpy())] + [
-                (f"influence:{g}", agg[str(g)].reindex(ids["example_id"].astype(str)).to_numpy())
-                for g in agg.columns if g != "influence"]:
+            (f"influence:{g}", agg[str(g)].reindex(ids["example_id"].astype(str)).to_numpy())
+            for g in agg.columns
+            if g != "influence"
+        ]:
             frame = ids.assign(name=name, value=np.asarray(values, dtype=float))
             labels.append(frame.dropna(subset=["value"]))
         run.write("labels", pd.concat(labels, ignore_index=True))
         scored = int(influence.notna().sum())
-        metrics = [("examples", "all", float(len(examples))), ("scored", "all", float(scored)),
-                   ("weight_min", "all", float(out["weight"].min())), ("weight_max", "all", float(out["weight"].max())),
-                   ("copies", "all", float(out["copies"].sum()))]
+        metrics = [
+            ("examples", "all", float(len(examples))),
+            ("scored", "all", float(scored)),
+            ("weight_min", "all", float(out["weight"].min())),
+            ("weight_max", "all", float(out["weight"].max())),
+            ("copies", "all", float(out["copies"].sum())),
+        ]
         metrics += [("targets", f"group={g}", float((groups == g).sum())) for g in sorted(set(groups))]
         run.write("metrics", pd.DataFrame(metrics, columns=["name", "key", "value"]))
         if not ctx.quiet:
-            print(f"influence_reweight: {scored}/{len(examples)} examples scored by run {scores_run}; "
-                  f"weights in [{out['weight'].min():.3g}, {out['weight'].max():.3g}], mean 1")
+            print(
+                f"influence_reweight: {scored}/{len(examples)} examples scored by run {scores_run}; "
+                f"weights in [{out['weight'].min():.3g}, {out['weight'].max():.3g}], mean 1"
+            )
     return run.run_id

@@ -29,8 +29,17 @@ from curation.stages import StageContext, stage, with_defaults
 from storage import Lake, UserError
 
 DEFAULTS: dict[str, Any] = {
-    "by": "domain", "method": "temperature", "schedule": "cooldown", "tau": 5.0, "tau_end": 1.0,
-    "switch": 0.5, "steps": None, "epochs": 1.0, "batch_size": 16, "seed": 0, "replace": False,
+    "by": "domain",
+    "method": "temperature",
+    "schedule": "cooldown",
+    "tau": 5.0,
+    "tau_end": 1.0,
+    "switch": 0.5,
+    "steps": None,
+    "epochs": 1.0,
+    "batch_size": 16,
+    "seed": 0,
+    "replace": False,
     "weights_from": "auto",
 }
 METHODS = ("temperature", "scalarization")
@@ -43,7 +52,9 @@ def resolve_params(params: dict | None) -> dict[str, Any]:
     if p["method"] not in METHODS:
         raise UserError(f"stage mix: method must be one of {', '.join(METHODS)}, got {p['method']!r}")
     if p["schedule"] not in mixing.SCHEDULES:
-        raise UserError(f"stage mix: schedule must be one of {', '.join(mixing.SCHEDULES)}, got {p['schedule']!r}")
+        raise UserError(
+            f"stage mix: schedule must be one of {', '.join(mixing.SCHEDULES)}, got {p['schedule']!r}"
+        )
     if p["method"] == "scalarization" and p["schedule"] != "constant":
         raise UserError("stage mix: scalarization weights examples by one tau; use schedule: constant")
     for name in ("tau", "tau_end", "epochs"):
@@ -52,9 +63,15 @@ def resolve_params(params: dict | None) -> dict[str, Any]:
     if not isinstance(p["switch"], int | float) or not 0 <= p["switch"] <= 1:
         raise UserError(f"stage mix: switch is a fraction of training in [0, 1], got {p['switch']!r}")
     for name in ("batch_size", "seed") + (("steps",) if p["steps"] is not None else ()):
-        if not isinstance(p[name], int) or isinstance(p[name], bool) or p[name] < (0 if name == "seed" else 1):
-            raise UserError(f"stage mix: {name} must be a {'non-negative' if name == 'seed' else 'positive'} "
-                            f"integer, got {p[name]!r}")
+        if (
+            not isinstance(p[name], int)
+            or isinstance(p[name], bool)
+            or p[name] < (0 if name == "seed" else 1)
+        ):
+            raise UserError(
+                f"stage mix: {name} must be a {'non-negative' if name == 'seed' else 'positive'} "
+                f"integer, got {p[name]!r}"
+            )
     if not isinstance(p["replace"], bool):
         raise UserError(f"stage mix: replace must be true or false, got {p['replace']!r}")
     if not isinstance(p["by"], str) or not p["by"] or p["by"] == "label:":
@@ -64,8 +81,12 @@ def resolve_params(params: dict | None) -> dict[str, Any]:
 
 def load_examples(lake: Lake, versions: dict[str, str]) -> pd.DataFrame:
     """The examples of the given dataset versions, in (dataset, row_index) order."""
-    frames = [lake.query("SELECT * FROM examples_all WHERE dataset = ? AND version = ? ORDER BY row_index",
-                         [name, version]) for name, version in versions.items()]
+    frames = [
+        lake.query(
+            "SELECT * FROM examples_all WHERE dataset = ? AND version = ? ORDER BY row_index", [name, version]
+        )
+        for name, version in versions.items()
+    ]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -78,17 +99,26 @@ def example_groups(lake: Lake, examples: pd.DataFrame, by: str, label_run: str |
         labels = lake.table("labels", "run_id = ? AND name = ?", [label_run, name])
         labels = labels.drop_duplicates(["dataset", "example_id"], keep="last")
         values = examples[["dataset", "example_id"]].merge(
-            labels[["dataset", "example_id", "value"]], on=["dataset", "example_id"], how="left")["value"]
+            labels[["dataset", "example_id", "value"]], on=["dataset", "example_id"], how="left"
+        )["value"]
         # Labels are numbers (a cluster id, a level): whole numbers print without ".0".
-        text = values.map(lambda v: MISSING_GROUP if pd.isna(v) else (str(int(v)) if float(v).is_integer()
-                                                                       else str(v)))
+        text = values.map(
+            lambda v: MISSING_GROUP if pd.isna(v) else (str(int(v)) if float(v).is_integer() else str(v))
+        )
         return text.reset_index(drop=True).rename("group")
     if by not in examples.columns:
-        raise UserError(f"stage mix: by {by!r} is not a column of examples "
-                        f"({', '.join(c for c in examples.columns if c != 'run_id')}) nor label:NAME")
+        raise UserError(
+            f"stage mix: by {by!r} is not a column of examples "
+            f"({', '.join(c for c in examples.columns if c != 'run_id')}) nor label:NAME"
+        )
     col = examples[by]
-    text = col.map(lambda v: MISSING_GROUP if v is None or (isinstance(v, float) and math.isnan(v))
-                   else (str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)))
+    text = col.map(
+        lambda v: (
+            MISSING_GROUP
+            if v is None or (isinstance(v, float) and math.isnan(v))
+            else (str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
+        )
+    )
     return text.reset_index(drop=True).rename("group")
 
 
@@ -114,8 +144,10 @@ def find_inputs(ctx: StageContext, p: dict[str, Any]) -> tuple[str | None, str |
     elif choice in ctx.previous:
         weights_run = ctx.previous[choice]
     else:
-        raise UserError(f"stage mix: weights_from {choice!r} is not an earlier stage of this recipe "
-                        f"({', '.join(ctx.previous) or 'none'}); use auto or none")
+        raise UserError(
+            f"stage mix: weights_from {choice!r} is not an earlier stage of this recipe "
+            f"({', '.join(ctx.previous) or 'none'}); use auto or none"
+        )
     return label_run, weights_run
 
 
@@ -160,12 +192,15 @@ def mix_examples(
 
     weights = base.assign(weight=weight, copies=copies.astype(np.int64))
     schedule = mixing.schedule_long(mixing.schedule_probabilities(counts, taus), taus).rename(
-        columns={"group": "group_name"})
+        columns={"group": "group_name"}
+    )
     epochs = (draws / counts).rename("effective_epochs")
     rows = [("pool", g, float(n)) for g, n in counts.items()]
     rows += [("draws", g, float(d)) for g, d in draws.items()]
     rows += [("effective_epochs", g, float(e)) for g, e in epochs.items()]
-    rows += [("variance_factor", f"tau={t:g}", mixing.variance_factor(counts, float(t))) for t in np.unique(taus)]
+    rows += [
+        ("variance_factor", f"tau={t:g}", mixing.variance_factor(counts, float(t))) for t in np.unique(taus)
+    ]
     metrics = pd.DataFrame(rows, columns=["name", "key", "value"])
     metrics["key"] = metrics["key"].astype(str)
     return weights, schedule, metrics
@@ -190,6 +225,8 @@ def mix(ctx: StageContext, params: dict) -> str:
         run.write("metrics", metrics)
         if not ctx.quiet:
             summary = metrics[metrics["name"] == "effective_epochs"]
-            print("mix: effective epochs per group: "
-                  + ", ".join(f"{k} {v:.2f}" for k, v in zip(summary["key"], summary["value"], strict=True)))
+            print(
+                "mix: effective epochs per group: "
+                + ", ".join(f"{k} {v:.2f}" for k, v in zip(summary["key"], summary["value"], strict=True))
+            )
     return run.run_id

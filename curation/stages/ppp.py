@@ -41,7 +41,6 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-
 def resolve_params(params: dict | None) -> dict[str, Any]:
     """Defaults filled in and checked; every problem is a UserError naming the parameter."""
     p = with_defaults("ppp", params, DEFAULTS)

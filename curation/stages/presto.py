@@ -61,7 +61,6 @@ DART_RUNGS = ("never solved", "solved sometimes", "solved at most trials", "solv
 SOURCE_TABLE = {"dart": "samples", "influence": "scores", "label": "labels"}
 
 
-
 def resolve_params(params: dict | None) -> dict[str, Any]:
     """Defaults filled in and checked; every problem is a UserError naming the parameter."""
     p = with_defaults("presto", params, DEFAULTS)

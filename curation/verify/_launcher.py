@@ -76,25 +76,63 @@ SETID_BITS = 0o6000  # S_ISUID | S_ISGID
 # (number, what): "deny" refuses the call, "enosys" says it does not exist (callers fall back),
 # ("mode", i) refuses it when argument i carries setuid / setgid bits, "unix" refuses AF_UNIX sockets.
 SECCOMP_ARCHES = {
-    "x86_64": (0xC000003E, 0x40000000, [  # the floor refuses x32 calls
-        (41, "unix"),  # socket
-        *[(n, "deny") for n in (101, 310, 311, 425)],  # ptrace, process_vm_readv / writev, io_uring_setup
-        (437, "enosys"),  # openat2 (its mode sits in a struct a filter cannot read)
-        # chmod, fchmod, fchmodat, fchmodat2, chown, fchown, lchown, fchownat, utime, utimes, futimesat,
-        # utimensat, set / remove xattr (path, link, fd, at)
-        *[(n, "deny") for n in (90, 91, 268, 452, 92, 93, 94, 260, 132, 235, 261, 280,
-                                188, 189, 190, 197, 198, 199, 463, 466)],
-        # open, openat, creat, mknod, mknodat, mkdir, mkdirat with setuid / setgid bits
-        (2, ("mode", 2)), (257, ("mode", 3)), (85, ("mode", 1)), (133, ("mode", 1)), (259, ("mode", 2)),
-        (83, ("mode", 1)), (258, ("mode", 2)),
-    ]),
-    "aarch64": (0xC00000B7, None, [
-        (198, "unix"),
-        *[(n, "deny") for n in (117, 270, 271, 425)],
-        (437, "enosys"),
-        *[(n, "deny") for n in (52, 53, 452, 54, 55, 88, 5, 6, 7, 14, 15, 16, 463, 466)],
-        (56, ("mode", 3)), (33, ("mode", 2)), (34, ("mode", 2)),
-    ]),
+    "x86_64": (
+        0xC000003E,
+        0x40000000,
+        [  # the floor refuses x32 calls
+            (41, "unix"),  # socket
+            *[(n, "deny") for n in (101, 310, 311, 425)],  # ptrace, process_vm_readv / writev, io_uring_setup
+            (437, "enosys"),  # openat2 (its mode sits in a struct a filter cannot read)
+            # chmod, fchmod, fchmodat, fchmodat2, chown, fchown, lchown, fchownat, utime, utimes, futimesat,
+            # utimensat, set / remove xattr (path, link, fd, at)
+            *[
+                (n, "deny")
+                for n in (
+                    90,
+                    91,
+                    268,
+                    452,
+                    92,
+                    93,
+                    94,
+                    260,
+                    132,
+                    235,
+                    261,
+                    280,
+                    188,
+                    189,
+                    190,
+                    197,
+                    198,
+                    199,
+                    463,
+                    466,
+                )
+            ],
+            # open, openat, creat, mknod, mknodat, mkdir, mkdirat with setuid / setgid bits
+            (2, ("mode", 2)),
+            (257, ("mode", 3)),
+            (85, ("mode", 1)),
+            (133, ("mode", 1)),
+            (259, ("mode", 2)),
+            (83, ("mode", 1)),
+            (258, ("mode", 2)),
+        ],
+    ),
+    "aarch64": (
+        0xC00000B7,
+        None,
+        [
+            (198, "unix"),
+            *[(n, "deny") for n in (117, 270, 271, 425)],
+            (437, "enosys"),
+            *[(n, "deny") for n in (52, 53, 452, 54, 55, 88, 5, 6, 7, 14, 15, 16, 463, 466)],
+            (56, ("mode", 3)),
+            (33, ("mode", 2)),
+            (34, ("mode", 2)),
+        ],
+    ),
 }
 
 
@@ -103,8 +141,11 @@ libc.syscall.restype = ctypes.c_long
 
 
 class RulesetAttr(ctypes.Structure):
-    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
-                ("scoped", ctypes.c_uint64)]
+    _fields_ = [
+        ("handled_access_fs", ctypes.c_uint64),
+        ("handled_access_net", ctypes.c_uint64),
+        ("scoped", ctypes.c_uint64),
+    ]
 
 
 class PathBeneathAttr(ctypes.Structure):
@@ -113,13 +154,21 @@ class PathBeneathAttr(ctypes.Structure):
 
 
 class MountAttr(ctypes.Structure):
-    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
-                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
 
 
 class SockFilter(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
-                ("k", ctypes.c_uint32)]
+    _fields_ = [
+        ("code", ctypes.c_uint16),
+        ("jt", ctypes.c_uint8),
+        ("jf", ctypes.c_uint8),
+        ("k", ctypes.c_uint32),
+    ]
 
 
 class SockFprog(ctypes.Structure):
@@ -131,8 +180,11 @@ class CapHeader(ctypes.Structure):
 
 
 class CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                ("inheritable", ctypes.c_uint32)]
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
 
 
 def _errno_text() -> str:
@@ -174,8 +226,12 @@ def enter_namespaces(as_root: bool, mount_ns: bool, report: dict) -> None:
 
 def mount_setattr(path: str, flags: int, attr_set: int, attr_clr: int) -> bool:
     attr = MountAttr(attr_set, attr_clr, 0, 0)
-    return libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, os.fsencode(path), flags, ctypes.byref(attr),
-                        ctypes.sizeof(attr)) == 0
+    return (
+        libc.syscall(
+            SYS_MOUNT_SETATTR, AT_FDCWD, os.fsencode(path), flags, ctypes.byref(attr), ctypes.sizeof(attr)
+        )
+        == 0
+    )
 
 
 def readonly_root(write_dirs: list[str], report: dict) -> None:
@@ -193,8 +249,9 @@ def readonly_root(write_dirs: list[str], report: dict) -> None:
         return
     for path in write_dirs:
         # a bind mount inherits read-only from its source: clear it on the new mount alone
-        if libc.mount(os.fsencode(path), os.fsencode(path), None, MS_BIND, None) != 0 or \
-                not mount_setattr(path, 0, 0, MOUNT_ATTR_RDONLY):
+        if libc.mount(os.fsencode(path), os.fsencode(path), None, MS_BIND, None) != 0 or not mount_setattr(
+            path, 0, 0, MOUNT_ATTR_RDONLY
+        ):
             raise OSError(ctypes.get_errno(), f"cannot make the sandbox directory writable: {_errno_text()}")
     os.chdir(os.getcwd())  # the working directory still points into the read-only mount below
     report["readonly_root"] = True
@@ -269,7 +326,8 @@ def apply_landlock(cfg: dict, report: dict) -> None:
     if abi < 1:
         report["landlock_abi"] = 0
         report.setdefault("problems", []).append(
-            f"landlock unavailable: {_errno_text()}" if cfg["landlock"] else "landlock turned off")
+            f"landlock unavailable: {_errno_text()}" if cfg["landlock"] else "landlock turned off"
+        )
         return
     write = FS_WRITE_ABI1 | (FS_REFER if abi >= 2 else 0) | (FS_TRUNCATE if abi >= 3 else 0)
     fs = write | FS_READ
@@ -282,9 +340,11 @@ def apply_landlock(cfg: dict, report: dict) -> None:
         report.setdefault("problems", []).append(f"landlock_create_ruleset: {_errno_text()}")
         return
     file_write = FS_WRITE_FILE | (FS_TRUNCATE if abi >= 3 else 0)
-    rules = ([(d, fs, fs & ~FS_READ_DIR) for d in cfg["write_dirs"]]
-             + [(f, file_write | FS_READ_FILE, file_write | FS_READ_FILE) for f in cfg["write_files"]]
-             + [(p, FS_READ, FS_READ_FILE | FS_EXECUTE) for p in cfg["read_paths"]])
+    rules = (
+        [(d, fs, fs & ~FS_READ_DIR) for d in cfg["write_dirs"]]
+        + [(f, file_write | FS_READ_FILE, file_write | FS_READ_FILE) for f in cfg["write_files"]]
+        + [(p, FS_READ, FS_READ_FILE | FS_EXECUTE) for p in cfg["read_paths"]]
+    )
     for path, dir_rights, file_rights in rules:
         try:
             # follows symlinks: /proc/self becomes this process's own /proc/<pid>, /lib its target
@@ -309,6 +369,7 @@ def apply_landlock(cfg: dict, report: dict) -> None:
 
 def seccomp_program(arch: int, foreign_floor: int | None, rules: list) -> list[tuple[int, int, int, int]]:
     """A classic-BPF filter: calls of another ABI get ENOSYS; each rule's call is judged by its block."""
+
     def ret(errno: int) -> tuple:
         return (RET_K, 0, 0, RET_ERRNO | errno)
 

@@ -27,7 +27,7 @@ DEFAULT_LIMITS = Limits(wall_s=6.0, cpu_s=3.0, memory_mb=1024, max_procs=8)
 
 # The harness imports nothing it does not need (json, traceback pull in `re`: milliseconds per run);
 # the report is a Python literal that the parent reads with ast.literal_eval.
-_HARNESS = r'''
+_HARNESS = r"""
 import sys as _sys
 
 _NONCE = {nonce!r}
@@ -88,7 +88,7 @@ def _main():
 
 
 _main()
-'''
+"""
 
 _FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
 
@@ -131,19 +131,25 @@ def build_candidate(prompt: str, response: str, entry_point: str) -> str:
     return prompt + code + "\n"
 
 
-def check_program(candidate: str, test: str, entry_point: str, limits: Limits | None = None,
-                  site_packages: bool = False) -> CodeVerdict:
+def check_program(
+    candidate: str, test: str, entry_point: str, limits: Limits | None = None, site_packages: bool = False
+) -> CodeVerdict:
     """Run `candidate` (full source) against `test` (defining `check(candidate)`) in the sandbox.
     `site_packages=True` lets the candidate import installed packages (numpy, ...), not only the stdlib."""
     nonce = "@@assay-" + secrets.token_hex(8) + "@@"
     harness = _HARNESS.format(nonce=nonce, entry_point=entry_point)
-    result = run_python(harness, limits=limits or DEFAULT_LIMITS,
-                        files={"candidate.py": candidate, "tests.py": test}, site_packages=site_packages)
+    result = run_python(
+        harness,
+        limits=limits or DEFAULT_LIMITS,
+        files={"candidate.py": candidate, "tests.py": test},
+        site_packages=site_packages,
+    )
     return _verdict(result, nonce, limits or DEFAULT_LIMITS)
 
 
-def check_response(problem: Mapping[str, str], response: str, limits: Limits | None = None,
-                   site_packages: bool = False) -> CodeVerdict:
+def check_response(
+    problem: Mapping[str, str], response: str, limits: Limits | None = None, site_packages: bool = False
+) -> CodeVerdict:
     """`problem` has `prompt`, `test` and `entry_point` (HumanEval's fields)."""
     candidate = build_candidate(problem.get("prompt", ""), response, problem["entry_point"])
     return check_program(candidate, problem["test"], problem["entry_point"], limits, site_packages)
@@ -157,7 +163,7 @@ def _verdict(result: SandboxResult, nonce: str, limits: Limits) -> CodeVerdict:
         return CodeVerdict("timeout", which, wall)
     if result.status == "output_limit":
         return CodeVerdict("error", f"output limit exceeded ({limits.kill_output_bytes} bytes)", wall)
-    reports = [line[len(nonce):] for line in result.stdout.splitlines() if line.startswith(nonce)]
+    reports = [line[len(nonce) :] for line in result.stdout.splitlines() if line.startswith(nonce)]
     if reports:
         verdict, message = ast.literal_eval(reports[-1])
         return CodeVerdict(verdict, message, wall)

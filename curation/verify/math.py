@@ -53,6 +53,7 @@ class MathVerdict:
 
 # ---- extraction ------------------------------------------------------------------------------
 
+
 def _braced(text: str, start: int) -> str | None:
     """The content of the balanced {...} group opening at text[start]."""
     depth = 0
@@ -62,7 +63,7 @@ def _braced(text: str, start: int) -> str | None:
         elif text[i] == "}":
             depth -= 1
             if depth == 0:
-                return text[start + 1:i]
+                return text[start + 1 : i]
     return None
 
 
@@ -94,7 +95,7 @@ def extract_answer(text: str) -> str | None:
         return _clean(boxed)
     matches = list(_ANSWER_IS.finditer(text))
     if matches:
-        rest = text[matches[-1].end():]
+        rest = text[matches[-1].end() :]
         line = rest.split("\n", 1)[0]
         # stop at a sentence end ('. ' or '.' at the end), not at a decimal point
         line = re.split(r"\.(?:\s|$)", line, maxsplit=1)[0]
@@ -111,6 +112,7 @@ def extract_answer(text: str) -> str | None:
 
 
 # ---- comparison ------------------------------------------------------------------------------
+
 
 def _normalise(s: str) -> str:
     s = _clean(s)
@@ -152,8 +154,9 @@ class _Overrun(BaseException):
     """Raised by our alarm; a BaseException so math-verify's `except Exception` cannot swallow it."""
 
 
-def answers_match(pred: str, gold: str, *, timeout_s: float = 5.0, float_rounding: int = 6,
-                  in_process: bool | None = None) -> bool:
+def answers_match(
+    pred: str, gold: str, *, timeout_s: float = 5.0, float_rounding: int = 6, in_process: bool | None = None
+) -> bool:
     """True when `pred` equals `gold`. Raises TimeoutError when the symbolic check overruns.
 
     `in_process=None` bounds time with an interval timer on the main thread and with the helper
@@ -190,24 +193,33 @@ def answers_match(pred: str, gold: str, *, timeout_s: float = 5.0, float_roundin
         signal.signal(signal.SIGALRM, previous)
 
 
-def check_answer(response: str, gold: str, *, timeout_s: float = 5.0, float_rounding: int = 6,
-                 in_process: bool | None = None) -> MathVerdict:
+def check_answer(
+    response: str,
+    gold: str,
+    *,
+    timeout_s: float = 5.0,
+    float_rounding: int = 6,
+    in_process: bool | None = None,
+) -> MathVerdict:
     """Extract the final answer of `response` and compare it with `gold`."""
     extracted = extract_answer(response)
     if extracted is None or not extracted.strip():
         return MathVerdict("no_answer", None, "no final answer found")
     try:
-        ok = answers_match(extracted, gold, timeout_s=timeout_s, float_rounding=float_rounding,
-                           in_process=in_process)
+        ok = answers_match(
+            extracted, gold, timeout_s=timeout_s, float_rounding=float_rounding, in_process=in_process
+        )
     except TimeoutError as e:
         return MathVerdict("timeout", extracted, str(e))
     return MathVerdict("pass" if ok else "fail", extracted, "" if ok else f"{extracted!r} != {gold!r}")
 
 
-def check_many(pairs: Sequence[tuple[str, str]], *, workers: int = 1, timeout_s: float = 5.0,
-               float_rounding: int = 6) -> list[MathVerdict]:
+def check_many(
+    pairs: Sequence[tuple[str, str]], *, workers: int = 1, timeout_s: float = 5.0, float_rounding: int = 6
+) -> list[MathVerdict]:
     """(response, gold) pairs. `workers > 1` checks them from that many threads, each comparing in
     its own helper process, so they run in parallel and every comparison is time-bounded."""
+
     def one(pair: tuple[str, str]) -> MathVerdict:
         return check_answer(pair[0], pair[1], timeout_s=timeout_s, float_rounding=float_rounding)
 
@@ -219,6 +231,7 @@ def check_many(pairs: Sequence[tuple[str, str]], *, workers: int = 1, timeout_s:
 
 # ---- bounded comparison off the main thread ---------------------------------------------------
 
+
 class _Helper:
     """A helper process (`python -c ...`, no multiprocessing: nothing re-imports the caller's main
     module) that compares answers on its own main thread; killed when it overruns."""
@@ -228,7 +241,10 @@ class _Helper:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from curation.verify.math import _serve; _serve()"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
         )
         self.ready = False
 
@@ -290,8 +306,13 @@ def _serve() -> None:
     for line in sys.stdin:
         req = json.loads(line)
         try:
-            equal = answers_match(req["pred"], req["gold"], timeout_s=req["timeout_s"],
-                                  float_rounding=req["float_rounding"], in_process=True)
+            equal = answers_match(
+                req["pred"],
+                req["gold"],
+                timeout_s=req["timeout_s"],
+                float_rounding=req["float_rounding"],
+                in_process=True,
+            )
             reply = {"equal": equal}
         except TimeoutError:
             reply = {"timeout": True}

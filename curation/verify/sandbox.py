@@ -52,9 +52,24 @@ LANDLOCK_ENABLED = True
 # libraries, the dynamic loader's files, the time zone, entropy, its own /proc entry, CPU topology
 # (numpy / OpenBLAS read it). Not /etc as a whole (passwd, shadow, keys), not /home, /root, /tmp.
 SYSTEM_READ_PATHS = (
-    "/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin",
-    "/etc/localtime", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/ld.so.preload",
-    "/dev/zero", "/dev/urandom", "/dev/random", "/proc/self", "/proc/cpuinfo", "/sys/devices/system/cpu",
+    "/usr",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/bin",
+    "/sbin",
+    "/etc/localtime",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/ld.so.preload",
+    "/dev/zero",
+    "/dev/urandom",
+    "/dev/random",
+    "/proc/self",
+    "/proc/cpuinfo",
+    "/sys/devices/system/cpu",
 )
 
 
@@ -121,10 +136,11 @@ class _Capture:
             return (bytes(self.head) + tail).decode("utf-8", "replace")
         dropped = self.total - len(self.head) - self.half
         marker = f"\n...[{dropped} bytes truncated]...\n".encode()
-        return (bytes(self.head) + marker + tail[-self.half:]).decode("utf-8", "replace")
+        return (bytes(self.head) + marker + tail[-self.half :]).decode("utf-8", "replace")
 
 
 # ---- cgroups (root only) ---------------------------------------------------------------------
+
 
 @cache
 def _cgroup_roots() -> dict[str, Path]:
@@ -230,6 +246,7 @@ def _remove_cgroup(path: Path) -> None:
 
 # ---- privileges ------------------------------------------------------------------------------
 
+
 @cache
 def _interpreter_readable_by_others() -> bool:
     """Whether a throwaway uid could still run this interpreter and import the stdlib."""
@@ -251,6 +268,7 @@ def _throwaway_uid() -> int:
 
 
 # ---- what the program may read ---------------------------------------------------------------
+
 
 def _too_broad(path: Path, guarded: list[Path]) -> bool:
     """`path` is the root, or holds the home, working or temp directory (a venv's prefix never does)."""
@@ -287,9 +305,17 @@ def read_paths() -> tuple[str, ...]:
 
 # ---- running ---------------------------------------------------------------------------------
 
-def run_python(source: str, *, limits: Limits | None = None, files: Mapping[str, str | bytes] | None = None,
-               stdin: str | bytes | None = None, env: Mapping[str, str] | None = None,
-               site_packages: bool = False, extra_read_paths: Sequence[str] = ()) -> SandboxResult:
+
+def run_python(
+    source: str,
+    *,
+    limits: Limits | None = None,
+    files: Mapping[str, str | bytes] | None = None,
+    stdin: str | bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    site_packages: bool = False,
+    extra_read_paths: Sequence[str] = (),
+) -> SandboxResult:
     """Run Python `source` as `main.py` in a fresh sandbox (the interpreter running this code).
 
     Without `site_packages` only the standard library is importable, and each run starts several
@@ -301,19 +327,34 @@ def run_python(source: str, *, limits: Limits | None = None, files: Mapping[str,
     return _run("python", ["main.py"], limits or Limits(), files, stdin, env, site_packages, extra_read_paths)
 
 
-def run_command(argv: Sequence[str], *, limits: Limits | None = None,
-                files: Mapping[str, str | bytes] | None = None, stdin: str | bytes | None = None,
-                env: Mapping[str, str] | None = None, extra_read_paths: Sequence[str] = ()) -> SandboxResult:
+def run_command(
+    argv: Sequence[str],
+    *,
+    limits: Limits | None = None,
+    files: Mapping[str, str | bytes] | None = None,
+    stdin: str | bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    extra_read_paths: Sequence[str] = (),
+) -> SandboxResult:
     """Run an executable in a fresh sandbox; `files` are written into its directory first. The
     executable must lie in a readable path (`read_paths()`, `extra_read_paths`, or the sandbox)."""
     if not argv:
         raise ValueError("run_command needs a non-empty argv")
-    return _run("exec", list(argv), limits or Limits(), dict(files or {}), stdin, env, False,
-                extra_read_paths)
+    return _run(
+        "exec", list(argv), limits or Limits(), dict(files or {}), stdin, env, False, extra_read_paths
+    )
 
 
-def _run(mode: str, argv: list[str], limits: Limits, files: dict, stdin, env, site: bool,
-         extra_read_paths: Sequence[str] = ()) -> SandboxResult:
+def _run(
+    mode: str,
+    argv: list[str],
+    limits: Limits,
+    files: dict,
+    stdin,
+    env,
+    site: bool,
+    extra_read_paths: Sequence[str] = (),
+) -> SandboxResult:
     as_root = os.geteuid() == 0
     uid = _throwaway_uid() if as_root and _interpreter_readable_by_others() else None
     workdir = Path(tempfile.mkdtemp(prefix="assay-sandbox-"))
@@ -333,25 +374,52 @@ def _run(mode: str, argv: list[str], limits: Limits, files: dict, stdin, env, si
             for path in [workdir, *workdir.iterdir()]:
                 os.chown(path, uid, uid)
         cfg = {
-            "mode": mode, "argv": argv, "status_fd": status_w, "as_root": as_root, "uid": uid,
-            "cpu_s": limits.cpu_s, "memory_mb": limits.memory_mb, "file_size_mb": limits.file_size_mb,
-            "max_open_files": limits.max_open_files, "max_procs": limits.max_procs,
+            "mode": mode,
+            "argv": argv,
+            "status_fd": status_w,
+            "as_root": as_root,
+            "uid": uid,
+            "cpu_s": limits.cpu_s,
+            "memory_mb": limits.memory_mb,
+            "file_size_mb": limits.file_size_mb,
+            "max_open_files": limits.max_open_files,
+            "max_procs": limits.max_procs,
             "cgroup_procs": cgroups.procs_files() if cgroups else {},
-            "write_dirs": [str(workdir)], "write_files": ["/dev/null"],
-            "read_paths": [*read_paths(), *map(str, extra_read_paths)], "landlock": LANDLOCK_ENABLED,
+            "write_dirs": [str(workdir)],
+            "write_files": ["/dev/null"],
+            "read_paths": [*read_paths(), *map(str, extra_read_paths)],
+            "landlock": LANDLOCK_ENABLED,
         }
         child_env = {
-            "PATH": SAFE_PATH, "HOME": str(workdir), "TMPDIR": str(workdir), "LANG": "C.UTF-8",
-            "PYTHONIOENCODING": "utf-8", "PYTHONDONTWRITEBYTECODE": "1",
-            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+            "PATH": SAFE_PATH,
+            "HOME": str(workdir),
+            "TMPDIR": str(workdir),
+            "LANG": "C.UTF-8",
+            "PYTHONIOENCODING": "utf-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "OMP_NUM_THREADS": "1",
+            "OPENBLAS_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
             **(env or {}),
         }
         start = time.monotonic()
         with open(stdin_path, "rb") as stdin_file:
             proc = subprocess.Popen(
-                [sys.executable, "-I", "-B", *([] if site else ["-S"]), str(LAUNCHER), marshal.dumps(cfg).hex()],
-                cwd=workdir, env=child_env, stdin=stdin_file, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, pass_fds=(status_w,), start_new_session=True,
+                [
+                    sys.executable,
+                    "-I",
+                    "-B",
+                    *([] if site else ["-S"]),
+                    str(LAUNCHER),
+                    marshal.dumps(cfg).hex(),
+                ],
+                cwd=workdir,
+                env=child_env,
+                stdin=stdin_file,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=(status_w,),
+                start_new_session=True,
             )
         os.close(status_w)
         status_w = -1
@@ -371,8 +439,10 @@ def _run(mode: str, argv: list[str], limits: Limits, files: dict, stdin, env, si
 
 
 def _collect(proc: subprocess.Popen, status_r: int, deadline: float, limits: Limits):
-    captures = {proc.stdout.fileno(): _Capture(limits.max_output_bytes),
-                proc.stderr.fileno(): _Capture(limits.max_output_bytes)}
+    captures = {
+        proc.stdout.fileno(): _Capture(limits.max_output_bytes),
+        proc.stderr.fileno(): _Capture(limits.max_output_bytes),
+    }
     status = bytearray()
     reason = None
     with selectors.DefaultSelector() as sel:
@@ -415,10 +485,10 @@ def _frames(data: bytes) -> list[dict]:
     """The launcher's length-prefixed marshal messages (a truncated last one is dropped)."""
     out, pos = [], 0
     while pos + 4 <= len(data):
-        size = int.from_bytes(data[pos:pos + 4], "little")
+        size = int.from_bytes(data[pos : pos + 4], "little")
         if pos + 4 + size > len(data):
             break
-        out.append(marshal.loads(data[pos + 4:pos + 4 + size]))
+        out.append(marshal.loads(data[pos + 4 : pos + 4 + size]))
         pos += 4 + size
     return out
 
@@ -451,7 +521,9 @@ def _result(reason, status_lines, out, err, wall, limits, oom) -> SandboxResult:
             reason = "setup_error" if "setup_error" in merged else "signaled"
         elif sig is not None:
             # SIGKILL at the CPU rlimit (soft == hard) reads as a timeout, like the wall clock
-            cpu_hit = cpu is not None and cpu >= limits.cpu_s - 0.05 and sig in (signal.SIGKILL, signal.SIGXCPU)
+            cpu_hit = (
+                cpu is not None and cpu >= limits.cpu_s - 0.05 and sig in (signal.SIGKILL, signal.SIGXCPU)
+            )
             reason = "timeout" if cpu_hit else "signaled"
         else:
             reason = "exited"
@@ -459,10 +531,17 @@ def _result(reason, status_lines, out, err, wall, limits, oom) -> SandboxResult:
     if "setup_error" in merged:
         stderr += f"\n[sandbox setup failed: {merged['setup_error']}]"
     return SandboxResult(
-        status=reason, returncode=code if reason == "exited" else None,
+        status=reason,
+        returncode=code if reason == "exited" else None,
         signal=signal.Signals(sig).name if sig is not None else None,
-        stdout=out.text(), stderr=stderr, stdout_truncated=out.truncated, stderr_truncated=err.truncated,
-        wall_s=wall, cpu_s=cpu, oom_killed=oom, isolation=setup,
+        stdout=out.text(),
+        stderr=stderr,
+        stdout_truncated=out.truncated,
+        stderr_truncated=err.truncated,
+        wall_s=wall,
+        cpu_s=cpu,
+        oom_killed=oom,
+        isolation=setup,
     )
 
 

@@ -9,5 +9,6 @@ import typer
 
 # The --lake option every command takes (one definition: the same flag, help and default everywhere).
 LakeOption = Annotated[
-    Path | None, typer.Option("--lake", help="Lake directory (default: $ASSAY_LAKE or ./lake).", show_default=False)
+    Path | None,
+    typer.Option("--lake", help="Lake directory (default: $ASSAY_LAKE or ./lake).", show_default=False),
 ]

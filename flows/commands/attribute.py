@@ -24,8 +24,9 @@ def _lake(root: Path | None) -> Lake:
     return get_lake()
 
 
-def _method_params(method: str, damping: float | None, proj_dim: int | None, similarity: str | None,
-                   batch_size: int | None) -> dict:
+def _method_params(
+    method: str, damping: float | None, proj_dim: int | None, similarity: str | None, batch_size: int | None
+) -> dict:
     params: dict = {}
     if damping is not None:
         if method in ("trak", "gradsim"):
@@ -50,29 +51,55 @@ def register(app: typer.Typer) -> None:
         model: Annotated[Path, typer.Option("--model", help="Hugging Face causal LM directory")],
         train: Annotated[str, typer.Option("--train", help="training dataset in the lake")],
         targets: Annotated[str, typer.Option("--targets", help="target dataset in the lake")],
-        method: Annotated[str, typer.Option(help="ekfac | kfac | diagonal | identity | trak | gradsim")] = "ekfac",
-        level: Annotated[str, typer.Option(help="example | segment | token (segment/token: kronfluence methods)")]
-        = "example",
-        device: Annotated[str | None, typer.Option(help="cpu | cuda | cuda:N (default: cuda when present)")] = None,
-        only_correct: Annotated[bool, typer.Option(
-            "--only-correct", help="keep only targets the model answers correctly (greedy generation)")] = False,
-        segmenter: Annotated[str, typer.Option(help="lines | sentences | a regex separating steps")] = "lines",
-        token_targets: Annotated[str, typer.Option(
-            help="segment/token rows per target group (groups: all, domain=...) or per target (each)")] = "groups",
-        group_by: Annotated[list[str] | None, typer.Option(
-            "--group-by", help="target columns forming groups (repeatable; default domain)")] = None,
-        modules: Annotated[str, typer.Option(
-            help="tracked layers: mlp (Infra's setting) | all | a regex over module names")] = "mlp",
-        damping: Annotated[float | None, typer.Option(help="influence damping (default 0.1 x mean eigenvalue)")]
-        = None,
-        proj_dim: Annotated[int | None, typer.Option(help="trak / gradsim projection dimension (default 2048)")]
-        = None,
+        method: Annotated[
+            str, typer.Option(help="ekfac | kfac | diagonal | identity | trak | gradsim")
+        ] = "ekfac",
+        level: Annotated[
+            str, typer.Option(help="example | segment | token (segment/token: kronfluence methods)")
+        ] = "example",
+        device: Annotated[
+            str | None, typer.Option(help="cpu | cuda | cuda:N (default: cuda when present)")
+        ] = None,
+        only_correct: Annotated[
+            bool,
+            typer.Option(
+                "--only-correct", help="keep only targets the model answers correctly (greedy generation)"
+            ),
+        ] = False,
+        segmenter: Annotated[
+            str, typer.Option(help="lines | sentences | a regex separating steps")
+        ] = "lines",
+        token_targets: Annotated[
+            str,
+            typer.Option(
+                help="segment/token rows per target group (groups: all, domain=...) or per target (each)"
+            ),
+        ] = "groups",
+        group_by: Annotated[
+            list[str] | None,
+            typer.Option("--group-by", help="target columns forming groups (repeatable; default domain)"),
+        ] = None,
+        modules: Annotated[
+            str, typer.Option(help="tracked layers: mlp (Infra's setting) | all | a regex over module names")
+        ] = "mlp",
+        damping: Annotated[
+            float | None, typer.Option(help="influence damping (default 0.1 x mean eigenvalue)")
+        ] = None,
+        proj_dim: Annotated[
+            int | None, typer.Option(help="trak / gradsim projection dimension (default 2048)")
+        ] = None,
         similarity: Annotated[str | None, typer.Option(help="gradsim: cosine | dot")] = None,
-        checkpoint: Annotated[list[Path] | None, typer.Option(
-            "--checkpoint", help="trak: more model directories to ensemble over (repeatable)")] = None,
+        checkpoint: Annotated[
+            list[Path] | None,
+            typer.Option("--checkpoint", help="trak: more model directories to ensemble over (repeatable)"),
+        ] = None,
         batch_size: Annotated[int | None, typer.Option(help="training examples per batch")] = None,
-        shard_size: Annotated[int, typer.Option(
-            help="training examples per written shard (each shard recomputes the target gradients)")] = 256,
+        shard_size: Annotated[
+            int,
+            typer.Option(
+                help="training examples per written shard (each shard recomputes the target gradients)"
+            ),
+        ] = 256,
         max_length: Annotated[int, typer.Option(help="tokens per example (longer responses are cut)")] = 512,
         lake: LakeOption = None,
     ) -> None:
@@ -87,21 +114,41 @@ def register(app: typer.Typer) -> None:
         params = _method_params(method, damping, proj_dim, similarity, batch_size)
         the_lake = _lake(lake)
         if not the_lake.exists:
-            raise UserError(f"no lake at {the_lake.root}; ingest a dataset first (assay ingest FILE --dataset NAME)")
+            raise UserError(
+                f"no lake at {the_lake.root}; ingest a dataset first (assay ingest FILE --dataset NAME)"
+            )
         progress = os.environ.get("ASSAY_QUIET") != "1"
         run_id = run_attribution(
-            the_lake, model, train, targets, method, level, device=device, only_correct=only_correct,
-            method_params=params, segmenter=segmenter, token_targets=token_targets,
-            group_by=tuple(group_by or ["domain"]), modules=modules if modules in ("mlp", "all") else [modules],
-            shard_size=shard_size, max_length=max_length,
-            checkpoints=[str(c) for c in checkpoint] if checkpoint else None, progress=progress,
+            the_lake,
+            model,
+            train,
+            targets,
+            method,
+            level,
+            device=device,
+            only_correct=only_correct,
+            method_params=params,
+            segmenter=segmenter,
+            token_targets=token_targets,
+            group_by=tuple(group_by or ["domain"]),
+            modules=modules if modules in ("mlp", "all") else [modules],
+            shard_size=shard_size,
+            max_length=max_length,
+            checkpoints=[str(c) for c in checkpoint] if checkpoint else None,
+            progress=progress,
         )
         counts = the_lake.query(
             "SELECT (SELECT count(*) FROM scores WHERE run_id = ?) AS scores, "
             "(SELECT count(*) FROM segment_scores WHERE run_id = ?) AS segment_scores, "
-            "(SELECT count(*) FROM token_scores WHERE run_id = ?) AS token_scores", [run_id] * 3)
+            "(SELECT count(*) FROM token_scores WHERE run_id = ?) AS token_scores",
+            [run_id] * 3,
+        )
         row = counts.iloc[0]
-        typer.echo(f"run {run_id}: {row.scores} scores, {row.segment_scores} segment scores, "
-                   f"{row.token_scores} token scores")
-        typer.echo(f"top helpful: assay sql \"SELECT train_id, avg(score) AS influence FROM scores WHERE run_id = "
-                   f"'{run_id}' GROUP BY train_id ORDER BY influence DESC LIMIT 10\"")
+        typer.echo(
+            f"run {run_id}: {row.scores} scores, {row.segment_scores} segment scores, "
+            f"{row.token_scores} token scores"
+        )
+        typer.echo(
+            f'top helpful: assay sql "SELECT train_id, avg(score) AS influence FROM scores WHERE run_id = '
+            f"'{run_id}' GROUP BY train_id ORDER BY influence DESC LIMIT 10\""
+        )

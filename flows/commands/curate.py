@@ -16,15 +16,22 @@ def register(app: typer.Typer) -> None:
     @app.command("curate")
     def curate_command(
         recipe: Annotated[Path, typer.Argument(help="a recipe YAML file (see recipes/demo.yaml)")],
-        dataset: Annotated[list[str] | None, typer.Option(
-            "--dataset", "-d", help="curate this dataset instead of the recipe's (repeatable)")] = None,
+        dataset: Annotated[
+            list[str] | None,
+            typer.Option("--dataset", "-d", help="curate this dataset instead of the recipe's (repeatable)"),
+        ] = None,
         device: Annotated[str, typer.Option(help="cpu | cuda, for stages that run a model")] = "cpu",
-        dask: Annotated[str | None, typer.Option(
-            "--dask", help="run stages with a Dask variant on this cluster (tcp://HOST:8786) or 'local'; "
-                           "default $ASSAY_DASK_ADDRESS, else Dask only when the data is larger than memory")]
-        = None,
-        out: Annotated[Path | None, typer.Option("--out", help="export the result here (overrides the recipe's)")]
-        = None,
+        dask: Annotated[
+            str | None,
+            typer.Option(
+                "--dask",
+                help="run stages with a Dask variant on this cluster (tcp://HOST:8786) or 'local'; "
+                "default $ASSAY_DASK_ADDRESS, else Dask only when the data is larger than memory",
+            ),
+        ] = None,
+        out: Annotated[
+            Path | None, typer.Option("--out", help="export the result here (overrides the recipe's)")
+        ] = None,
         lake: LakeOption = None,
     ) -> None:
         """Run a curation recipe: its stages in order, each given the run ids of the ones before it."""
@@ -42,10 +49,16 @@ def register(app: typer.Typer) -> None:
         the_lake = get_lake(lake)
         spec = load_recipe(recipe, list(dataset) if dataset else None)
         check_datasets(the_lake, spec)
-        result = run_job("flows.curate:curate_flow", recipe=str(recipe.expanduser().absolute()),
-                         lake_root=str(the_lake.root), datasets=list(dataset) if dataset else None, device=device,
-                         dask=dask, export_out=str(out.expanduser().absolute()) if out else None,
-                         quiet=State.quiet)
+        result = run_job(
+            "flows.curate:curate_flow",
+            recipe=str(recipe.expanduser().absolute()),
+            lake_root=str(the_lake.root),
+            datasets=list(dataset) if dataset else None,
+            device=device,
+            dask=dask,
+            export_out=str(out.expanduser().absolute()) if out else None,
+            quiet=State.quiet,
+        )
         import pandas as pd
 
         rows = [{"stage": s.stage, "name": s.name, "run_id": result["runs"][s.name]} for s in spec.stages]

@@ -68,7 +68,7 @@ def lineage(lake: Lake, run_id: str) -> list[dict[str, Any]]:
             continue
         seen[current] = record
         inputs = json.loads(record.get("inputs") or "{}")
-        for key, value in (inputs.items() if isinstance(inputs, dict) else []):
+        for key, value in inputs.items() if isinstance(inputs, dict) else []:
             if key == "datasets" and isinstance(value, dict):
                 todo += [ingest_of[(d, v)] for d, v in value.items() if (d, v) in ingest_of]
             elif isinstance(value, str) and lake.run_record(value) is not None:
@@ -126,12 +126,18 @@ def export_run(
         groups = example_groups(lake, examples, params["by"], inputs.get("labels"))
     else:
         groups = example_groups(lake, examples, "domain", None)
-    records = records_mod.build_records(examples, weights, groups, style=style, materialise=materialise, seed=seed)
+    records = records_mod.build_records(
+        examples, weights, groups, style=style, materialise=materialise, seed=seed
+    )
     if records.empty:
         raise UserError(f"run {run_id!r} keeps no examples (every weight or copy count is 0)")
     schedule = lake.table("mixture_schedule", "run_id = ?", [run_id])
-    schedule = (schedule.drop(columns=["run_id"]).rename(columns={"group_name": "group"})
-                .sort_values(["step", "group"], kind="stable").reset_index(drop=True))
+    schedule = (
+        schedule.drop(columns=["run_id"])
+        .rename(columns={"group_name": "group"})
+        .sort_values(["step", "group"], kind="stable")
+        .reset_index(drop=True)
+    )
     summary = records_mod.group_summary(groups, records, materialise)
 
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -141,9 +147,16 @@ def export_run(
         if len(schedule):
             schedule.to_csv(tmp / SCHEDULE_FILE, index=False)
         card = records_mod.dataset_card(
-            title=f"{out.name}: curated by assay", run_id=run_id, fmt=fmt, style=style,
-            materialised=materialise, data_files=files, lineage=lineage(lake, run_id), summary=summary,
-            schedule_file=SCHEDULE_FILE if len(schedule) else None, schedule=schedule,
+            title=f"{out.name}: curated by assay",
+            run_id=run_id,
+            fmt=fmt,
+            style=style,
+            materialised=materialise,
+            data_files=files,
+            lineage=lineage(lake, run_id),
+            summary=summary,
+            schedule_file=SCHEDULE_FILE if len(schedule) else None,
+            schedule=schedule,
         )
         (tmp / "README.md").write_text(card, encoding="utf-8")
         _replace(tmp, out)
@@ -167,12 +180,19 @@ def _replace(tmp: Path, out: Path) -> None:
 def register(app: typer.Typer) -> None:
     @app.command("export")
     def export_command(
-        run: Annotated[str, typer.Argument(help="run id of a curation run that wrote weights (e.g. stage mix)")],
+        run: Annotated[
+            str, typer.Argument(help="run id of a curation run that wrote weights (e.g. stage mix)")
+        ],
         out: Annotated[Path, typer.Option("--out", help="folder to create")],
-        fmt: Annotated[str, typer.Option("--format", help="jsonl | parquet | hf (datasets save_to_disk)")]
-        = "jsonl",
-        materialise: Annotated[bool, typer.Option(
-            "--materialise", help="repeat each example by its copies (else one row with a weight)")] = False,
+        fmt: Annotated[
+            str, typer.Option("--format", help="jsonl | parquet | hf (datasets save_to_disk)")
+        ] = "jsonl",
+        materialise: Annotated[
+            bool,
+            typer.Option(
+                "--materialise", help="repeat each example by its copies (else one row with a weight)"
+            ),
+        ] = False,
         chat: Annotated[bool, typer.Option("--chat/--prompt-response", help="record style")] = True,
         force: Annotated[bool, typer.Option("--force", help="replace an existing non-empty --out")] = False,
         seed: Annotated[int, typer.Option("--seed", help="shuffle seed of materialised rows")] = 0,
@@ -181,7 +201,15 @@ def register(app: typer.Typer) -> None:
         """Export a curated run as fine-tuning records with a weight column, schedule and dataset card."""
         from flows.cli import get_lake  # the app's global --lake, when this command's own is not given
 
-        result = export_run(get_lake(lake), run, out, fmt=fmt, style="chat" if chat else "prompt_response",
-                            materialise=materialise, force=force, seed=seed)
+        result = export_run(
+            get_lake(lake),
+            run,
+            out,
+            fmt=fmt,
+            style="chat" if chat else "prompt_response",
+            materialise=materialise,
+            force=force,
+            seed=seed,
+        )
         typer.echo(f"exported {result.rows} rows of run {run} to {result.path}")
         typer.echo(result.summary.to_string())

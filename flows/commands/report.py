@@ -27,10 +27,18 @@ def register(app: typer.Typer) -> None:
     @app.command("report")
     def report_command(
         run_id: Annotated[str, typer.Argument(help="The run to report on (see `assay runs`).")],
-        out: Annotated[Path | None, typer.Option(
-            "--out", "-o", help="HTML file to write (default: $ASSAY_HOME/reports/<run_id>.html).")] = None,
-        lake: Annotated[Path | None, typer.Option(
-            "--lake", help="Lake directory (default: $ASSAY_LAKE or ./lake).", show_default=False)] = None,
+        out: Annotated[
+            Path | None,
+            typer.Option(
+                "--out", "-o", help="HTML file to write (default: $ASSAY_HOME/reports/<run_id>.html)."
+            ),
+        ] = None,
+        lake: Annotated[
+            Path | None,
+            typer.Option(
+                "--lake", help="Lake directory (default: $ASSAY_LAKE or ./lake).", show_default=False
+            ),
+        ] = None,
     ) -> None:
         """Write an HTML report of one run: charts, tables and examples, readable offline in any browser."""
         from flows.reports import write_report
@@ -38,7 +46,9 @@ def register(app: typer.Typer) -> None:
         target = _lake(lake)
         if out is not None:
             if out.is_dir():
-                raise UserError(f"--out {out}: is a directory; give a file name such as {out / (run_id + '.html')}")
+                raise UserError(
+                    f"--out {out}: is a directory; give a file name such as {out / (run_id + '.html')}"
+                )
             if not out.parent.exists():
                 raise UserError(f"--out {out}: directory {out.parent} does not exist")
         if not target.exists:

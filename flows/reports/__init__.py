@@ -47,7 +47,9 @@ def _module_for(record: dict, counts: dict[str, int]):
     return None
 
 
-def render_run(view: LakeView, run_id: str, link: Callable[[str], str | None] = lambda _: None) -> h.RunReport:
+def render_run(
+    view: LakeView, run_id: str, link: Callable[[str], str | None] = lambda _: None
+) -> h.RunReport:
     """The report of one run (UserError for an id the lake does not know)."""
     record = view.run(run_id)
     counts = view.counts(run_id)
@@ -99,27 +101,40 @@ def write_demo_report(lake: Lake, out_dir: str | Path | None = None) -> Path:
     with LakeView(lake) as view:
         runs = _ordered_runs(view)
         ids = set(runs["run_id"])
-        reports = [render_run(view, run_id, link=lambda r: f"#{h.anchor(r)}" if r in ids else None)
-                   for run_id in runs["run_id"]]
+        reports = [
+            render_run(view, run_id, link=lambda r: f"#{h.anchor(r)}" if r in ids else None)
+            for run_id in runs["run_id"]
+        ]
         counts = {r: view.counts(r) for r in runs["run_id"]}
     for report in reports:
-        standalone = h.page(f"assay report: {report.run_id}", f"lake {lake.root}",
-                            report.html().replace('href="#run-', 'href="index.html#run-'))
+        standalone = h.page(
+            f"assay report: {report.run_id}",
+            f"lake {lake.root}",
+            report.html().replace('href="#run-', 'href="index.html#run-'),
+        )
         report_link_artifact(report.run_id, h.write_atomic(out_dir / f"{report.run_id}.html", standalone))
     rows = []
     for record, report in zip(runs.to_dict("records"), reports, strict=True):
         seconds = (pd.Timestamp(record["finished_at"]) - pd.Timestamp(record["started_at"])).total_seconds()
-        rows.append(f'<tr><td><a href="#{h.esc(h.anchor(report.run_id))}" class="mono">{h.esc(report.run_id)}</a>'
-                    f'</td><td>{h.esc(record["kind"])}</td><td>{h.esc(record["method"])}</td>'
-                    f'<td class="num">{seconds:.1f}</td>'
-                    f'<td>{h.esc(", ".join(f"{t} {n}" for t, n in sorted(counts[report.run_id].items())))}</td>'
-                    f'<td><a href="{h.esc(report.run_id)}.html">own page</a></td></tr>')
-    overview = ('<section class="run"><h2>Runs in this lake</h2>'
-                + h.note("Every complete run, in pipeline order. Each run's report follows below and is also "
-                         "written as its own page beside this one.")
-                + "<table><thead><tr><th>run</th><th>kind</th><th>method</th><th>seconds</th>"
-                  "<th>rows written</th><th>page</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
-                + "</section>")
+        rows.append(
+            f'<tr><td><a href="#{h.esc(h.anchor(report.run_id))}" class="mono">{h.esc(report.run_id)}</a>'
+            f"</td><td>{h.esc(record['kind'])}</td><td>{h.esc(record['method'])}</td>"
+            f'<td class="num">{seconds:.1f}</td>'
+            f"<td>{h.esc(', '.join(f'{t} {n}' for t, n in sorted(counts[report.run_id].items())))}</td>"
+            f'<td><a href="{h.esc(report.run_id)}.html">own page</a></td></tr>'
+        )
+    overview = (
+        '<section class="run"><h2>Runs in this lake</h2>'
+        + h.note(
+            "Every complete run, in pipeline order. Each run's report follows below and is also "
+            "written as its own page beside this one."
+        )
+        + "<table><thead><tr><th>run</th><th>kind</th><th>method</th><th>seconds</th>"
+        "<th>rows written</th><th>page</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+        + "</section>"
+    )
     body = overview + "\n".join(r.html(heading_link=f"{r.run_id}.html") for r in reports)
     if not reports:
         body = h.note(f"The lake at {lake.root} has no complete runs yet.")

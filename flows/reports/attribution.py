@@ -20,14 +20,21 @@ TOKEN_EXAMPLES = 2  # helpful and harmful training examples per token heatmap gr
 
 
 def _label(value) -> str:
-    return "(none)" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:g}" \
-        if isinstance(value, float) else str(value)
+    return (
+        "(none)"
+        if value is None or (isinstance(value, float) and np.isnan(value))
+        else f"{value:g}"
+        if isinstance(value, float)
+        else str(value)
+    )
 
 
 def _text(row: pd.Series | dict) -> str:
     prompt, response = row.get("prompt"), row.get("response")
     prompt = "" if prompt is None or (isinstance(prompt, float) and np.isnan(prompt)) else str(prompt)
-    response = "" if response is None or (isinstance(response, float) and np.isnan(response)) else str(response)
+    response = (
+        "" if response is None or (isinstance(response, float) and np.isnan(response)) else str(response)
+    )
     return f"{prompt.strip()}\n--- response ---\n{response.strip()}" if prompt else response
 
 
@@ -46,9 +53,13 @@ class AttributionData:
         """The dataset that holds most of these ids (train and targets may share id spaces)."""
         wanted = set(ids.astype(str))
         if examples.empty or not wanted:
-            return pd.DataFrame(columns=["example_id", "dataset", "domain", "difficulty", "prompt", "response"])
-        best = max(examples["dataset"].unique(),
-                   key=lambda d: examples.loc[examples["dataset"] == d, "example_id"].isin(wanted).sum())
+            return pd.DataFrame(
+                columns=["example_id", "dataset", "domain", "difficulty", "prompt", "response"]
+            )
+        best = max(
+            examples["dataset"].unique(),
+            key=lambda d: examples.loc[examples["dataset"] == d, "example_id"].isin(wanted).sum(),
+        )
         side = examples[(examples["dataset"] == best) & examples["example_id"].isin(wanted)]
         return side.drop_duplicates("example_id").set_index("example_id", drop=False)
 
@@ -60,11 +71,20 @@ class AttributionData:
         return groups
 
     def joined(self) -> pd.DataFrame:
-        frame = self.scores.merge(self.train[["domain", "difficulty"]].rename(
-            columns={"domain": "train_domain", "difficulty": "train_difficulty"}),
-            left_on="train_id", right_index=True, how="left")
-        return frame.merge(self.targets[["domain"]].rename(columns={"domain": "target_domain"}),
-                           left_on="target_id", right_index=True, how="left")
+        frame = self.scores.merge(
+            self.train[["domain", "difficulty"]].rename(
+                columns={"domain": "train_domain", "difficulty": "train_difficulty"}
+            ),
+            left_on="train_id",
+            right_index=True,
+            how="left",
+        )
+        return frame.merge(
+            self.targets[["domain"]].rename(columns={"domain": "target_domain"}),
+            left_on="target_id",
+            right_index=True,
+            how="left",
+        )
 
 
 def distributions(data: AttributionData) -> h.Section:
@@ -80,17 +100,40 @@ def distributions(data: AttributionData) -> h.Section:
     colours = colormaps["tab10"](np.arange(len(groups)) % 10)
     for colour, (name, ids) in zip(colours, groups.items(), strict=True):
         values = scores.loc[scores["target_id"].isin(ids), "score"].to_numpy()
-        ax.hist(np.clip(values, lo, hi), bins=60, range=(lo, hi), histtype="step", density=True, lw=1.6,
-                color=colour, label=f"{name} ({len(ids)} targets)")
-        rows.append({"target group": name, "targets": len(ids), "pairs": len(values), "mean": values.mean(),
-                     "std": values.std(), "p5": np.quantile(values, 0.05), "median": np.median(values),
-                     "p95": np.quantile(values, 0.95), "share > 0": float((values > 0).mean())})
+        ax.hist(
+            np.clip(values, lo, hi),
+            bins=60,
+            range=(lo, hi),
+            histtype="step",
+            density=True,
+            lw=1.6,
+            color=colour,
+            label=f"{name} ({len(ids)} targets)",
+        )
+        rows.append(
+            {
+                "target group": name,
+                "targets": len(ids),
+                "pairs": len(values),
+                "mean": values.mean(),
+                "std": values.std(),
+                "p5": np.quantile(values, 0.05),
+                "median": np.median(values),
+                "p95": np.quantile(values, 0.95),
+                "share > 0": float((values > 0).mean()),
+            }
+        )
     ax.axvline(0, color="#555", lw=0.8, ls="--")
     ax.set_xlabel("influence score (train example on target); > 0 helps")
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
-    section.add(h.figure_html(fig, "Distribution of scores of every (train, target) pair, per target group "
-                                   "(clipped to the 0.5-99.5 percentile range)"))
+    section.add(
+        h.figure_html(
+            fig,
+            "Distribution of scores of every (train, target) pair, per target group "
+            "(clipped to the 0.5-99.5 percentile range)",
+        )
+    )
     section.add(h.table(pd.DataFrame(rows)))
     return section
 
@@ -99,10 +142,15 @@ def heatmap(data: AttributionData) -> h.Section | None:
     frame = data.joined()
     if frame["train_domain"].isna().all() or frame["target_domain"].isna().all():
         return None
-    frame["row"] = frame["train_domain"].map(_label) + " · difficulty " + frame["train_difficulty"].map(_label)
+    frame["row"] = (
+        frame["train_domain"].map(_label) + " · difficulty " + frame["train_difficulty"].map(_label)
+    )
     frame["col"] = frame["target_domain"].map(_label)
-    order = frame[["train_domain", "train_difficulty", "row"]].drop_duplicates().sort_values(
-        ["train_domain", "train_difficulty"], na_position="last")["row"]
+    order = (
+        frame[["train_domain", "train_difficulty", "row"]]
+        .drop_duplicates()
+        .sort_values(["train_domain", "train_difficulty"], na_position="last")["row"]
+    )
     table = frame.pivot_table(index="row", columns="col", values="score", aggfunc="mean").reindex(order)
     counts = frame.drop_duplicates(["train_id"]).groupby("row").size().reindex(order)
     values = table.to_numpy(dtype=np.float64)
@@ -119,7 +167,9 @@ def heatmap(data: AttributionData) -> h.Section | None:
                 ax.text(j, i, h.fmt(values[i, j]), ha="center", va="center", fontsize=7, color=ink)
     fig.colorbar(image, ax=ax, label="mean influence")
     section = h.Section("Mean influence: (train domain, difficulty) x target domain")
-    section.add(h.figure_html(fig, "Mean score over all (train, target) pairs in each cell; blue helps, red hurts"))
+    section.add(
+        h.figure_html(fig, "Mean score over all (train, target) pairs in each cell; blue helps, red hurts")
+    )
     return section
 
 
@@ -132,9 +182,15 @@ def _example_rows(data: AttributionData, ranked: pd.Series, label: str = "score"
     rows = []
     for train_id, score in ranked.items():
         info = data.train.loc[train_id] if train_id in data.train.index else {}
-        rows.append({"train example": train_id, "domain": _label(info.get("domain")) if len(info) else "",
-                     "difficulty": info.get("difficulty") if len(info) else None, label: score,
-                     "text": _text(info) if len(info) else ""})
+        rows.append(
+            {
+                "train example": train_id,
+                "domain": _label(info.get("domain")) if len(info) else "",
+                "difficulty": info.get("difficulty") if len(info) else None,
+                label: score,
+                "text": _text(info) if len(info) else "",
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -142,19 +198,25 @@ def helpful_harmful(data: AttributionData) -> h.Section:
     section = h.Section("Most helpful and most harmful training examples")
     for k, (name, ids) in enumerate(data.target_groups().items()):
         top, bottom = _ranked(data, ids, TOP_K)
-        body = ("<p>most helpful (highest mean score)</p>"
-                + h.table(_example_rows(data, top, "mean score"), text_columns=("text",))
-                + "<p>most harmful (lowest mean score)</p>"
-                + h.table(_example_rows(data, bottom, "mean score"), text_columns=("text",)))
+        body = (
+            "<p>most helpful (highest mean score)</p>"
+            + h.table(_example_rows(data, top, "mean score"), text_columns=("text",))
+            + "<p>most harmful (lowest mean score)</p>"
+            + h.table(_example_rows(data, bottom, "mean score"), text_columns=("text",))
+        )
         section.add(h.details(f"target group {name} ({len(ids)} targets)", body, open_=k == 0))
     targets = list(data.targets.index) or sorted(data.scores["target_id"].unique())
     parts = []
     for target_id in targets[:MAX_TARGETS]:
         top, bottom = _ranked(data, [target_id], PER_TARGET_K)
         info = data.targets.loc[target_id] if target_id in data.targets.index else None
-        body = (h.text_block(_text(info), 800) if info is not None else "") + \
-            "<p>most helpful</p>" + h.table(_example_rows(data, top), text_columns=("text",)) + \
-            "<p>most harmful</p>" + h.table(_example_rows(data, bottom), text_columns=("text",))
+        body = (
+            (h.text_block(_text(info), 800) if info is not None else "")
+            + "<p>most helpful</p>"
+            + h.table(_example_rows(data, top), text_columns=("text",))
+            + "<p>most harmful</p>"
+            + h.table(_example_rows(data, bottom), text_columns=("text",))
+        )
         domain = f" ({_label(info['domain'])})" if info is not None else ""
         parts.append(h.details(f"target {target_id}{domain}", body))
     section.add("<h4>per target</h4>", *parts)
@@ -171,29 +233,44 @@ def _keys(frame: pd.DataFrame) -> list[str]:
 
 def token_heatmaps(data: AttributionData) -> h.Section | None:
     view, run_id = data.view, data.run_id
-    totals = view.q("SELECT target_id, train_id, sum(score) AS score, count(*) AS tokens FROM token_scores "
-                    "WHERE run_id = ? GROUP BY ALL", [run_id])
+    totals = view.q(
+        "SELECT target_id, train_id, sum(score) AS score, count(*) AS tokens FROM token_scores "
+        "WHERE run_id = ? GROUP BY ALL",
+        [run_id],
+    )
     if totals.empty:
         return None
     section = h.Section("Token heatmaps: training text coloured by each token's influence")
-    section.add(h.note("Each token's background is its influence on the target group (hover for the value). "
-                       "A training example's token scores sum to its example score."))
+    section.add(
+        h.note(
+            "Each token's background is its influence on the target group (hover for the value). "
+            "A training example's token scores sum to its example score."
+        )
+    )
     for key in _keys(totals):
         own = totals[totals["target_id"] == key].set_index("train_id")["score"]
-        chosen = list(dict.fromkeys([*own.nlargest(TOKEN_EXAMPLES).index, *own.nsmallest(TOKEN_EXAMPLES).index]))
-        tokens = view.q("SELECT train_id, position, token, score FROM token_scores WHERE run_id = ? AND "
-                        "target_id = ? AND list_contains(?, train_id) ORDER BY train_id, position",
-                        [run_id, key, chosen])
+        chosen = list(
+            dict.fromkeys([*own.nlargest(TOKEN_EXAMPLES).index, *own.nsmallest(TOKEN_EXAMPLES).index])
+        )
+        tokens = view.q(
+            "SELECT train_id, position, token, score FROM token_scores WHERE run_id = ? AND "
+            "target_id = ? AND list_contains(?, train_id) ORDER BY train_id, position",
+            [run_id, key, chosen],
+        )
         limit = h.diverging_limit(tokens["score"].to_numpy())
         section.add(f"<h4>target {h.esc(key)}</h4>", h.colour_scale(limit, f"token influence on {key}"))
         for train_id in chosen:
             rows = tokens[tokens["train_id"] == train_id]
             kind = "helps" if own[train_id] > 0 else "hurts"
             domain = _label(data.train.loc[train_id, "domain"]) if train_id in data.train.index else ""
-            rank = "among the highest" if train_id in own.nlargest(TOKEN_EXAMPLES).index else "among the lowest"
-            section.add(f"<p><b>{h.esc(train_id)}</b> ({h.esc(domain)}) {kind}: total "
-                        f"{h.esc(h.fmt(own[train_id]))} over {len(rows)} response tokens, {rank}</p>",
-                        h.token_heatmap(rows["token"].fillna("").tolist(), rows["score"].to_numpy(), limit))
+            rank = (
+                "among the highest" if train_id in own.nlargest(TOKEN_EXAMPLES).index else "among the lowest"
+            )
+            section.add(
+                f"<p><b>{h.esc(train_id)}</b> ({h.esc(domain)}) {kind}: total "
+                f"{h.esc(h.fmt(own[train_id]))} over {len(rows)} response tokens, {rank}</p>",
+                h.token_heatmap(rows["token"].fillna("").tolist(), rows["score"].to_numpy(), limit),
+            )
     return section
 
 
@@ -204,11 +281,19 @@ def top_segments(data: AttributionData, k: int = 8) -> h.Section | None:
     section = h.Section("Top segments (reasoning steps / lines of training responses)")
     for key in _keys(segments):
         own = segments[segments["target_id"] == key]
-        for title, picked in (("most helpful", own.nlargest(k, "score")), ("most harmful", own.nsmallest(k, "score"))):
-            frame = picked.assign(domain=picked["train_id"].map(
-                lambda t: _label(data.train.loc[t, "domain"]) if t in data.train.index else ""))
-            section.add(f"<h4>{title} segments for target {h.esc(key)}</h4>",
-                        h.table(frame[["train_id", "domain", "segment", "score", "text"]], text_columns=("text",)))
+        for title, picked in (
+            ("most helpful", own.nlargest(k, "score")),
+            ("most harmful", own.nsmallest(k, "score")),
+        ):
+            frame = picked.assign(
+                domain=picked["train_id"].map(
+                    lambda t: _label(data.train.loc[t, "domain"]) if t in data.train.index else ""
+                )
+            )
+            section.add(
+                f"<h4>{title} segments for target {h.esc(key)}</h4>",
+                h.table(frame[["train_id", "domain", "segment", "score", "text"]], text_columns=("text",)),
+            )
     return section
 
 
@@ -217,17 +302,30 @@ def sections(view: LakeView, record: dict) -> list[h.Section]:
     if data.scores.empty:
         return [h.Section("Scores").add(h.note("This run wrote no scores."))]
     level = record.get("params", {}).get("level", "example") if isinstance(record.get("params"), dict) else ""
-    found = [distributions(data), heatmap(data), helpful_harmful(data), token_heatmaps(data), top_segments(data)]
+    found = [
+        distributions(data),
+        heatmap(data),
+        helpful_harmful(data),
+        token_heatmaps(data),
+        top_segments(data),
+    ]
     out = [s for s in found if s is not None]
     if level == "example":
-        out.append(h.Section("Segments and tokens").add(
-            h.note("This is an example-level run: rerun attribution with level segment or token for the "
-                   "token heatmap and the top segments.")))
+        out.append(
+            h.Section("Segments and tokens").add(
+                h.note(
+                    "This is an example-level run: rerun attribution with level segment or token for the "
+                    "token heatmap and the top segments."
+                )
+            )
+        )
     return out
 
 
 def summary(view: LakeView, record: dict, counts: dict[str, int]) -> str:
     params = record.get("params") if isinstance(record.get("params"), dict) else {}
-    return (f"Attribution with {record['method']} at {params.get('level', '?')} level: "
-            f"{counts.get('scores', 0)} (train, target) scores, {counts.get('segment_scores', 0)} segment "
-            f"and {counts.get('token_scores', 0)} token rows. Positive scores help the target.")
+    return (
+        f"Attribution with {record['method']} at {params.get('level', '?')} level: "
+        f"{counts.get('scores', 0)} (train, target) scores, {counts.get('segment_scores', 0)} segment "
+        f"and {counts.get('token_scores', 0)} token rows. Positive scores help the target."
+    )

@@ -58,8 +58,13 @@ def mixture(view: LakeView, record: dict) -> h.Section | None:
     if not pool.empty and not draws.empty and by != "domain":  # mix records pool and draws of its groups
         fig = h.figure(9, 1.4 + 0.45 * len(pool))
         _share_chart(fig.add_subplot(), pool, draws, f"by {by}: pool vs draws")
-        section.add(h.figure_html(fig, f"Groups by {by}: share of each in the pool the stage started from and in "
-                                       "what it drew (copies)"))
+        section.add(
+            h.figure_html(
+                fig,
+                f"Groups by {by}: share of each in the pool the stage started from and in "
+                "what it drew (copies)",
+            )
+        )
     before = view.dataset_examples(input_versions(record.get("inputs")))
     after = weights.merge(view.examples_by_id(weights), on=["dataset", "example_id"], how="left")
     after["mass"] = after["weight"].fillna(0) * after["copies"].fillna(0)
@@ -71,15 +76,31 @@ def mixture(view: LakeView, record: dict) -> h.Section | None:
     axes = np.atleast_1d(axes)
     rows = []
     for ax, (column, label) in zip(axes, panels, strict=True):
-        b = before.groupby(before[column].map(_group_text)).size() if not before.empty else pd.Series(dtype=float)
+        b = (
+            before.groupby(before[column].map(_group_text)).size()
+            if not before.empty
+            else pd.Series(dtype=float)
+        )
         a = after.groupby(after[column].map(_group_text))["mass"].sum()
         _share_chart(ax, b, a, f"by {label}")
         for group in dict.fromkeys([*b.index, *a.index]):
-            rows.append({"by": label, "group": group, "examples before": float(b.get(group, 0)),
-                         "weight x copies after": float(a.get(group, 0))})
+            rows.append(
+                {
+                    "by": label,
+                    "group": group,
+                    "examples before": float(b.get(group, 0)),
+                    "weight x copies after": float(a.get(group, 0)),
+                }
+            )
     what = ", ".join(input_versions(record.get("inputs"))) or "its inputs"
-    section.add(h.figure_html(fig, f"Before: the examples of {what} (each once). After: the sum of weight x "
-                                   "copies this run gives them"), h.table(pd.DataFrame(rows)))
+    section.add(
+        h.figure_html(
+            fig,
+            f"Before: the examples of {what} (each once). After: the sum of weight x "
+            "copies this run gives them",
+        ),
+        h.table(pd.DataFrame(rows)),
+    )
     if weights["weight"].nunique() > 1:
         fig = h.figure(9, 2.8)
         ax = fig.add_subplot()
@@ -96,7 +117,9 @@ def dart(view: LakeView, record: dict) -> h.Section | None:
     if samples.empty:
         return None
     section = h.Section("DART: trials and correct responses against difficulty")
-    per_query = samples.groupby("query_id").agg(trials=("trial", "size"), correct=("correct", "sum")).reset_index()
+    per_query = (
+        samples.groupby("query_id").agg(trials=("trial", "size"), correct=("correct", "sum")).reset_index()
+    )
     per_query["correct"] = per_query["correct"].astype(int)
     if "dataset" in samples.columns:
         keys = samples[["query_id", "dataset"]].drop_duplicates("query_id")
@@ -105,11 +128,18 @@ def dart(view: LakeView, record: dict) -> h.Section | None:
     else:
         info = view.dataset_examples(input_versions(record.get("inputs")))
     info = info.drop_duplicates("example_id").rename(columns={"example_id": "query_id"})
-    per_query = per_query.merge(info[["query_id", "domain", "difficulty", "prompt"]], on="query_id", how="left")
+    per_query = per_query.merge(
+        info[["query_id", "domain", "difficulty", "prompt"]], on="query_id", how="left"
+    )
     labels = view.rows("labels", run_id, "example_id, name, value", "name = 'dart_difficulty'")
     if not labels.empty:
-        per_query = per_query.merge(labels.rename(columns={"example_id": "query_id", "value": "measured"})
-                                    [["query_id", "measured"]].drop_duplicates("query_id"), on="query_id", how="left")
+        per_query = per_query.merge(
+            labels.rename(columns={"example_id": "query_id", "value": "measured"})[
+                ["query_id", "measured"]
+            ].drop_duplicates("query_id"),
+            on="query_id",
+            how="left",
+        )
     uncovered = per_query[per_query["correct"] == 0]
     has_measured = "measured" in per_query and per_query["measured"].notna().any()
     fig = h.figure(10, 3.8)
@@ -121,8 +151,14 @@ def dart(view: LakeView, record: dict) -> h.Section | None:
     ax = axes[0]
     ax.scatter(x, per_query["trials"], s=14, color="#9aa7b8", label="trials")
     ax.scatter(x[covered], per_query["correct"][covered], s=14, color="#1d6fb8", marker="x", label="correct")
-    ax.scatter(x[~covered], per_query["trials"][~covered], s=30, facecolors="none", edgecolors="#c0392b",
-               label="uncovered")
+    ax.scatter(
+        x[~covered],
+        per_query["trials"][~covered],
+        s=30,
+        facecolors="none",
+        edgecolors="#c0392b",
+        label="uncovered",
+    )
     ax.set_xlabel("difficulty level of the query (-1: none)")
     ax.set_ylabel("responses per query")
     ax.legend(fontsize=8)
@@ -139,21 +175,45 @@ def dart(view: LakeView, record: dict) -> h.Section | None:
         ax.scatter(per_query["measured"], per_query["correct"], s=14, color="#1d6fb8")
         ax.set_xlabel("measured difficulty (dart_difficulty)")
         ax.set_ylabel("correct responses")
-    section.add(h.figure_html(fig, f"{len(per_query)} queries, {len(samples)} trials, "
-                                   f"{int(per_query['correct'].sum())} correct, {len(uncovered)} uncovered"))
-    by_level = per_query.groupby(level.map(_group_text)).agg(
-        queries=("query_id", "size"), trials=("trials", "sum"), correct=("correct", "sum"),
-        uncovered=("correct", lambda c: int((c == 0).sum()))).reset_index().rename(columns={"difficulty": "level"})
+    section.add(
+        h.figure_html(
+            fig,
+            f"{len(per_query)} queries, {len(samples)} trials, "
+            f"{int(per_query['correct'].sum())} correct, {len(uncovered)} uncovered",
+        )
+    )
+    by_level = (
+        per_query.groupby(level.map(_group_text))
+        .agg(
+            queries=("query_id", "size"),
+            trials=("trials", "sum"),
+            correct=("correct", "sum"),
+            uncovered=("correct", lambda c: int((c == 0).sum())),
+        )
+        .reset_index()
+        .rename(columns={"difficulty": "level"})
+    )
     section.add(h.table(by_level))
     if "verdict" in samples.columns:
-        verdicts = samples["verdict"].fillna("(none)").value_counts().rename_axis("verdict").reset_index(name="trials")
+        verdicts = (
+            samples["verdict"]
+            .fillna("(none)")
+            .value_counts()
+            .rename_axis("verdict")
+            .reset_index(name="trials")
+        )
         section.add(h.details("verdicts", h.table(verdicts)))
     if uncovered.empty:
         section.add(h.note("Every query has at least one correct response (no uncovered queries)."))
     else:
-        section.add(f"<h4>Uncovered queries ({len(uncovered)}): no correct response in their trials</h4>",
-                    h.table(uncovered[["query_id", "domain", "difficulty", "trials", "prompt"]], max_rows=100,
-                            text_columns=("prompt",)))
+        section.add(
+            f"<h4>Uncovered queries ({len(uncovered)}): no correct response in their trials</h4>",
+            h.table(
+                uncovered[["query_id", "domain", "difficulty", "trials", "prompt"]],
+                max_rows=100,
+                text_columns=("prompt",),
+            ),
+        )
     return section
 
 
@@ -167,8 +227,14 @@ def schedule(view: LakeView, record: dict) -> h.Section | None:
     ax = fig.add_subplot()
     colours = colormaps["tab20"](np.arange(wide.shape[1]) % 20)
     # Probabilities hold from one step to the next: draw steps, not slopes between them.
-    ax.stackplot(wide.index, wide.to_numpy().T, labels=[str(c) for c in wide.columns], colors=colours, alpha=0.9,
-                 step="post")
+    ax.stackplot(
+        wide.index,
+        wide.to_numpy().T,
+        labels=[str(c) for c in wide.columns],
+        colors=colours,
+        alpha=0.9,
+        step="post",
+    )
     ax.set_xlabel("training step")
     ax.set_ylabel("sampling probability")
     ax.set_ylim(0, 1)
@@ -210,8 +276,10 @@ def _projection(view: LakeView, points: pd.DataFrame) -> tuple[np.ndarray, str]:
         table, column = found
         view._con.register("_report_points", points[["dataset", "example_id"]])
         try:
-            vectors = view.q(f"SELECT p.example_id, any_value(t.{column}) AS v FROM _report_points p JOIN {table} t "
-                             "ON t.example_id = p.example_id GROUP BY ALL")
+            vectors = view.q(
+                f"SELECT p.example_id, any_value(t.{column}) AS v FROM _report_points p JOIN {table} t "
+                "ON t.example_id = p.example_id GROUP BY ALL"
+            )
         finally:
             view._con.unregister("_report_points")
         if len(vectors) == len(points):
@@ -253,16 +321,27 @@ def ppp(view: LakeView, record: dict) -> h.Section | None:
         for domain, marker in markers.items():
             mask = ((shown["cluster"] == cluster) & (shown["domain"] == domain)).to_numpy()
             if mask.any():
-                right.scatter(xy[mask, 0], xy[mask, 1], s=14, marker=marker, color=colours(k % colours.N), alpha=0.8)
+                right.scatter(
+                    xy[mask, 0], xy[mask, 1], s=14, marker=marker, color=colours(k % colours.N), alpha=0.8
+                )
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], ls="", marker="o", color=colours(k % colours.N), label=f"cluster {c}")
-               for k, c in enumerate(clusters)]
-    handles += [Line2D([], [], ls="", marker=m, color="#555", label=f"domain {d}") for d, m in markers.items()]
+    handles = [
+        Line2D([], [], ls="", marker="o", color=colours(k % colours.N), label=f"cluster {c}")
+        for k, c in enumerate(clusters)
+    ]
+    handles += [
+        Line2D([], [], ls="", marker=m, color="#555", label=f"domain {d}") for d, m in markers.items()
+    ]
     right.legend(handles=handles, fontsize=7, ncols=2)
     right.set_title(f"2-D projection ({how.split(' of ')[0]}); marker = domain", fontsize=10)
-    section.add(h.figure_html(fig, f"{len(points)} examples in {len(clusters)} clusters. Projection: {how}; "
-                                   f"markers: {', '.join(f'{m} {d}' for d, m in markers.items())}"))
+    section.add(
+        h.figure_html(
+            fig,
+            f"{len(points)} examples in {len(clusters)} clusters. Projection: {how}; "
+            f"markers: {', '.join(f'{m} {d}' for d, m in markers.items())}",
+        )
+    )
     section.add(h.table(sizes.assign(total=sizes.sum(axis=1)).reset_index()))
     return section
 
@@ -279,7 +358,9 @@ def _outcome_labels(view: LakeView, record: dict, pairs: pd.DataFrame) -> tuple[
     for name, frame in own.groupby("name"):
         values = frame["value"].dropna()
         if values.nunique() >= 2 and np.allclose(values, np.round(values)):
-            rank = next((i for i, hint in enumerate(OUTCOME_HINTS) if hint in str(name).lower()), len(OUTCOME_HINTS))
+            rank = next(
+                (i for i, hint in enumerate(OUTCOME_HINTS) if hint in str(name).lower()), len(OUTCOME_HINTS)
+            )
             candidates.append((rank, frame, f"label {name} of this run"))
     if candidates:
         _, frame, where = min(candidates, key=lambda c: c[0])
@@ -304,14 +385,24 @@ def presto(view: LakeView, record: dict) -> h.Section | None:
     fig = h.figure(10, 3.8)
     if outcome is not None:
         frame, where = outcome
-        joined = p_rare.merge(frame[["dataset", "example_id", "value"]].rename(columns={"value": "y"}),
-                              on=["dataset", "example_id"], how="inner")
+        joined = p_rare.merge(
+            frame[["dataset", "example_id", "value"]].rename(columns={"value": "y"}),
+            on=["dataset", "example_id"],
+            how="inner",
+        )
         rarest = joined["y"].max()
         joined["rare"] = (joined["y"] == rarest).astype(float)
         edges = np.unique(np.quantile(joined["value"], np.linspace(0, 1, 11)))
-        bins = pd.cut(joined["value"], edges, include_lowest=True) if len(edges) > 1 else pd.Series(0, joined.index)
-        table = joined.groupby(bins, observed=True).agg(examples=("rare", "size"), predicted=("value", "mean"),
-                                                        observed=("rare", "mean")).reset_index(drop=True)
+        bins = (
+            pd.cut(joined["value"], edges, include_lowest=True)
+            if len(edges) > 1
+            else pd.Series(0, joined.index)
+        )
+        table = (
+            joined.groupby(bins, observed=True)
+            .agg(examples=("rare", "size"), predicted=("value", "mean"), observed=("rare", "mean"))
+            .reset_index(drop=True)
+        )
         left, right = fig.subplots(1, 2)
         left.plot([0, 1], [0, 1], color="#888", ls="--", lw=1, label="perfect calibration")
         left.plot(table["predicted"], table["observed"], "o-", color="#1d6fb8", label="PRESTO")
@@ -322,13 +413,17 @@ def presto(view: LakeView, record: dict) -> h.Section | None:
         left.legend(fontsize=8)
         left.set_title("calibration (quantile bins)", fontsize=10)
         brier = float(((joined["value"] - joined["rare"]) ** 2).mean())
-        caption = (f"{len(joined)} examples; the rarest outcome is class {rarest:g} of {where} "
-                   f"({int(joined['rare'].sum())} examples); Brier score {brier:.4f}")
+        caption = (
+            f"{len(joined)} examples; the rarest outcome is class {rarest:g} of {where} "
+            f"({int(joined['rare'].sum())} examples); Brier score {brier:.4f}"
+        )
     else:
         right = fig.add_subplot()
         table = None
-        caption = (f"{len(p_rare)} examples. No observed outcome per example was found (another whole-number "
-                   "label of this run, or a label named in its parameters), so no calibration curve is drawn.")
+        caption = (
+            f"{len(p_rare)} examples. No observed outcome per example was found (another whole-number "
+            "label of this run, or a label named in its parameters), so no calibration curve is drawn."
+        )
     right.hist(p_rare["value"], bins=40, color="#1d6fb8")
     right.set_xlabel("P(rarest outcome)")
     right.set_ylabel("examples")
@@ -340,7 +435,9 @@ def presto(view: LakeView, record: dict) -> h.Section | None:
 
 
 def other_labels(view: LakeView, record: dict) -> h.Section | None:
-    labels = view.rows("labels", record["run_id"], "name, value", "name NOT IN (?, ?)", [PPP_LABEL, PRESTO_LABEL])
+    labels = view.rows(
+        "labels", record["run_id"], "name, value", "name NOT IN (?, ?)", [PPP_LABEL, PRESTO_LABEL]
+    )
     if labels.empty:
         return None
     names = sorted(labels["name"].unique())
@@ -353,19 +450,30 @@ def other_labels(view: LakeView, record: dict) -> h.Section | None:
         ax.hist(labels.loc[labels["name"] == name, "value"].dropna(), bins=30, color="#5b8cc0")
         ax.set_title(name, fontsize=8)
         ax.tick_params(labelsize=7)
-    for ax in axes[len(shown):]:
+    for ax in axes[len(shown) :]:
         ax.set_visible(False)
     stats = labels.groupby("name")["value"].agg(["count", "mean", "min", "max"]).reset_index()
     section = h.Section("Labels written")
-    section.add(h.figure_html(fig, f"Distribution of each label ({len(names)} names"
-                                   + (f", first {len(shown)} shown)" if len(names) > len(shown) else ")")),
-                h.table(stats))
+    section.add(
+        h.figure_html(
+            fig,
+            f"Distribution of each label ({len(names)} names"
+            + (f", first {len(shown)} shown)" if len(names) > len(shown) else ")"),
+        ),
+        h.table(stats),
+    )
     return section
 
 
 def sections(view: LakeView, record: dict) -> list[h.Section]:
-    found = [mixture(view, record), dart(view, record), schedule(view, record), ppp(view, record),
-             presto(view, record), other_labels(view, record)]
+    found = [
+        mixture(view, record),
+        dart(view, record),
+        schedule(view, record),
+        ppp(view, record),
+        presto(view, record),
+        other_labels(view, record),
+    ]
     return [s for s in found if s is not None]
 
 

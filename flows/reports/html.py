@@ -113,7 +113,9 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
-def table(frame: pd.DataFrame, max_rows: int = 50, text_columns: Sequence[str] = (), text_limit: int = 600) -> str:
+def table(
+    frame: pd.DataFrame, max_rows: int = 50, text_columns: Sequence[str] = (), text_limit: int = 600
+) -> str:
     """An html table of a frame; `text_columns` become wrapped text blocks, everything is escaped."""
     head = "".join(f"<th>{esc(c)}</th>" for c in frame.columns)
     rows = []
@@ -127,8 +129,11 @@ def table(frame: pd.DataFrame, max_rows: int = 50, text_columns: Sequence[str] =
             else:
                 cells.append(f"<td>{esc(fmt(value))}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    more = note(f"{len(frame) - max_rows} more rows not shown (query the lake for all of them).") \
-        if len(frame) > max_rows else ""
+    more = (
+        note(f"{len(frame) - max_rows} more rows not shown (query the lake for all of them).")
+        if len(frame) > max_rows
+        else ""
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>{more}"
 
 
@@ -156,8 +161,10 @@ def figure_html(fig: Figure, caption: str, alt: str | None = None) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=96)
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return (f'<figure><img alt="{esc(alt or caption)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{esc(caption)}</figcaption></figure>")
+    return (
+        f'<figure><img alt="{esc(alt or caption)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{esc(caption)}</figcaption></figure>"
+    )
 
 
 def diverging_limit(values: np.ndarray, quantile: float = 0.98) -> float:
@@ -169,8 +176,9 @@ def diverging_limit(values: np.ndarray, quantile: float = 0.98) -> float:
     return limit if limit > 0 else (float(finite.max()) or 1.0)
 
 
-def token_heatmap(tokens: Sequence[str], scores: Sequence[float], limit: float | None = None,
-                  cmap: str = INFLUENCE_CMAP) -> str:
+def token_heatmap(
+    tokens: Sequence[str], scores: Sequence[float], limit: float | None = None, cmap: str = INFLUENCE_CMAP
+) -> str:
     """Text with each token's background coloured by its score (escaped; the score is in the tooltip)."""
     values = np.asarray(scores, dtype=np.float64)
     limit = limit or diverging_limit(values)
@@ -179,8 +187,10 @@ def token_heatmap(tokens: Sequence[str], scores: Sequence[float], limit: float |
     for token, value, rgba in zip(tokens, values, colours, strict=True):
         luminance = 0.2126 * rgba[0] + 0.7152 * rgba[1] + 0.0722 * rgba[2]
         ink = "#000" if luminance > 0.5 else "#fff"
-        spans.append(f'<span style="background:{to_hex(rgba)};color:{ink}" title="{esc(fmt(value))}">'
-                     f"{esc(token)}</span>")
+        spans.append(
+            f'<span style="background:{to_hex(rgba)};color:{ink}" title="{esc(fmt(value))}">'
+            f"{esc(token)}</span>"
+        )
     return f'<div class="tokens">{"".join(spans)}</div>'
 
 
@@ -208,16 +218,18 @@ class RunReport:
     def html(self, heading_link: str | None = None) -> str:
         link = f' <a class="pill" href="{esc(heading_link)}">own page</a>' if heading_link else ""
         body = "\n".join(s.html() for s in self.sections)
-        return (f'<section class="run" id="{esc(anchor(self.run_id))}"><h2>{esc(self.title)}{link}</h2>'
-                f"{note(self.summary)}\n{body}</section>")
+        return (
+            f'<section class="run" id="{esc(anchor(self.run_id))}"><h2>{esc(self.title)}{link}</h2>'
+            f"{note(self.summary)}\n{body}</section>"
+        )
 
 
 def page(title: str, subtitle: str, body: str) -> str:
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
         # Nothing is fetched: no scripts, styles inline, images are data URIs.
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
         "img-src data:; style-src 'unsafe-inline'\">"
         f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
         f'<header class="page"><h1>{esc(title)}</h1><p>{esc(subtitle)}</p></header>'

@@ -69,14 +69,18 @@ class LakeView:
 
     def counts(self, run_id: str) -> dict[str, int]:
         """Rows the run wrote to each table (complete runs; zero-row tables left out)."""
-        union = " UNION ALL ".join(f"SELECT '{t}' AS name, count(*) AS n FROM {t} WHERE run_id = $1"
-                                   for t in self.tables if t != "examples")
+        union = " UNION ALL ".join(
+            f"SELECT '{t}' AS name, count(*) AS n FROM {t} WHERE run_id = $1"
+            for t in self.tables
+            if t != "examples"
+        )
         union += " UNION ALL SELECT 'examples' AS name, count(*) AS n FROM examples_all WHERE run_id = $1"
         frame = self.q(union, [run_id])
         return {str(r.name): int(r.n) for r in frame.itertuples(index=False) if r.n}
 
-    def rows(self, table: str, run_id: str, columns: str = "*", where: str = "", params: list | None = None
-             ) -> pd.DataFrame:
+    def rows(
+        self, table: str, run_id: str, columns: str = "*", where: str = "", params: list | None = None
+    ) -> pd.DataFrame:
         if table not in self.tables:
             return pd.DataFrame()
         view = "examples_all" if table == "examples" else table
@@ -91,13 +95,21 @@ class LakeView:
         """Examples of the given dataset versions (a version that is gone falls back to the latest)."""
         frames = []
         for dataset, version in versions.items():
-            frame = self.q(f"SELECT {EXAMPLE_COLUMNS} FROM examples_all WHERE dataset = ? AND version = ? "
-                           "ORDER BY row_index", [dataset, str(version)])
+            frame = self.q(
+                f"SELECT {EXAMPLE_COLUMNS} FROM examples_all WHERE dataset = ? AND version = ? "
+                "ORDER BY row_index",
+                [dataset, str(version)],
+            )
             if frame.empty:
-                frame = self.q(f"SELECT {EXAMPLE_COLUMNS} FROM examples WHERE dataset = ? ORDER BY row_index",
-                               [dataset])
+                frame = self.q(
+                    f"SELECT {EXAMPLE_COLUMNS} FROM examples WHERE dataset = ? ORDER BY row_index", [dataset]
+                )
             frames.append(frame)
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=EXAMPLE_COLUMNS.split(", "))
+        return (
+            pd.concat(frames, ignore_index=True)
+            if frames
+            else pd.DataFrame(columns=EXAMPLE_COLUMNS.split(", "))
+        )
 
     def examples_by_id(self, pairs: pd.DataFrame) -> pd.DataFrame:
         """Examples for (dataset, example_id) rows: latest version of each dataset, else any version."""
@@ -111,7 +123,8 @@ class LakeView:
                 "JOIN _report_keys k ON e.dataset = k.dataset AND e.example_id = k.example_id "
                 "LEFT JOIN datasets d ON d.dataset = e.dataset "
                 "QUALIFY row_number() OVER (PARTITION BY e.dataset, e.example_id "
-                "ORDER BY (e.version = d.version) DESC, e.run_id DESC) = 1")
+                "ORDER BY (e.version = d.version) DESC, e.run_id DESC) = 1"
+            )
         finally:
             self._con.unregister("_report_keys")
         return found

@@ -22,15 +22,23 @@ def _when(value) -> str:
 
 def overview(view: LakeView, record: dict, counts: dict[str, int], link: Linker) -> h.Section:
     started, finished = record.get("started_at"), record.get("finished_at")
-    seconds = (pd.Timestamp(finished) - pd.Timestamp(started)).total_seconds() \
-        if started is not None and not pd.isna(finished) else None
-    pairs = [("run", f'<span class="mono">{h.esc(record["run_id"])}</span>'),
-             ("kind / method", h.esc(f"{record['kind']} / {record['method']}")),
-             ("status", h.esc(record["status"])),
-             ("started / finished", h.esc(f"{_when(started)} / {_when(finished)}")
-              + (h.esc(f" ({seconds:.1f} s)") if seconds is not None else "")),
-             ("model", h.esc(record.get("model") or "none")),
-             ("code version", h.esc(record.get("version") or ""))]
+    seconds = (
+        (pd.Timestamp(finished) - pd.Timestamp(started)).total_seconds()
+        if started is not None and not pd.isna(finished)
+        else None
+    )
+    pairs = [
+        ("run", f'<span class="mono">{h.esc(record["run_id"])}</span>'),
+        ("kind / method", h.esc(f"{record['kind']} / {record['method']}")),
+        ("status", h.esc(record["status"])),
+        (
+            "started / finished",
+            h.esc(f"{_when(started)} / {_when(finished)}")
+            + (h.esc(f" ({seconds:.1f} s)") if seconds is not None else ""),
+        ),
+        ("model", h.esc(record.get("model") or "none")),
+        ("code version", h.esc(record.get("version") or "")),
+    ]
     if record.get("error"):
         pairs.append(("error", h.text_block(record["error"])))
     versions = input_versions(record.get("inputs"))
@@ -48,11 +56,17 @@ def overview(view: LakeView, record: dict, counts: dict[str, int], link: Linker)
     written = ", ".join(f"{t} ({n})" for t, n in sorted(counts.items())) or "nothing (yet)"
     pairs.append(("rows written", h.esc(written)))
     section = h.Section("What ran").add(h.key_values(pairs))
-    section.add(h.details("parameters", h.json_block(record.get("params"))),
-                h.details("inputs", h.json_block(record.get("inputs"))))
+    section.add(
+        h.details("parameters", h.json_block(record.get("params"))),
+        h.details("inputs", h.json_block(record.get("inputs"))),
+    )
     if record["status"] != "complete":
-        section.add(h.note(f"This run is {record['status']}: the lake's views show complete runs only, "
-                           "so its rows are not shown below."))
+        section.add(
+            h.note(
+                f"This run is {record['status']}: the lake's views show complete runs only, "
+                "so its rows are not shown below."
+            )
+        )
     return section
 
 
@@ -65,7 +79,9 @@ def metrics_section(view: LakeView, run_id: str, title: str = "Metrics") -> h.Se
 
 def ingest_sections(view: LakeView, record: dict) -> list[h.Section]:
     """An ingested dataset version: examples per domain and difficulty, and a few examples."""
-    examples = view.rows("examples", record["run_id"], "dataset, example_id, domain, difficulty, prompt, response")
+    examples = view.rows(
+        "examples", record["run_id"], "dataset, example_id, domain, difficulty, prompt, response"
+    )
     if examples.empty:
         return []
     dataset = ", ".join(sorted(examples["dataset"].unique()))
@@ -81,12 +97,25 @@ def ingest_sections(view: LakeView, record: dict) -> list[h.Section]:
         ax.barh(counts.index, counts[level], left=bottom, color=colour, label=f"difficulty {level}")
         bottom += counts[level].to_numpy()
     ax.set_xlabel("examples")
-    ax.legend(fontsize=8, ncols=min(6, counts.shape[1]), loc="lower center", bbox_to_anchor=(0.5, 1.0),
-              frameon=False)
+    ax.legend(
+        fontsize=8,
+        ncols=min(6, counts.shape[1]),
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.0),
+        frameon=False,
+    )
     section.add(h.figure_html(fig, f"{len(examples)} examples of {dataset} by domain and difficulty"))
-    section.add(h.table(examples.groupby(domains).size().rename("examples").reset_index()
-                        .rename(columns={"index": "domain"})))
-    sample = examples.groupby(domains, group_keys=False).head(2)[["example_id", "domain", "difficulty",
-                                                                  "prompt", "response"]]
+    section.add(
+        h.table(
+            examples.groupby(domains)
+            .size()
+            .rename("examples")
+            .reset_index()
+            .rename(columns={"index": "domain"})
+        )
+    )
+    sample = examples.groupby(domains, group_keys=False).head(2)[
+        ["example_id", "domain", "difficulty", "prompt", "response"]
+    ]
     section.add(h.details("a few examples", h.table(sample, text_columns=("prompt", "response"))))
     return [section]

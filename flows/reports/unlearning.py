@@ -19,8 +19,14 @@ from matplotlib import colormaps
 from flows.reports import html as h
 from flows.reports.lakeview import LakeView
 
-SPLITS = {"forget": "forget", "retain": "retain", "val": "validation", "validation": "validation",
-          "valid": "validation", "test": "test"}
+SPLITS = {
+    "forget": "forget",
+    "retain": "retain",
+    "val": "validation",
+    "validation": "validation",
+    "valid": "validation",
+    "test": "test",
+}
 SPLIT_ORDER = ["forget", "retain", "validation", "test"]
 STAGE_ORDER = ["before", "after", "retrained", "oracle"]
 
@@ -69,7 +75,9 @@ def klom(metrics: pd.DataFrame) -> h.Section | None:
     frame = parse(metrics, "klom")
     if frame.empty:
         return None
-    order = sorted(frame["series"].unique(), key=lambda s: ({"floor": 0, "run": 1, "ceiling": 2}[_role(s)], s))
+    order = sorted(
+        frame["series"].unique(), key=lambda s: ({"floor": 0, "run": 1, "ceiling": 2}[_role(s)], s)
+    )
     palette = {"floor": "#7fb77e", "ceiling": "#c0392b"}
     runs = [s for s in order if _role(s) == "run"]
 
@@ -79,14 +87,20 @@ def klom(metrics: pd.DataFrame) -> h.Section | None:
             return palette[role]
         return colormaps["Blues"](0.5 + 0.4 * runs.index(series) / max(1, len(runs)))
 
-    return _bars_section(frame, order, colour, "KLoM (lower is closer to retraining)",
-                         "KLoM per split, beside the floor and the ceiling",
-                         "KL divergence of margins between unlearned models and oracles retrained "
-                         "without the forget set. Floor: oracle vs oracle; ceiling: doing nothing.")
+    return _bars_section(
+        frame,
+        order,
+        colour,
+        "KLoM (lower is closer to retraining)",
+        "KLoM per split, beside the floor and the ceiling",
+        "KL divergence of margins between unlearned models and oracles retrained "
+        "without the forget set. Floor: oracle vs oracle; ceiling: doing nothing.",
+    )
 
 
-def _bars_section(frame: pd.DataFrame, order: list[str], colour, ylabel: str, title: str, caption: str
-                  ) -> h.Section:
+def _bars_section(
+    frame: pd.DataFrame, order: list[str], colour, ylabel: str, title: str, caption: str
+) -> h.Section:
     """Grouped bars of value per (series, split), with the same numbers as a table below."""
     fig = h.figure(9, 3.8)
     ax = fig.add_subplot()
@@ -102,17 +116,24 @@ def losses(metrics: pd.DataFrame) -> h.Section | None:
     frame = parse(metrics, "loss")
     if frame.empty:
         return None
-    order = sorted(frame["series"].unique(),
-                   key=lambda s: (next((i for i, w in enumerate(STAGE_ORDER) if w in s.split("_")), 9), s))
+    order = sorted(
+        frame["series"].unique(),
+        key=lambda s: (next((i for i, w in enumerate(STAGE_ORDER) if w in s.split("_")), 9), s),
+    )
     colours = {"before": "#9aa7b8", "after": "#1d6fb8", "retrained": "#7fb77e", "oracle": "#7fb77e"}
 
     def colour(series: str, i: int) -> str:
         word = next((w for w in STAGE_ORDER if w in series.split("_")), None)
         return colours.get(word, colormaps["tab10"](i % 10))
 
-    return _bars_section(frame, order, colour, "mean loss", "Forget and retain loss, before and after unlearning",
-                         "Unlearning should move the forget loss toward the retrained model's while the "
-                         "retain loss holds")
+    return _bars_section(
+        frame,
+        order,
+        colour,
+        "mean loss",
+        "Forget and retain loss, before and after unlearning",
+        "Unlearning should move the forget loss toward the retrained model's while the retain loss holds",
+    )
 
 
 def sections(view: LakeView, record: dict) -> list[h.Section]:
@@ -120,8 +141,13 @@ def sections(view: LakeView, record: dict) -> list[h.Section]:
     found = [klom(metrics), losses(metrics)]
     out = [s for s in found if s is not None]
     if not out:
-        out.append(h.Section("Unlearning").add(h.note(
-            "This run wrote no KLoM or loss metrics naming a split (forget / retain / validation).")))
+        out.append(
+            h.Section("Unlearning").add(
+                h.note(
+                    "This run wrote no KLoM or loss metrics naming a split (forget / retain / validation)."
+                )
+            )
+        )
     return out
 
 

@@ -9,8 +9,12 @@ def test_matches_math_answers_and_exact_responses():
     assert matches("2 + 3 = 5.\nSo the answer is 5.", {"answer": "5", "response": "..."})
     assert not matches("So the answer is 6.", {"answer": "5", "response": "..."})
     assert matches("So the answer is \\boxed{\\frac{1}{2}}", {"answer": "0.5", "response": "..."})
-    assert matches("def f():\n    return 1", {"answer": None, "prompt": "f", "response": "def f():\n    return 1\n"})
-    assert not matches("def f():\n    return 2", {"answer": "", "prompt": "f", "response": "def f():\n    return 1"})
+    assert matches(
+        "def f():\n    return 1", {"answer": None, "prompt": "f", "response": "def f():\n    return 1\n"}
+    )
+    assert not matches(
+        "def f():\n    return 2", {"answer": "", "prompt": "f", "response": "def f():\n    return 1"}
+    )
 
 
 def test_generation_follows_the_sft_prompt(trained_dir, tokenizer, records):

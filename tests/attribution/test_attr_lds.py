@@ -25,8 +25,9 @@ def test_lds_is_one_for_an_exact_linear_datamodel_and_low_for_noise():
 
 def test_causal_lm_retrain_eval_measures_target_log_likelihood(tokenizer, records, targets):
     torch.set_num_threads(1)
-    run = causal_lm_retrain_eval(lambda: make_model(tokenizer), tokenizer, records, targets, max_length=64,
-                                 epochs=2, lr=3e-3)
+    run = causal_lm_retrain_eval(
+        lambda: make_model(tokenizer), tokenizer, records, targets, max_length=64, epochs=2, lr=3e-3
+    )
     full, none = run(np.ones(len(records), bool)), run(np.zeros(len(records), bool))
     assert full.shape == (len(targets),)
     assert full.mean() > none.mean() + 0.5  # training on the data raises the targets' log-likelihood

@@ -22,7 +22,9 @@ def test_every_method_scores_every_pair(trained_dir, records, targets):
     torch.set_num_threads(1)
     for method in ("ekfac", "kfac", "diagonal", "identity", "trak", "gradsim"):
         params = {"proj_dim": 128} if method in ("trak", "gradsim") else None
-        res = attribute(trained_dir, records[:6], targets[:3], method=method, method_params=params, shard_size=4)
+        res = attribute(
+            trained_dir, records[:6], targets[:3], method=method, method_params=params, shard_size=4
+        )
         assert len(res.scores) == 6 * 3, method
         assert set(res.scores.train_id) == {r["example_id"] for r in records[:6]}
         assert np.isfinite(res.scores.score).all() and res.scores.score.abs().sum() > 0, method
@@ -33,24 +35,32 @@ def test_token_level_is_consistent_with_segments_and_examples(token_run, trained
     # example scores at token level equal a plain example-level run
     plain = attribute(trained_dir, records[:10], targets, method="ekfac", shard_size=10)
     merged = res.scores.merge(plain.scores, on=["train_id", "target_id"])
-    np.testing.assert_allclose(merged.score_x, merged.score_y, rtol=1e-3, atol=1e-3 * merged.score_y.abs().max())
+    np.testing.assert_allclose(
+        merged.score_x, merged.score_y, rtol=1e-3, atol=1e-3 * merged.score_y.abs().max()
+    )
     # target groups: all + one per domain
     assert set(res.token_scores.target_id) == {"all", "domain=math", "domain=code"}
     # tokens are the response's own text, in order
     rec = records[0]
-    toks = res.token_scores.query("train_id == @rec['example_id'] and target_id == 'all'").sort_values("position")
+    toks = res.token_scores.query("train_id == @rec['example_id'] and target_id == 'all'").sort_values(
+        "position"
+    )
     assert "".join(toks.token).startswith(rec["response"])
     # a segment's score is the sum of its tokens' scores
     spans = split_segments(rec["response"], "lines")
-    segs = res.segment_scores.query("train_id == @rec['example_id'] and target_id == 'all'").sort_values("segment")
+    segs = res.segment_scores.query("train_id == @rec['example_id'] and target_id == 'all'").sort_values(
+        "segment"
+    )
     assert list(segs.text) == [rec["response"][a:b] for a, b in spans]
     offsets, pos = [], 0
     for t in toks.token:
         offsets.append((pos, pos + len(t)))
         pos += len(t)
-    seg_of = token_segments(np.array(offsets[:len(toks)]), spans)
+    seg_of = token_segments(np.array(offsets[: len(toks)]), spans)
     for g in range(len(spans)):
-        assert segs.score.iloc[g] == pytest.approx(toks.score.to_numpy()[seg_of == g].sum(), rel=1e-6, abs=1e-6)
+        assert segs.score.iloc[g] == pytest.approx(
+            toks.score.to_numpy()[seg_of == g].sum(), rel=1e-6, abs=1e-6
+        )
     # the 'all' group is the mean over targets, per token
     grp = res.token_scores.pivot_table(index=["train_id", "position"], columns="target_id", values="score")
     n_math = sum(t["domain"] == "math" for t in targets)
@@ -59,8 +69,15 @@ def test_token_level_is_consistent_with_segments_and_examples(token_run, trained
 
 
 def test_segment_level_per_target_and_sentences(trained_dir, records, targets):
-    res = attribute(trained_dir, records[:4], targets[:2], method="identity", level="segment",
-                    segmenter="sentences", token_targets="each")
+    res = attribute(
+        trained_dir,
+        records[:4],
+        targets[:2],
+        method="identity",
+        level="segment",
+        segmenter="sentences",
+        token_targets="each",
+    )
     assert res.token_scores is None
     assert set(res.segment_scores.target_id) == {t["example_id"] for t in targets[:2]}
     first = res.segment_scores.query("train_id == @records[0]['example_id']")
@@ -76,14 +93,21 @@ def test_levels_other_than_example_need_per_token_methods():
 
 def test_segments_split_lines_and_sentences():
     text = "First 2 + 3 = 5.\n\nThen 5 * 2 = 10. So 10!\n"
-    assert [text[a:b] for a, b in split_segments(text, "lines")] == ["First 2 + 3 = 5.", "Then 5 * 2 = 10. So 10!"]
+    assert [text[a:b] for a, b in split_segments(text, "lines")] == [
+        "First 2 + 3 = 5.",
+        "Then 5 * 2 = 10. So 10!",
+    ]
     assert [text[a:b] for a, b in split_segments(text, "sentences")] == [
-        "First 2 + 3 = 5.", "Then 5 * 2 = 10.", "So 10!"]
+        "First 2 + 3 = 5.",
+        "Then 5 * 2 = 10.",
+        "So 10!",
+    ]
     other = "a; b"
     assert [other[a:b] for a, b in split_segments(other, r";")] == ["a", "b"]
 
 
 # ---------------------------------------------------------------- plain torch modules
+
 
 def _blobs(n, seed):
     rng = np.random.default_rng(seed)
@@ -112,9 +136,20 @@ def test_plain_mlp_same_class_examples_help_most(mlp_setup, method):
     # TRAK with fewer features than training examples (40 here): above that its kernel is singular, the
     # ridge decides, and on this tiny MLP the sign of the comparison follows the projection's seed.
     params = {"trak": {"proj_dim": 16}, "gradsim": {"proj_dim": 64}}.get(method, {"fisher_samples": 5})
-    res = attribute(model, train, targets, task=classification_task(), method=method, method_params=params,
-                    trak_output=ImageClassificationModelOutput())
-    mat = res.matrix().loc[[str(i) for i in range(len(train))], [str(i) for i in range(len(targets))]].to_numpy()
+    res = attribute(
+        model,
+        train,
+        targets,
+        task=classification_task(),
+        method=method,
+        method_params=params,
+        trak_output=ImageClassificationModelOutput(),
+    )
+    mat = (
+        res.matrix()
+        .loc[[str(i) for i in range(len(train))], [str(i) for i in range(len(targets))]]
+        .to_numpy()
+    )
     same = np.array([[int(tr[1]) == int(tg[1]) for tg in targets] for tr in train])
     assert mat[same].mean() > mat[~same].mean()
 
@@ -141,9 +176,16 @@ def test_plain_sequence_module_token_and_segment_levels():
     items = [(torch.tensor(i), torch.tensor(int(lab))) for i, lab in zip(ids, labels)]
     model = BagOfTokens()
     # only `mix` sees the sequence dimension; the head sees pooled vectors and has no per-token scores
-    res = attribute(model, items, items[:3], task=classification_task(["mix"]), method="ekfac", level="token",
-                    train_tokens=[[vocab[t] for t in row] for row in ids],
-                    method_params={"fisher_samples": 3})
+    res = attribute(
+        model,
+        items,
+        items[:3],
+        task=classification_task(["mix"]),
+        method="ekfac",
+        level="token",
+        train_tokens=[[vocab[t] for t in row] for row in ids],
+        method_params={"fisher_samples": 3},
+    )
     tok = res.token_scores.query("target_id == 'all'").groupby("train_id").score.sum()
     ex = res.scores.groupby("train_id").score.mean()
     pd.testing.assert_series_equal(tok.sort_index(), ex.sort_index(), check_names=False, rtol=1e-4, atol=1e-6)

@@ -30,14 +30,21 @@ def fit_lr(x, y, mask, n_total):
     model = torch.nn.Linear(x.shape[1], 2).double()
     torch.nn.init.zeros_(model.weight)
     torch.nn.init.zeros_(model.bias)
-    opt = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-14,
-                            history_size=50, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        model.parameters(),
+        lr=1,
+        max_iter=500,
+        tolerance_grad=1e-12,
+        tolerance_change=1e-14,
+        history_size=50,
+        line_search_fn="strong_wolfe",
+    )
     xm, ym = x[mask], y[mask]
 
     def closure():
         opt.zero_grad()
         loss = torch.nn.functional.cross_entropy(model(xm), ym, reduction="sum") / n_total
-        loss = loss + LAM / 2 * sum((p ** 2).sum() for p in model.parameters())
+        loss = loss + LAM / 2 * sum((p**2).sum() for p in model.parameters())
         loss.backward()
         return loss
 
@@ -54,8 +61,11 @@ def ekfac_scores(data):
     x, y, xq, yq = data
     model = fit_lr(x, y, np.ones(len(x), bool), len(x)).float()
     result = attribute(
-        model, [(a.float(), b) for a, b in zip(x, y)], [(a.float(), b) for a, b in zip(xq, yq)],
-        task=classification_task(), method="ekfac",
+        model,
+        [(a.float(), b) for a, b in zip(x, y)],
+        [(a.float(), b) for a, b in zip(xq, yq)],
+        task=classification_task(),
+        method="ekfac",
         # damping = the L2 strength (the Hessian of the regularised objective is GGN + lambda I);
         # 20 Fisher passes average out the sampled labels on this small set.
         method_params={"damping": LAM, "fisher_samples": 20, "train_batch_size": 50},

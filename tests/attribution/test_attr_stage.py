@@ -48,8 +48,14 @@ def _lake(tmp_path, name, records, targets):
 
 def _start(lake, model_dir, delay):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-c", RUN, str(lake.root), model_dir, str(delay)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", RUN, str(lake.root), model_dir, str(delay)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _rows(lake, table, run_id):
@@ -65,7 +71,9 @@ def test_killed_run_resumes_to_the_rows_of_an_uninterrupted_run(tmp_path, traine
 
     torch.set_num_threads(1)  # as in the subprocesses: same float summation order, same bits
     whole = _lake(tmp_path, "whole", records, targets)
-    run_id = run_attribution(whole, trained_dir, "train", "targets", "ekfac", "token", shard_size=2, max_length=64)
+    run_id = run_attribution(
+        whole, trained_dir, "train", "targets", "ekfac", "token", shard_size=2, max_length=64
+    )
 
     killed = _lake(tmp_path, "killed", records, targets)
     proc = _start(killed, trained_dir, 0.5)
@@ -93,8 +101,9 @@ def test_stage_registers_run_and_reuses_it(tmp_path, trained_dir, records, targe
     from attribution.stage import model_fingerprint, run_attribution
 
     lake = _lake(tmp_path, "lake", records, targets)
-    run_id = run_attribution(lake, trained_dir, "train", "targets", "identity", "segment", shard_size=4,
-                             max_length=64)
+    run_id = run_attribution(
+        lake, trained_dir, "train", "targets", "identity", "segment", shard_size=4, max_length=64
+    )
     record = lake.require_run(run_id, kind="attribute")
     params, inputs = json.loads(record["params"]), json.loads(record["inputs"])
     assert record["method"] == "identity" and params["level"] == "segment"
@@ -105,8 +114,12 @@ def test_stage_registers_run_and_reuses_it(tmp_path, trained_dir, records, targe
     assert len(scores) == 30
     segs = lake.table("segment_scores", where=f"run_id = '{run_id}'")
     assert set(segs.target_id) >= {"all"} and len(segs) > 0
-    assert run_attribution(lake, trained_dir, "train", "targets", "identity", "segment", shard_size=4,
-                           max_length=64) == run_id
+    assert (
+        run_attribution(
+            lake, trained_dir, "train", "targets", "identity", "segment", shard_size=4, max_length=64
+        )
+        == run_id
+    )
 
 
 def test_stage_user_errors_before_any_run(tmp_path, trained_dir, records, targets):

@@ -39,16 +39,29 @@ def lm(trained_dir, tokenizer, records):
 
 def _analyzer(model, tokenizer, tmp):
     task = CausalLMTask(select_modules(model, "mlp"))
-    analyzer = Analyzer("raw", prepare_model(model, task), task, cpu=True, output_dir=tmp, disable_tqdm=True,
-                        log_level=logging.ERROR)
+    analyzer = Analyzer(
+        "raw",
+        prepare_model(model, task),
+        task,
+        cpu=True,
+        output_dir=tmp,
+        disable_tqdm=True,
+        log_level=logging.ERROR,
+    )
     analyzer.set_dataloader_kwargs(DataLoaderKwargs(collate_fn=lambda b: collate(b, tokenizer.pad_token_id)))
     return analyzer
 
 
 def _scorer(model, tokenizer, tmp):
     task = CausalLMTask(select_modules(model, "mlp"))
-    return InfluenceScorer(model, task, tmp, InfluenceConfig(train_batch_size=4), torch.device("cpu"),
-                           lambda b: collate(b, tokenizer.pad_token_id))
+    return InfluenceScorer(
+        model,
+        task,
+        tmp,
+        InfluenceConfig(train_batch_size=4),
+        torch.device("cpu"),
+        lambda b: collate(b, tokenizer.pad_token_id),
+    )
 
 
 def test_kronfluence_returns_none_and_skips_existing_scores(lm):
@@ -60,8 +73,12 @@ def test_kronfluence_returns_none_and_skips_existing_scores(lm):
     with tempfile.TemporaryDirectory() as tmp:
         an = _analyzer(copy.deepcopy(model), tok, tmp)
         an.fit_all_factors("f", dataset=items, per_device_batch_size=4)
-        kw = {"factors_name": "f", "train_dataset": items, "per_device_query_batch_size": 2,
-              "per_device_train_batch_size": 4}
+        kw = {
+            "factors_name": "f",
+            "train_dataset": items,
+            "per_device_query_batch_size": 2,
+            "per_device_train_batch_size": 4,
+        }
         assert an.compute_pairwise_scores("s", query_dataset=items[:2], **kw) is None
         first = an.load_pairwise_scores("s")["all_modules"]
         an.compute_pairwise_scores("s", query_dataset=items[2:4], **kw)
@@ -89,8 +106,9 @@ def test_partial_factor_files_are_refitted(lm):
         for path in files:
             path.write_bytes(path.read_bytes()[:10])  # saves cut short
         # kronfluence itself skips fitting when the files exist, then cannot load them
-        ours.analyzer.fit_all_factors(ours.factors_name, dataset=items, per_device_batch_size=4,
-                                      factor_args=ours.factor_args)
+        ours.analyzer.fit_all_factors(
+            ours.factors_name, dataset=items, per_device_batch_size=4, factor_args=ours.factor_args
+        )
         with pytest.raises(SafetensorError):
             ours.analyzer.load_all_factors(ours.factors_name)
         (ours.work_dir / f"{ours.factors_name}.done").unlink()
@@ -110,14 +128,31 @@ def test_per_token_scores_need_one_length_per_shard(lm):
         an = _analyzer(copy.deepcopy(model), tok, tmp)
         an.fit_all_factors("f", dataset=varied, per_device_batch_size=4)
         with pytest.raises(RuntimeError):
-            an.compute_pairwise_scores("s", "f", query_dataset=varied[:2], train_dataset=varied,
-                                       per_device_query_batch_size=2, per_device_train_batch_size=4,
-                                       score_args=ScoreArguments(compute_per_token_scores=True))
-    prepared = prepare_lm(copy.deepcopy(model), tok, [{"prompt": "p", "response": "r" * n} for n in (2, 9, 30)],
-                          [{"prompt": "p", "response": "rr"}], max_length=64)
+            an.compute_pairwise_scores(
+                "s",
+                "f",
+                query_dataset=varied[:2],
+                train_dataset=varied,
+                per_device_query_batch_size=2,
+                per_device_train_batch_size=4,
+                score_args=ScoreArguments(compute_per_token_scores=True),
+            )
+    prepared = prepare_lm(
+        copy.deepcopy(model),
+        tok,
+        [{"prompt": "p", "response": "r" * n} for n in (2, 9, 30)],
+        [{"prompt": "p", "response": "rr"}],
+        max_length=64,
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        ours = InfluenceScorer(prepared.model, prepared.kron_task, tmp, InfluenceConfig(train_batch_size=1),
-                               torch.device("cpu"), prepared.collate_fn)
+        ours = InfluenceScorer(
+            prepared.model,
+            prepared.kron_task,
+            tmp,
+            InfluenceConfig(train_batch_size=1),
+            torch.device("cpu"),
+            prepared.collate_fn,
+        )
         ours.fit(prepared.train_items)
         padded = prepared.pad_shard(prepared.train_items)
         assert ours.score(prepared.target_items, padded, per_token=True).shape[:2] == (1, 3)
@@ -133,8 +168,9 @@ def test_root_linear_model_is_wrapped():
         broken.to("cpu")
     items = [(torch.randn(3), torch.tensor(i % 2)) for i in range(6)]
     with tempfile.TemporaryDirectory() as tmp:
-        ours = InfluenceScorer(torch.nn.Linear(3, 2), task, tmp, InfluenceConfig(train_batch_size=3),
-                               torch.device("cpu"))
+        ours = InfluenceScorer(
+            torch.nn.Linear(3, 2), task, tmp, InfluenceConfig(train_batch_size=3), torch.device("cpu")
+        )
         ours.fit(items)
         assert ours.score(items[:2], items).shape == (2, 6)
 
@@ -147,8 +183,15 @@ def test_traker_has_no_causal_lm_output_so_we_provide_one(lm):
     assert not any("causal" in k or "lm" in k.lower() for k in TASK_TO_MODELOUT)
     model, items, tok = lm
     with tempfile.TemporaryDirectory() as tmp:
-        ours = TrakScorer(copy.deepcopy(model), CausalLMModelOutput(), tmp, TrakConfig(proj_dim=64),
-                          torch.device("cpu"), lm_batch, lambda b: collate(b, tok.pad_token_id))
+        ours = TrakScorer(
+            copy.deepcopy(model),
+            CausalLMModelOutput(),
+            tmp,
+            TrakConfig(proj_dim=64),
+            torch.device("cpu"),
+            lm_batch,
+            lambda b: collate(b, tok.pad_token_id),
+        )
         ours.fit(items, items, [model.state_dict()])
         scores = ours.score(range(len(items))).numpy()
     assert np.isfinite(scores).all()
@@ -161,8 +204,9 @@ def test_traker_vmap_rejects_sdpa_attention(lm, trained_dir):
     _, items, _ = lm
     sdpa = AutoModelForCausalLM.from_pretrained(trained_dir, attn_implementation="sdpa").eval()
     batch = lm_batch(collate(items[:2], 0))
-    grad = torch.func.vmap(torch.func.grad(CausalLMModelOutput.get_output, argnums=1),
-                           in_dims=(None, None, None, 0, 0, 0))
+    grad = torch.func.vmap(
+        torch.func.grad(CausalLMModelOutput.get_output, argnums=1), in_dims=(None, None, None, 0, 0, 0)
+    )
     with pytest.raises(RuntimeError, match="vmap"):
         grad(sdpa, dict(sdpa.named_parameters()), dict(sdpa.named_buffers()), *batch)
     use_eager_attention(sdpa)
@@ -179,10 +223,18 @@ def test_traker_kernel_needs_ridge_with_few_examples(lm):
     grad_dim = sum(p.numel() for p in model.parameters())
     batch = lm_batch(collate(items, tok.pad_token_id))
     with tempfile.TemporaryDirectory() as tmp:
-        raw = TRAKer(model=copy.deepcopy(model), task=CausalLMModelOutput(), train_set_size=len(items), save_dir=tmp,
-                     device="cpu", proj_dim=64, use_half_precision=False, lambda_reg=0.0,
-                     projector=_projector(grad_dim, 64, torch.device("cpu"), torch.float32),
-                     logging_level=logging.ERROR)
+        raw = TRAKer(
+            model=copy.deepcopy(model),
+            task=CausalLMModelOutput(),
+            train_set_size=len(items),
+            save_dir=tmp,
+            device="cpu",
+            proj_dim=64,
+            use_half_precision=False,
+            lambda_reg=0.0,
+            projector=_projector(grad_dim, 64, torch.device("cpu"), torch.float32),
+            logging_level=logging.ERROR,
+        )
         raw.load_checkpoint(model.state_dict(), model_id=0)
         raw.featurize(batch, num_samples=len(items))
         raw.finalize_features()
@@ -190,8 +242,15 @@ def test_traker_kernel_needs_ridge_with_few_examples(lm):
         raw.score(batch, num_samples=len(items))
         collapsed = np.abs(raw.finalize_scores("x")).max()
     with tempfile.TemporaryDirectory() as tmp:
-        ours = TrakScorer(copy.deepcopy(model), CausalLMModelOutput(), tmp, TrakConfig(proj_dim=64),
-                          torch.device("cpu"), lm_batch, lambda b: collate(b, tok.pad_token_id))
+        ours = TrakScorer(
+            copy.deepcopy(model),
+            CausalLMModelOutput(),
+            tmp,
+            TrakConfig(proj_dim=64),
+            torch.device("cpu"),
+            lm_batch,
+            lambda b: collate(b, tok.pad_token_id),
+        )
         ours.fit(items, items, [model.state_dict()])
         kept = np.abs(ours.score(range(len(items))).numpy()).max()
     assert collapsed < 1e-6 < kept
@@ -206,9 +265,15 @@ def test_trak_target_chunks_match_one_chunk(lm):
     out = []
     for chunk in (3, 100):
         with tempfile.TemporaryDirectory() as tmp:
-            ours = TrakScorer(copy.deepcopy(model), CausalLMModelOutput(), tmp,
-                              TrakConfig(proj_dim=64, target_chunk=chunk), torch.device("cpu"), lm_batch,
-                              lambda b: collate(b, tok.pad_token_id))
+            ours = TrakScorer(
+                copy.deepcopy(model),
+                CausalLMModelOutput(),
+                tmp,
+                TrakConfig(proj_dim=64, target_chunk=chunk),
+                torch.device("cpu"),
+                lm_batch,
+                lambda b: collate(b, tok.pad_token_id),
+            )
             ours.fit(items, items, [model.state_dict()])
             out.append(ours.score(range(len(items))))
     torch.testing.assert_close(out[0], out[1])
@@ -221,8 +286,9 @@ def test_basic_projector_single_block_breaks_after_finalize():
     from trak.projectors import BasicProjector, ProjectionType
 
     grads = torch.randn(3, 500)
-    one_block = BasicProjector(grad_dim=500, proj_dim=64, seed=0, proj_type=ProjectionType.rademacher,
-                               device="cpu")
+    one_block = BasicProjector(
+        grad_dim=500, proj_dim=64, seed=0, proj_type=ProjectionType.rademacher, device="cpu"
+    )
     one_block.free_memory()
     with pytest.raises(AttributeError):
         one_block.project(grads, model_id=0)
@@ -242,11 +308,19 @@ def test_cached_projector_projects_as_basic_projector_without_regenerating():
     from attribution.trak_adapter import CachedProjector
 
     grads = torch.randn(5, 700)
-    kw = {"grad_dim": 700, "proj_dim": 96, "seed": 0, "proj_type": ProjectionType.rademacher, "device": "cpu",
-          "block_size": 40}
+    kw = {
+        "grad_dim": 700,
+        "proj_dim": 96,
+        "seed": 0,
+        "proj_type": ProjectionType.rademacher,
+        "device": "cpu",
+        "block_size": 40,
+    }
     basic, cached = BasicProjector(**kw), CachedProjector(**kw)
     for model_id in (0, 1, 0):
-        torch.testing.assert_close(cached.project(grads, model_id=model_id), basic.project(grads, model_id=model_id))
+        torch.testing.assert_close(
+            cached.project(grads, model_id=model_id), basic.project(grads, model_id=model_id)
+        )
     with mock.patch.object(cached, "generate_sketch_matrix", side_effect=AssertionError("regenerated")):
         cached.project(grads, model_id=0)  # same model id: no regeneration
     expected = basic.project(grads, model_id=0)
@@ -261,11 +335,19 @@ def test_cached_projector_over_budget_regenerates_like_basic_projector():
 
     from attribution.trak_adapter import CachedProjector
 
-    small = CachedProjector(grad_dim=700, proj_dim=96, seed=0, proj_type=ProjectionType.rademacher, device="cpu",
-                            block_size=40, cache_bytes=700 * 96 * 4 - 1)
+    small = CachedProjector(
+        grad_dim=700,
+        proj_dim=96,
+        seed=0,
+        proj_type=ProjectionType.rademacher,
+        device="cpu",
+        block_size=40,
+        cache_bytes=700 * 96 * 4 - 1,
+    )
     assert not small.fits()
-    big = CachedProjector(grad_dim=700, proj_dim=96, seed=0, proj_type=ProjectionType.rademacher, device="cpu",
-                          block_size=40)
+    big = CachedProjector(
+        grad_dim=700, proj_dim=96, seed=0, proj_type=ProjectionType.rademacher, device="cpu", block_size=40
+    )
     grads = torch.randn(3, 700)
     torch.testing.assert_close(small.project(grads, 0), big.project(grads, 0))
     assert small._full is None and big._full is not None
@@ -283,8 +365,12 @@ def test_query_batches_cover_every_target_when_memory_allows(lm):
     model, items, tok = lm
     with tempfile.TemporaryDirectory() as tmp:
         ours = _scorer(copy.deepcopy(model), tok, tmp)
-        tracked = sum(p.numel() for m in ours.analyzer.model.modules() if isinstance(m, TrackedModule)
-                      for p in m.original_module.parameters())
+        tracked = sum(
+            p.numel()
+            for m in ours.analyzer.model.modules()
+            if isinstance(m, TrackedModule)
+            for p in m.original_module.parameters()
+        )
         assert tracked > 0 and ours.query_batch_size(5) == 5
         ours.config.query_memory_mb = 1
         assert ours.query_batch_size(10_000) == max(1, 2**20 // (4 * tracked)) < 10_000
@@ -293,7 +379,9 @@ def test_query_batches_cover_every_target_when_memory_allows(lm):
         ours.fit(items)
         by_three = ours.score(items, items)
         ours.config.query_batch_size = None
-        with mock.patch.object(ours.analyzer, "compute_pairwise_scores", wraps=ours.analyzer.compute_pairwise_scores) as call:
+        with mock.patch.object(
+            ours.analyzer, "compute_pairwise_scores", wraps=ours.analyzer.compute_pairwise_scores
+        ) as call:
             at_once = ours.score(items, items)
         assert call.call_args.kwargs["per_device_query_batch_size"] == len(items)
         torch.testing.assert_close(at_once, by_three, rtol=1e-4, atol=1e-4)

@@ -41,8 +41,13 @@ def test_chat_template_used_when_present(chat_tokenizer):
 
 
 def test_messages_record_uses_last_assistant_turn(chat_tokenizer):
-    rec = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"},
-                        {"role": "assistant", "content": "Hello."}]}
+    rec = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi?"},
+            {"role": "assistant", "content": "Hello."},
+        ]
+    }
     enc = encode_sft(chat_tokenizer, rec, max_length=64)
     assert _response_text(chat_tokenizer, enc).strip() == "Hello."
     assert "<|system|>" in chat_tokenizer.decode(enc["input_ids"])
@@ -86,15 +91,17 @@ def test_finetune_lowers_response_loss_and_is_seeded(tokenizer, records):
 def test_example_weights_zero_removes_examples(tokenizer, records):
     torch.set_num_threads(1)
     weights = [1.0 if r["domain"] == "math" else 0.0 for r in records]
-    w = finetune_causal_lm(make_model(tokenizer), tokenizer, records, epochs=3, lr=3e-3, max_length=64,
-                           example_weights=weights)
+    w = finetune_causal_lm(
+        make_model(tokenizer), tokenizer, records, epochs=3, lr=3e-3, max_length=64, example_weights=weights
+    )
     base = _mean_loss(make_model(tokenizer), tokenizer, records)
     after = _mean_loss(w, tokenizer, records)
     math = torch.tensor([r["domain"] == "math" for r in records])
     # Math (weight 1) is learnt much more than code (weight 0, learnt only through shared structure).
     assert (base[math] - after[math]).mean() > (base[~math] - after[~math]).mean() + 0.3
-    ones = finetune_causal_lm(make_model(tokenizer), tokenizer, records, max_length=64,
-                              example_weights=[1.0] * len(records))
+    ones = finetune_causal_lm(
+        make_model(tokenizer), tokenizer, records, max_length=64, example_weights=[1.0] * len(records)
+    )
     plain = finetune_causal_lm(make_model(tokenizer), tokenizer, records, max_length=64)
     for pa, pb in zip(ones.parameters(), plain.parameters()):
         assert torch.equal(pa, pb)

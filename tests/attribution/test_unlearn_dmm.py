@@ -28,11 +28,13 @@ from attribution.unlearning.ensemble import Recipe, logits_of, subset_logits, tr
 
 def test_target_is_original_output_minus_the_forget_sets_summed_datamodel_weights():
     # 3 train examples, 2 target points, 2 outputs (logits)
-    weights = np.array([
-        [[1.0, 0.5], [0.0, 2.0]],
-        [[0.25, 0.0], [1.0, 1.0]],
-        [[9.0, 9.0], [9.0, 9.0]],
-    ])
+    weights = np.array(
+        [
+            [[1.0, 0.5], [0.0, 2.0]],
+            [[0.25, 0.0], [1.0, 1.0]],
+            [[9.0, 9.0], [9.0, 9.0]],
+        ]
+    )
     dm = Datamodel(weights, ["a", "b", "c"], ["p", "q"])
     base = np.array([[3.0, 3.0], [1.0, -1.0]])
     effect = dm.removal_effect(["a", "b"], ["p", "q"])
@@ -58,8 +60,13 @@ def test_finetune_set_is_forget_repeated_plus_a_retain_sample_of_twenty_times():
 
 
 def test_datamodel_from_scores_frame_scales_and_folds_per_logit_targets():
-    frame = pd.DataFrame({"train_id": ["a", "a", "b", "b"], "target_id": ["x#0", "x#1", "x#0", "x#1"],
-                          "score": [1.0, 2.0, 3.0, 4.0]})
+    frame = pd.DataFrame(
+        {
+            "train_id": ["a", "a", "b", "b"],
+            "target_id": ["x#0", "x#1", "x#0", "x#1"],
+            "score": [1.0, 2.0, 3.0, 4.0],
+        }
+    )
     dm = Datamodel.from_scores(frame, scale=0.5, n_outputs=2)
     assert dm.weights.shape == (2, 1, 2)
     np.testing.assert_allclose(dm.removal_effect(["a", "b"], ["x"]), [[2.0, 3.0]])
@@ -90,8 +97,13 @@ def test_regression_datamodel_recovers_a_linear_datamodel():
     lasso = fit_regression_datamodel(masks, outputs[:, :1, :1], estimator="lasso", alpha=1e-4)
     np.testing.assert_allclose(lasso.weights[:, 0, 0], true[:, 0, 0], atol=0.05)
     # the retraining harness: retrain_eval(mask) -> outputs, here an exactly linear "training algorithm"
-    retrained = regression_datamodel(lambda mask: np.einsum("i,itk->tk", mask.astype(float), true), 30,
-                                     n_subsets=200, alpha=1e-4, target_ids=list("abcd"))
+    retrained = regression_datamodel(
+        lambda mask: np.einsum("i,itk->tk", mask.astype(float), true),
+        30,
+        n_subsets=200,
+        alpha=1e-4,
+        target_ids=list("abcd"),
+    )
     np.testing.assert_allclose(retrained.weights, true, atol=1e-3)
     assert retrained.target_ids == list("abcd") and retrained.info["n_subsets"] == 200
 
@@ -110,10 +122,13 @@ def digits_setup():
     forget = np.sort(np.random.default_rng(1).choice(n, 12, replace=False))
     keep = np.ones(n, bool)
     keep[forget] = False
-    oracles = train_ensemble(x[:n], y[:n], np.tile(keep, (n_models, 1)), list(range(100, 100 + n_models)), recipe)
+    oracles = train_ensemble(
+        x[:n], y[:n], np.tile(keep, (n_models, 1)), list(range(100, 100 + n_models)), recipe
+    )
     masks = random_masks(n, 300, 0.5, seed=2)
-    datamodel = fit_regression_datamodel(masks, subset_logits(x[:n], y[:n], masks, x[:n], recipe, seed=1000),
-                                         alpha=10.0)
+    datamodel = fit_regression_datamodel(
+        masks, subset_logits(x[:n], y[:n], masks, x[:n], recipe, seed=1000), alpha=10.0
+    )
     return x, y, n, forget, full, oracles, datamodel
 
 
@@ -123,8 +138,9 @@ def test_dmm_moves_forget_margins_toward_oracles_more_than_doing_nothing(digits_
     oracle_m = margins(logits_of(oracles, x), y)
     before_m = margins(logits_of(full, x), y)
     unlearned = copy.deepcopy(full)
-    dmm_classifier(unlearned, x[:n], forget, datamodel,
-                   DMMConfig(optim=OptimConfig(lr=1e-2, epochs=10, batch_size=64)))
+    dmm_classifier(
+        unlearned, x[:n], forget, datamodel, DMMConfig(optim=OptimConfig(lr=1e-2, epochs=10, batch_size=64))
+    )
     after_m = margins(logits_of(unlearned, x), y)
     gap_before = np.abs(before_m[:, forget].mean(0) - oracle_m[:, forget].mean(0)).mean()
     gap_after = np.abs(after_m[:, forget].mean(0) - oracle_m[:, forget].mean(0)).mean()
@@ -143,7 +159,11 @@ def test_stacked_ensemble_unlearns_as_its_members_would_alone(digits_setup):
     with torch.no_grad():
         np.testing.assert_allclose(stacked.member(3)(x).numpy(), alone(x).numpy(), atol=1e-4)
     target = logits_of(oracles, x[:n]).mean(0)
-    om, ga = oracle_matching(copy.deepcopy(full), x[:n], forget, target), gradient_ascent(
-        copy.deepcopy(full), x[:n], y[:n], forget, OptimConfig(lr=1e-3, epochs=1, batch_size=8))
+    om, ga = (
+        oracle_matching(copy.deepcopy(full), x[:n], forget, target),
+        gradient_ascent(
+            copy.deepcopy(full), x[:n], y[:n], forget, OptimConfig(lr=1e-3, epochs=1, batch_size=8)
+        ),
+    )
     for model in (om, ga):
         assert np.isfinite(logits_of(model, x)).all()

@@ -18,8 +18,14 @@ def setup(tmp_path_factory):
     records = math_problems(2, seed=0)
     tokenizer = build_tokenizer([r["prompt"] + "\n" + r["response"] for r in records], vocab_size=300)
     torch.manual_seed(0)
-    model = build_model(tokenizer, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        num_key_value_heads=2)
+    model = build_model(
+        tokenizer,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
     model_dir = root / "model"
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
@@ -29,8 +35,9 @@ def setup(tmp_path_factory):
     ids = [r["id"] for r in records]
 
     def fake_scores(model_ref: str, datasets: dict) -> str:
-        with lake.run("attribute", "ekfac", params={"max_length": 64}, inputs={"datasets": datasets},
-                      model=model_ref) as run:
+        with lake.run(
+            "attribute", "ekfac", params={"max_length": 64}, inputs={"datasets": datasets}, model=model_ref
+        ) as run:
             import pandas as pd
 
             run.write("scores", pd.DataFrame({"train_id": ids, "target_id": ids, "score": 1.0}))
@@ -43,38 +50,57 @@ def setup(tmp_path_factory):
 
 
 def cli(root, *args):
-    return run_cli("--lake", str(root / "lake"), "unlearn", "--model", str(root / "model"), "--train", "train",
-                   "--out", str(root / "out"), *args, cwd=root)
+    return run_cli(
+        "--lake",
+        str(root / "lake"),
+        "unlearn",
+        "--model",
+        str(root / "model"),
+        "--train",
+        "train",
+        "--out",
+        str(root / "out"),
+        *args,
+        cwd=root,
+    )
 
 
 @pytest.mark.parametrize("case", ["unknown_ids", "empty_file", "other_model"])
 def test_cli_refuses_with_one_line_and_exit_2_writing_nothing(setup, case):
     root, lake, _, ids, runs = setup
     forget = root / f"{case}.txt"
-    forget.write_text({"unknown_ids": "nope-1\n" + ids[0] + "\n", "empty_file": "\n", "other_model": ids[0]}[case])
+    forget.write_text(
+        {"unknown_ids": "nope-1\n" + ids[0] + "\n", "empty_file": "\n", "other_model": ids[0]}[case]
+    )
     scores = runs["other_model"] if case == "other_model" else runs["good"]
     before = tree_digest(lake.root)
     result = cli(root, "--forget", str(forget), "--scores", scores)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr
-    assert {"unknown_ids": "not in train: nope-1", "empty_file": "forget set is empty",
-            "other_model": "computed for model"}[case] in lines[0]
+    assert {
+        "unknown_ids": "not in train: nope-1",
+        "empty_file": "forget set is empty",
+        "other_model": "computed for model",
+    }[case] in lines[0]
     assert tree_digest(lake.root) == before
     assert not (root / "out").exists()
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"forget_ids": []}, "forget set is empty"),
-    ({"forget_where": "difficulty = 99"}, "matches no example"),
-    ({"forget_where": "difficulty >= 1"}, "nothing would remain"),
-    ({"forget_ids": ["x"], "forget_where": "true"}, "one of them"),
-    ({"scores": "old_version"}, "version 000000000000"),
-    ({"scores": "attribute-ekfac-000000000000"}, "not found"),
-    ({"scores": None}, "needs --scores"),
-    ({"method": "erase"}, "--method erase"),
-    ({"method": "oracle"}, "assay_reference.json"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"forget_ids": []}, "forget set is empty"),
+        ({"forget_where": "difficulty = 99"}, "matches no example"),
+        ({"forget_where": "difficulty >= 1"}, "nothing would remain"),
+        ({"forget_ids": ["x"], "forget_where": "true"}, "one of them"),
+        ({"scores": "old_version"}, "version 000000000000"),
+        ({"scores": "attribute-ekfac-000000000000"}, "not found"),
+        ({"scores": None}, "needs --scores"),
+        ({"method": "erase"}, "--method erase"),
+        ({"method": "oracle"}, "assay_reference.json"),
+    ],
+)
 def test_api_refuses_bad_input_before_writing(setup, kwargs, message):
     root, lake, model_dir, ids, runs = setup
     kwargs = dict(kwargs)
@@ -83,7 +109,9 @@ def test_api_refuses_bad_input_before_writing(setup, kwargs, message):
         kwargs["forget_ids"] = [ids[0]]
     before = tree_digest(lake.root)
     with pytest.raises(UserError, match=message):
-        run_unlearning(lake, model_dir, "train", root / "out", scores_run_id=runs.get(scores, scores), **kwargs)
+        run_unlearning(
+            lake, model_dir, "train", root / "out", scores_run_id=runs.get(scores, scores), **kwargs
+        )
     assert tree_digest(lake.root) == before
     assert not (root / "out").exists()
 

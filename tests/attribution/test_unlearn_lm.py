@@ -37,10 +37,16 @@ def test_dmm_moves_forget_loss_toward_the_retrained_model_and_holds_retain_loss(
     root, records, model_dir, lake, scores, forget = setup
     out = root / "unlearned"
     settings = UnlearnSettings(lr=1e-3, epochs=10, batch_size=16)
-    run_id = run_unlearning(lake, model_dir, "train", out, forget_ids=forget, scores_run_id=scores,
-                            settings=settings)
-    f_before, f_after, f_retrained = (metric(lake, run_id, "forget_loss", k) for k in ("before", "after", "retrained"))
-    r_before, r_after = metric(lake, run_id, "retain_loss", "before"), metric(lake, run_id, "retain_loss", "after")
+    run_id = run_unlearning(
+        lake, model_dir, "train", out, forget_ids=forget, scores_run_id=scores, settings=settings
+    )
+    f_before, f_after, f_retrained = (
+        metric(lake, run_id, "forget_loss", k) for k in ("before", "after", "retrained")
+    )
+    r_before, r_after = (
+        metric(lake, run_id, "retain_loss", "before"),
+        metric(lake, run_id, "retain_loss", "after"),
+    )
     assert f_retrained > f_before + 0.2  # forgetting is visible: the retrained model finds F harder
     assert f_before + 0.05 < f_after < f_retrained + (f_retrained - f_before)  # toward it, not past it
     # retain loss holds: it moves less than the forget loss does, and by under 0.2 nats
@@ -65,15 +71,33 @@ def test_dmm_moves_forget_loss_toward_the_retrained_model_and_holds_retain_loss(
     assert not list(root.glob(".unlearned.tmp-*"))
 
     # the same call again: the finished run is found, nothing is recomputed
-    assert run_unlearning(lake, model_dir, "train", out, forget_ids=forget, scores_run_id=scores,
-                          settings=settings, force=True) == run_id
+    assert (
+        run_unlearning(
+            lake,
+            model_dir,
+            "train",
+            out,
+            forget_ids=forget,
+            scores_run_id=scores,
+            settings=settings,
+            force=True,
+        )
+        == run_id
+    )
 
 
 def test_gradient_ascent_raises_the_forget_loss(setup):
     root, _, model_dir, lake, _, _ = setup
     settings = UnlearnSettings(lr=1e-3, epochs=3, batch_size=2, retrain=False)
-    run_id = run_unlearning(lake, model_dir, "train", root / "ga", forget_where="difficulty = 5 AND row_index < 18",
-                            method="ga", settings=settings)
+    run_id = run_unlearning(
+        lake,
+        model_dir,
+        "train",
+        root / "ga",
+        forget_where="difficulty = 5 AND row_index < 18",
+        method="ga",
+        settings=settings,
+    )
     assert metric(lake, run_id, "forget_loss", "after") > metric(lake, run_id, "forget_loss", "before")
     assert metric(lake, run_id, "n_forget") == 2
     assert lake.table("metrics", "run_id = ? AND key = 'retrained'", [run_id]).empty
@@ -85,8 +109,15 @@ def test_scores_on_other_targets_are_completed_here_and_their_targets_join_the_f
     ingest(lake, write_jsonl(targets, root / "targets.jsonl"), "targets")
     scores = run_attribution(lake, model_dir, "train", "targets", method="ekfac", max_length=128)
     settings = UnlearnSettings(lr=1e-3, epochs=2, batch_size=16, scale=1e-6, retrain=False)
-    run_id = run_unlearning(lake, model_dir, "train", root / "other_targets", forget_ids=forget,
-                            scores_run_id=scores, settings=settings)
+    run_id = run_unlearning(
+        lake,
+        model_dir,
+        "train",
+        root / "other_targets",
+        forget_ids=forget,
+        scores_run_id=scores,
+        settings=settings,
+    )
     # F x 5 + the 18 retain examples (fewer than 20 x |F|) + the run's 5 targets once each
     assert metric(lake, run_id, "finetune_examples") == 2 * 5 + 18 + 5
     assert metric(lake, run_id, "datamodel_scale") == pytest.approx(1e-6)

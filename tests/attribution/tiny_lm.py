@@ -30,42 +30,69 @@ def make_records(n: int, seed: int = 0) -> list[dict]:
             else:
                 resp = f"{a} + {b} = {a + b}.\nSo the answer is {a + b}."
                 prompt = f"What is {a} + {b}?"
-            out.append({"example_id": f"m{i}", "domain": "math", "difficulty": "hard" if hard else "easy",
-                        "prompt": prompt, "response": resp})
+            out.append(
+                {
+                    "example_id": f"m{i}",
+                    "domain": "math",
+                    "difficulty": "hard" if hard else "easy",
+                    "prompt": prompt,
+                    "response": resp,
+                }
+            )
         else:
             name = rng.choice(["add", "sub", "mul"])
             op = {"add": "+", "sub": "-", "mul": "*"}[name]
             resp = f"def {name}(a, b):\n    return a {op} b"
-            out.append({"example_id": f"c{i}", "domain": "code", "difficulty": "easy",
-                        "prompt": f"Write {name} of {a} and {b}.", "response": resp})
+            out.append(
+                {
+                    "example_id": f"c{i}",
+                    "domain": "code",
+                    "difficulty": "easy",
+                    "prompt": f"Write {name} of {a} and {b}.",
+                    "response": resp,
+                }
+            )
     return out
 
 
-def make_tokenizer(texts: list[str], vocab_size: int = 300, chat_template: str | None = None
-                   ) -> PreTrainedTokenizerFast:
+def make_tokenizer(
+    texts: list[str], vocab_size: int = 300, chat_template: str | None = None
+) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<eos>", "<bos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<eos>", "<bos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
-                                   bos_token="<bos>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>"
+    )
     if chat_template:
         fast.chat_template = chat_template
     return fast
 
 
-def make_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0, hidden: int = 32, layers: int = 2
-               ) -> LlamaForCausalLM:
+def make_model(
+    tokenizer: PreTrainedTokenizerFast, seed: int = 0, hidden: int = 32, layers: int = 2
+) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
-        max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
-        attn_implementation="eager", tie_word_embeddings=False,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        attn_implementation="eager",
+        tie_word_embeddings=False,
     )
     return LlamaForCausalLM(config).eval()
 

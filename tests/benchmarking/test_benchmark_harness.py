@@ -37,9 +37,13 @@ def test_results_carry_the_machine_and_the_tables(results, monkeypatch):
     saved = json.loads((results / "fake.json").read_text())
     assert saved["tables"] == [TABLE] and out["tables"] == [TABLE]
     assert saved["machine"]["cores"] >= 1 and saved["machine"]["memory_gib"] > 0
-    assert saved["machine"]["libraries"]["torch"] == torch.__version__.split("+")[0] or \
-        saved["machine"]["libraries"]["torch"].startswith(torch.__version__.split("+")[0])
-    assert saved["machine"]["device"] in ("cpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")
+    assert saved["machine"]["libraries"]["torch"] == torch.__version__.split("+")[0] or saved["machine"][
+        "libraries"
+    ]["torch"].startswith(torch.__version__.split("+")[0])
+    assert saved["machine"]["device"] in (
+        "cpu",
+        torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+    )
     md = (results / "fake.md").read_text()
     assert "| x | 1.25 |" in md and "| y | 3 |" in md and "a note" in md and "quick" in md
 
@@ -57,8 +61,12 @@ def test_a_failing_benchmark_is_recorded_and_the_others_still_run(results, monke
 def test_a_skipped_benchmark_says_why_and_keeps_earlier_results(results, monkeypatch):
     results.mkdir()
     (results / "gpuish.json").write_text('{"earlier": true}')
-    fake_benchmark(monkeypatch, "gpuish", run=lambda quick: pytest.fail("a skipped benchmark must not run"),
-                   skip="no CUDA device here")
+    fake_benchmark(
+        monkeypatch,
+        "gpuish",
+        run=lambda quick: pytest.fail("a skipped benchmark must not run"),
+        skip="no CUDA device here",
+    )
     out = harness.run_benchmark("gpuish", quick=True)
     assert out["skipped"] == "no CUDA device here"
     assert json.loads((results / "gpuish.json").read_text()) == {"earlier": True}
@@ -81,8 +89,10 @@ def test_readme_sections_are_generated_from_results(results, monkeypatch, tmp_pa
     monkeypatch.setattr(readme, "available", lambda: ["fake", "gpuish"])
     monkeypatch.setattr(readme, "skip_reason", lambda name: "no CUDA device" if name == "gpuish" else None)
     page = tmp_path / "README.md"
-    page.write_text("intro\n<!-- BEGIN performance -->\nold typed text\n<!-- END performance -->\n"
-                    "<!-- BEGIN reliability -->\nold\n<!-- END reliability -->\nend\n")
+    page.write_text(
+        "intro\n<!-- BEGIN performance -->\nold typed text\n<!-- END performance -->\n"
+        "<!-- BEGIN reliability -->\nold\n<!-- END reliability -->\nend\n"
+    )
     readme.update_readme(page)
     text = page.read_text()
     assert "old typed text" not in text and text.startswith("intro\n") and text.endswith("end\n")
@@ -106,9 +116,17 @@ def test_matmul_peak_is_measured():
 
 
 def test_a_peer_that_cannot_run_on_a_causal_lm_is_explained():
-    results = {"assay ekfac": {"seconds": 2.0, "cpu_seconds": 2.0, "peak_mb": 500, "extra_mb": 50, "n_train": 8,
-                               "all_seconds": [2.0]},
-               "dattri ekfac": {"error": "UnboundLocalError: cannot access local variable 'a_prev'"}}
+    results = {
+        "assay ekfac": {
+            "seconds": 2.0,
+            "cpu_seconds": 2.0,
+            "peak_mb": 500,
+            "extra_mb": 50,
+            "n_train": 8,
+            "all_seconds": [2.0],
+        },
+        "dattri ekfac": {"error": "UnboundLocalError: cannot access local variable 'a_prev'"},
+    }
     ctx = {"train": [0] * 8, "targets": [0] * 2, "size": {"max_length": 64, "proj_dim": 32, "repeats": 1}}
     table = throughput_table(ctx, results)
     row = next(r for r in table["rows"] if r[0] == "dattri ekfac")
@@ -123,14 +141,34 @@ def test_gpu_section_code_path_runs_on_the_cpu(tmp_path, monkeypatch):
     from benchmarks.gpu.bench import section
 
     monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "cache"))
-    tiny = {"model": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-                      "num_key_value_heads": 2},
-            "corpus": {"math_per_level": 2, "math_targets_per_level": 1, "code_limit": 10},
-            "n_train": 8, "n_targets": 2, "max_length": 64, "proj_dim": 128, "repeats": 1}
-    mixing = {"steps": 8, "batch": 4, "max_len": 48, "hidden": 16, "layers": 1, "seeds": (0,),
-              "math_per_level": 10, "test_per_level": 2}
-    throughput, share, final_losses, curves = section("cpu", tiny, names=["assay trak", "traker"],
-                                                      mixing_size=mixing)
+    tiny = {
+        "model": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+        },
+        "corpus": {"math_per_level": 2, "math_targets_per_level": 1, "code_limit": 10},
+        "n_train": 8,
+        "n_targets": 2,
+        "max_length": 64,
+        "proj_dim": 128,
+        "repeats": 1,
+    }
+    mixing = {
+        "steps": 8,
+        "batch": 4,
+        "max_len": 48,
+        "hidden": 16,
+        "layers": 1,
+        "seeds": (0,),
+        "math_per_level": 10,
+        "test_per_level": 2,
+    }
+    throughput, share, final_losses, curves = section(
+        "cpu", tiny, names=["assay trak", "traker"], mixing_size=mixing
+    )
     rows = {r[0]: r for r in throughput["rows"]}
     assert set(rows) == {"assay trak", "traker"}
     for row in rows.values():

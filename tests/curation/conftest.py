@@ -17,8 +17,16 @@ def dart_tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.set_num_threads(1)
     texts = [f"What is {a} + {b}? The answer is {a + b}." for a in range(12) for b in range(12)]
     tokenizer = build_tokenizer(texts, vocab_size=300)
-    model = build_model(tokenizer, seed=0, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256)
+    model = build_model(
+        tokenizer,
+        seed=0,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
     folder = tmp_path_factory.mktemp("dart-tiny-model")
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -29,11 +29,14 @@ QUERIES = [Query("a", "What is 1 + 2?", answer="3"), Query("b", "What is 3 + 4?"
 
 # ---- replay ----------------------------------------------------------------------------------
 
+
 def test_replay_hands_out_recorded_responses_in_trial_order(tmp_path: Path) -> None:
-    rows = [{"query_id": "a", "trial": 2, "response": "a2", "correct": True},
-            {"query_id": "a", "trial": 0, "response": "a0", "correct": False},
-            {"query_id": "b", "trial": 0, "response": "b0"},
-            {"query_id": "a", "trial": 1, "response": "a1", "correct": None}]
+    rows = [
+        {"query_id": "a", "trial": 2, "response": "a2", "correct": True},
+        {"query_id": "a", "trial": 0, "response": "a0", "correct": False},
+        {"query_id": "b", "trial": 0, "response": "b0"},
+        {"query_id": "a", "trial": 1, "response": "a1", "correct": None},
+    ]
     path = dump_responses(rows, tmp_path / "replay.jsonl")
     gen = ReplayGenerator.from_file(path)
     first = gen.generate(QUERIES, [2, 5], seed=0)
@@ -60,6 +63,7 @@ def test_replay_reads_parquet_and_rejects_bad_files(tmp_path: Path) -> None:
 
 # ---- simulated -------------------------------------------------------------------------------
 
+
 def test_simulated_success_rate_and_determinism() -> None:
     gen = SimulatedGenerator({"a": 0.8, "b": 0.1})
     out = gen.generate(QUERIES, 400, seed=4)
@@ -71,6 +75,7 @@ def test_simulated_success_rate_and_determinism() -> None:
 
 
 # ---- OpenAI-compatible endpoint ----------------------------------------------------------------
+
 
 class StubServer:
     """Answers /v1/chat/completions and /v1/completions like an OpenAI-compatible server."""
@@ -107,8 +112,11 @@ class StubServer:
                     # every third choice pretends to hit max_tokens
                     reason = "length" if i % 3 == 2 else "stop"
                     choice = {"index": i, "finish_reason": reason}
-                    choice.update({"message": {"role": "assistant", "content": text}}
-                                  if "messages" in payload else {"text": text})
+                    choice.update(
+                        {"message": {"role": "assistant", "content": text}}
+                        if "messages" in payload
+                        else {"text": text}
+                    )
                     choices.append(choice)
                 self._reply(200, {"choices": choices})
 
@@ -130,7 +138,9 @@ def stub() -> Iterator[StubServer]:
 
 
 def test_openai_chat_generation_through_a_stub_server(stub: StubServer) -> None:
-    gen = OpenAIGenerator(stub.url, "stub-model", temperature=1.6, top_p=0.95, max_new_tokens=64, concurrency=2)
+    gen = OpenAIGenerator(
+        stub.url, "stub-model", temperature=1.6, top_p=0.95, max_new_tokens=64, concurrency=2
+    )
     gen.check()
     out = gen.generate(QUERIES, [3, 1], seed=7)
     assert [r.text for r in out[0]] == [f"reply {i} to What is 1 + 2?" for i in range(3)]
@@ -163,6 +173,7 @@ def test_openai_endpoint_problems_are_user_errors() -> None:
 
 # ---- transformers ----------------------------------------------------------------------------
 
+
 def test_transformers_generation_counts_seeds_and_truncation(dart_tiny_model_dir: Path) -> None:
     gen = TransformersGenerator(dart_tiny_model_dir, max_new_tokens=6, batch_size=3)
     out = gen.generate(QUERIES, [3, 1], seed=0)
@@ -171,12 +182,18 @@ def test_transformers_generation_counts_seeds_and_truncation(dart_tiny_model_dir
     for response in out[0] + out[1]:
         assert response.truncated == (response.num_tokens == 6)
     eos = gen.tokenizer.eos_token_id
-    never_stops = TransformersGenerator(dart_tiny_model_dir, max_new_tokens=5,
-                                        generate_kwargs={"suppress_tokens": [eos]})
-    assert all(r.truncated and r.num_tokens == 5 for rs in never_stops.generate(QUERIES, 2, seed=1) for r in rs)
-    stops_at_once = TransformersGenerator(dart_tiny_model_dir, max_new_tokens=5,
-                                          generate_kwargs={"sequence_bias": {(eos,): 100.0}})
-    assert all(not r.truncated and r.text == "" for rs in stops_at_once.generate(QUERIES, 2, seed=1) for r in rs)
+    never_stops = TransformersGenerator(
+        dart_tiny_model_dir, max_new_tokens=5, generate_kwargs={"suppress_tokens": [eos]}
+    )
+    assert all(
+        r.truncated and r.num_tokens == 5 for rs in never_stops.generate(QUERIES, 2, seed=1) for r in rs
+    )
+    stops_at_once = TransformersGenerator(
+        dart_tiny_model_dir, max_new_tokens=5, generate_kwargs={"sequence_bias": {(eos,): 100.0}}
+    )
+    assert all(
+        not r.truncated and r.text == "" for rs in stops_at_once.generate(QUERIES, 2, seed=1) for r in rs
+    )
 
 
 def test_transformers_model_directory_problems_are_user_errors(tmp_path: Path) -> None:
@@ -187,6 +204,7 @@ def test_transformers_model_directory_problems_are_user_errors(tmp_path: Path) -
 
 
 # ---- vllm / names ----------------------------------------------------------------------------
+
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
 def test_vllm_without_vllm_is_a_clear_user_error() -> None:

@@ -19,26 +19,58 @@ from storage.ingest import ColumnMap, ingest_records, normalize
 
 
 def test_a_recipe_with_dart_flip_and_reweighting_runs_from_the_cli_and_exports(
-        dart_tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    dart_tiny_model_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
     rows = math_problems(2, seed=3) + humaneval_records()[:3]
     lake = Lake(tmp_path / "lake")
     ingest_records(lake, normalize(rows, "toy", ColumnMap(), "toy.jsonl"), "toy", ColumnMap(), "toy.jsonl")
     replay = write_demo_replay(lake.examples("toy"), tmp_path / "replay.jsonl", per_query=5, seed=2)
     ids = [r["id"] for r in rows]
     with lake.run(kind="attribute", method="test-scores", params={"for": "recipe"}) as scores:
-        scores.write("scores", pd.DataFrame({"train_id": [i for i in ids for _ in ids[:3]],
-                                             "target_id": ids[:3] * len(ids),
-                                             "score": [float(k % 7) - 3.0 for k in range(3 * len(ids))]}))
+        scores.write(
+            "scores",
+            pd.DataFrame(
+                {
+                    "train_id": [i for i in ids for _ in ids[:3]],
+                    "target_id": ids[:3] * len(ids),
+                    "score": [float(k % 7) - 3.0 for k in range(3 * len(ids))],
+                }
+            ),
+        )
     recipe = {
-        "name": "dart-recipe", "datasets": ["toy"],
+        "name": "dart-recipe",
+        "datasets": ["toy"],
         "stages": [
-            {"stage": "dart", "name": "dart_replay",
-             "params": {"strategy": "prop2diff", "replay": str(replay), "k_p": 3, "n_d": 2, "n_max": 5, "batch": 2}},
-            {"stage": "dart", "name": "dart_model",
-             "params": {"strategy": "vrt", "n_per_query": 1, "generator": "transformers",
-                        "model": str(dart_tiny_model_dir), "max_new_tokens": 6, "domains": ["math"], "limit": 2}},
+            {
+                "stage": "dart",
+                "name": "dart_replay",
+                "params": {
+                    "strategy": "prop2diff",
+                    "replay": str(replay),
+                    "k_p": 3,
+                    "n_d": 2,
+                    "n_max": 5,
+                    "batch": 2,
+                },
+            },
+            {
+                "stage": "dart",
+                "name": "dart_model",
+                "params": {
+                    "strategy": "vrt",
+                    "n_per_query": 1,
+                    "generator": "transformers",
+                    "model": str(dart_tiny_model_dir),
+                    "max_new_tokens": 6,
+                    "domains": ["math"],
+                    "limit": 2,
+                },
+            },
             {"stage": "difficulty_flip", "params": {"directions": {"math": "hard", "code": "easy"}}},
-            {"stage": "influence_reweight", "params": {"scores_run": "latest", "clip_min": 0.5, "clip_max": 2.0}},
+            {
+                "stage": "influence_reweight",
+                "params": {"scores_run": "latest", "clip_min": 0.5, "clip_max": 2.0},
+            },
         ],
         "export": {"out": str(tmp_path / "export"), "format": "jsonl", "run": "dart_replay"},
     }

@@ -49,10 +49,15 @@ def test_demo_replay_candidates_are_labelled_truthfully(toy) -> None:
     labels = pd.DataFrame(rows).sort_values(["query_id", "trial"])
     assert samples["correct"].tolist() == labels["correct"].tolist()
     assert set(samples.loc[samples["query_id"].str.startswith("HumanEval"), "verdict"]) <= {
-        "pass", "fail", "truncated"}
+        "pass",
+        "fail",
+        "truncated",
+    }
 
 
-def test_replay_prop2diff_writes_samples_curated_examples_weights_labels_and_exports(toy, tmp_path: Path) -> None:
+def test_replay_prop2diff_writes_samples_curated_examples_weights_labels_and_exports(
+    toy, tmp_path: Path
+) -> None:
     lake, replay, _ = toy
     run_id = run_dart(lake, strategy="prop2diff", replay=str(replay), k_p=4, n_d=2, n_max=6, batch=2)
     samples = lake.table("samples", "run_id = ?", [run_id])
@@ -66,13 +71,16 @@ def test_replay_prop2diff_writes_samples_curated_examples_weights_labels_and_exp
     meta = json.loads(curated["meta"].iloc[0])
     assert {"query_id", "trial", "source_dataset", "generator"} <= set(meta)
     labels = lake.table("labels", "run_id = ?", [run_id]).pivot_table(
-        index="example_id", columns="name", values="value")
+        index="example_id", columns="name", values="value"
+    )
     assert (labels["dart_kept"] <= labels["dart_target"]).all() and (labels["dart_trials"] <= 6).all()
     uncovered = labels.index[labels["dart_covered"] == 0].tolist()
     metrics = lake.table("metrics", "run_id = ?", [run_id]).set_index(["name", "key"])["value"]
     assert metrics[("uncovered", "all")] == len(uncovered)
     result = export_run(lake, run_id, tmp_path / "export", fmt="jsonl")
-    records = [json.loads(line) for line in (tmp_path / "export" / "data" / "train.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (tmp_path / "export" / "data" / "train.jsonl").read_text().splitlines()
+    ]
     assert result.rows == len(weights) == len(records)
     assert all(r["messages"][-1]["role"] == "assistant" for r in records)
     # the same parameters again: the same run, already complete
@@ -90,8 +98,16 @@ def test_samples_of_a_run_can_be_replayed_and_curated_again(toy) -> None:
 
 def test_transformers_backend_samples_every_query(toy, dart_tiny_model_dir: Path) -> None:
     lake, _, _ = toy
-    run_id = run_dart(lake, strategy="vrt", n_per_query=2, generator="transformers",
-                      model=str(dart_tiny_model_dir), max_new_tokens=8, domains=["math"], limit=3)
+    run_id = run_dart(
+        lake,
+        strategy="vrt",
+        n_per_query=2,
+        generator="transformers",
+        model=str(dart_tiny_model_dir),
+        max_new_tokens=8,
+        domains=["math"],
+        limit=3,
+    )
     samples = lake.table("samples", "run_id = ?", [run_id])
     assert len(samples) == 6 and set(samples["generator"]) == {"transformers"}
     assert set(samples["verdict"]) <= {"pass", "fail", "no_answer", "truncated", "timeout"}
@@ -99,12 +115,23 @@ def test_transformers_backend_samples_every_query(toy, dart_tiny_model_dir: Path
     assert record["model"].startswith(str(dart_tiny_model_dir.resolve()))
 
 
-@pytest.mark.parametrize("params", [
-    {"strategy": "best-of-n"}, {"k_p": 0}, {"generator": "transformers"}, {"generator": "openai", "model": "m"},
-    {"verify": "maybe"}, {"top_p": 1.5}, {"n_d": 100, "n_max": 10}, {"colour": "blue"},
-    {"replay": "/nonexistent/replay.jsonl"}, {"generator": "transformers", "model": "/nonexistent"},
-    {"difficulty": "labels", "domains": ["poetry"]}, {"output_dataset": "bad name!"},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"strategy": "best-of-n"},
+        {"k_p": 0},
+        {"generator": "transformers"},
+        {"generator": "openai", "model": "m"},
+        {"verify": "maybe"},
+        {"top_p": 1.5},
+        {"n_d": 100, "n_max": 10},
+        {"colour": "blue"},
+        {"replay": "/nonexistent/replay.jsonl"},
+        {"generator": "transformers", "model": "/nonexistent"},
+        {"difficulty": "labels", "domains": ["poetry"]},
+        {"output_dataset": "bad name!"},
+    ],
+)
 def test_bad_parameters_are_user_errors_and_write_nothing(toy, params: dict) -> None:
     lake, replay, _ = toy
     before = len(lake.runs())
@@ -119,12 +146,31 @@ def test_the_cli_runs_dart_and_writes_a_replay_file(toy, tmp_path: Path) -> None
     register(app)
     runner = CliRunner()
     out = tmp_path / "candidates.jsonl"
-    made = runner.invoke(app, ["dart-replay", "-d", "toy", "--out", str(out), "--per-query", "3",
-                               "--lake", str(lake.root)])
+    made = runner.invoke(
+        app, ["dart-replay", "-d", "toy", "--out", str(out), "--per-query", "3", "--lake", str(lake.root)]
+    )
     assert made.exit_code == 0, made.output
     assert "42 candidates for 14 queries" in made.output
-    ran = runner.invoke(app, ["dart", "-d", "toy", "--replay", str(out), "--strategy", "uniform", "--k-u", "1",
-                              "--n-max", "3", "--batch", "1", "--lake", str(lake.root)])
+    ran = runner.invoke(
+        app,
+        [
+            "dart",
+            "-d",
+            "toy",
+            "--replay",
+            str(out),
+            "--strategy",
+            "uniform",
+            "--k-u",
+            "1",
+            "--n-max",
+            "3",
+            "--batch",
+            "1",
+            "--lake",
+            str(lake.root),
+        ],
+    )
     assert ran.exit_code == 0, ran.output
     run_id = ran.output.split("dart run ")[1].split(":")[0]
     assert lake.require_run(run_id)["method"] == "dart"
@@ -133,10 +179,25 @@ def test_the_cli_runs_dart_and_writes_a_replay_file(toy, tmp_path: Path) -> None
 def test_a_bad_option_exits_with_status_2_and_one_line(toy) -> None:
     lake, replay, _ = toy
     env = {**os.environ, "ASSAY_PREFECT": "0", "ASSAY_LAKE": str(lake.root)}
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "dart", "-d", "toy", "--replay", str(replay),
-                           "--strategy", "magic"], check=False, capture_output=True, text=True, env=env,
-                          timeout=300,
-                          cwd=Path(__file__).resolve().parents[2])
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "dart",
+            "-d",
+            "toy",
+            "--replay",
+            str(replay),
+            "--strategy",
+            "magic",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("error: stage dart: strategy must be one of")
-

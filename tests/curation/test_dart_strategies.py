@@ -98,8 +98,13 @@ def test_targets_are_ceil_of_k_p_times_difficulty_and_at_least_one() -> None:
 
 
 def test_replay_exhaustion_ends_sampling() -> None:
-    frame = pd.DataFrame({"query_id": ["a"] * 3 + ["b"] * 2, "response": ["x"] * 5,
-                          "correct": [False, False, True, False, False]})
+    frame = pd.DataFrame(
+        {
+            "query_id": ["a"] * 3 + ["b"] * 2,
+            "response": ["x"] * 5,
+            "correct": [False, False, True, False, False],
+        }
+    )
     qs = [Query("a", "pa", answer="1"), Query("b", "pb", answer="1")]
     result = Uniform(k_u=5, n_max=100, batch=2).run(qs, ReplayGenerator(frame), seed=0)
     per_query = result.queries.set_index("query_id")
@@ -108,8 +113,13 @@ def test_replay_exhaustion_ends_sampling() -> None:
 
 
 def test_every_trial_is_recorded_with_its_verdict_and_truncated_ones_count_as_wrong() -> None:
-    frame = pd.DataFrame({"query_id": ["a"] * 4, "response": ["\\boxed{1}", "\\boxed{2}", "\\boxed{1}", "so 1"],
-                          "truncated": [False, False, True, False]})
+    frame = pd.DataFrame(
+        {
+            "query_id": ["a"] * 4,
+            "response": ["\\boxed{1}", "\\boxed{2}", "\\boxed{1}", "so 1"],
+            "truncated": [False, False, True, False],
+        }
+    )
     verifier = AnswerVerifier(mode="verify")
     result = VRT(n_per_query=4).run([Query("a", "1?", answer="1")], ReplayGenerator(frame), verifier)
     assert result.trials["verdict"].tolist() == ["pass", "fail", "truncated", "pass"]

@@ -44,8 +44,10 @@ def test_bands_from_per_domain_tertiles_or_thresholds() -> None:
 
 
 def test_flip_swaps_easy_math_for_hard_math_and_hard_code_for_easy_code_keeping_sizes() -> None:
-    frame = pd.concat([pool([1, 1, 1, 1, 3, 3, 5, 5], "math"), pool([1, 1, 3, 5, 5, 5], "code"),
-                       pool([1, 5], "prose")], ignore_index=True)
+    frame = pd.concat(
+        [pool([1, 1, 1, 1, 3, 3, 5, 5], "math"), pool([1, 1, 3, 5, 5, 5], "code"), pool([1, 5], "prose")],
+        ignore_index=True,
+    )
     out = difficulty_flip(frame, {"math": "hard", "code": "easy"}, easy_max=1, hard_min=5)
     math_, code, prose = out.iloc[:8], out.iloc[8:14], out.iloc[14:]
     assert math_["weight"].tolist() == [0, 0, 0, 0, 1, 1, 3, 3]  # 4 easy moved onto 2 hard
@@ -76,10 +78,19 @@ def test_examples_without_difficulty_or_a_counterpart_band_keep_weight_one() -> 
 
 def scores_frame() -> pd.DataFrame:
     # train a helps math, hurts code; b helps code; c is neutral; d is only scored on math
-    rows = [("a", "m1", 2.0), ("a", "m2", 4.0), ("a", "c1", -1.0),
-            ("b", "m1", 0.0), ("b", "m2", 0.0), ("b", "c1", 3.0),
-            ("c", "m1", 0.0), ("c", "m2", 0.0), ("c", "c1", 0.0),
-            ("d", "m1", 1.0), ("x", "unknown-target", 9.0)]
+    rows = [
+        ("a", "m1", 2.0),
+        ("a", "m2", 4.0),
+        ("a", "c1", -1.0),
+        ("b", "m1", 0.0),
+        ("b", "m2", 0.0),
+        ("b", "c1", 3.0),
+        ("c", "m1", 0.0),
+        ("c", "m2", 0.0),
+        ("c", "c1", 0.0),
+        ("d", "m1", 1.0),
+        ("x", "unknown-target", 9.0),
+    ]
     return pd.DataFrame(rows, columns=["train_id", "target_id", "score"])
 
 
@@ -118,25 +129,39 @@ def test_influence_weights_are_clipped_normalised_monotone_and_give_copies() -> 
 
 # ---- stages ----------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def lake(tmp_path: Path) -> Lake:
     lake = Lake(tmp_path / "lake")
-    train = [{"id": f"m{i}", "domain": "math", "difficulty": 1 + i % 5, "prompt": f"q{i}", "response": f"r{i}"}
-             for i in range(10)]
-    train += [{"id": f"c{i}", "domain": "code", "difficulty": 1 + i % 5, "prompt": f"w{i}", "response": f"d{i}"}
-              for i in range(10)]
-    targets = [{"id": "tm1", "domain": "math", "prompt": "t", "response": "1"},
-               {"id": "tm2", "domain": "math", "prompt": "u", "response": "2"},
-               {"id": "tc1", "domain": "code", "prompt": "v", "response": "3"}]
+    train = [
+        {"id": f"m{i}", "domain": "math", "difficulty": 1 + i % 5, "prompt": f"q{i}", "response": f"r{i}"}
+        for i in range(10)
+    ]
+    train += [
+        {"id": f"c{i}", "domain": "code", "difficulty": 1 + i % 5, "prompt": f"w{i}", "response": f"d{i}"}
+        for i in range(10)
+    ]
+    targets = [
+        {"id": "tm1", "domain": "math", "prompt": "t", "response": "1"},
+        {"id": "tm2", "domain": "math", "prompt": "u", "response": "2"},
+        {"id": "tc1", "domain": "code", "prompt": "v", "response": "3"},
+    ]
     for name, rows in (("train", train), ("targets", targets)):
-        ingest_records(lake, normalize(rows, name, ColumnMap(), f"{name}.jsonl"), name, ColumnMap(), f"{name}.jsonl")
+        ingest_records(
+            lake, normalize(rows, name, ColumnMap(), f"{name}.jsonl"), name, ColumnMap(), f"{name}.jsonl"
+        )
     return lake
 
 
 def write_scores(lake: Lake) -> str:
     rng = np.random.default_rng(0)
-    rows = [(f"{d}{i}", t, float(rng.normal() + (1.0 if d == "m" and t.startswith("tm") else 0.0)))
-            for d in "mc" for i in range(10) for t in ("tm1", "tm2", "tc1") if not (d == "c" and i == 9)]
+    rows = [
+        (f"{d}{i}", t, float(rng.normal() + (1.0 if d == "m" and t.startswith("tm") else 0.0)))
+        for d in "mc"
+        for i in range(10)
+        for t in ("tm1", "tm2", "tc1")
+        if not (d == "c" and i == 9)
+    ]
     with lake.run(kind="attribute", method="test-scores", params={"seed": 0}) as run:
         run.write("scores", pd.DataFrame(rows, columns=["train_id", "target_id", "score"]))
     return run.run_id
@@ -144,12 +169,17 @@ def write_scores(lake: Lake) -> str:
 
 def test_difficulty_flip_stage_writes_weights_labels_and_exports(lake: Lake, tmp_path: Path) -> None:
     stages = load_stages()
-    run_id = stages["difficulty_flip"](StageContext(lake=lake, datasets=["train"], quiet=True),
-                                       {"easy_max": 2, "hard_min": 4})
+    run_id = stages["difficulty_flip"](
+        StageContext(lake=lake, datasets=["train"], quiet=True), {"easy_max": 2, "hard_min": 4}
+    )
     weights = lake.table("weights", "run_id = ?", [run_id]).set_index("example_id")
     assert len(weights) == 20 and weights["copies"].sum() == 20
-    assert weights.loc["m0", "copies"] == 0 and weights.loc["m3", "copies"] == 2  # easy math out, hard math in
-    assert weights.loc["c0", "copies"] == 2 and weights.loc["c3", "copies"] == 0  # hard code out, easy code in
+    assert (
+        weights.loc["m0", "copies"] == 0 and weights.loc["m3", "copies"] == 2
+    )  # easy math out, hard math in
+    assert (
+        weights.loc["c0", "copies"] == 2 and weights.loc["c3", "copies"] == 0
+    )  # hard code out, easy code in
     bands = lake.table("labels", "run_id = ? AND name = 'difficulty_band'", [run_id]).set_index("example_id")
     assert bands.loc["m0", "value"] == 0.0 and bands.loc["m4", "value"] == 2.0
     result = export_run(lake, run_id, tmp_path / "flip", fmt="jsonl", materialise=True)
@@ -160,8 +190,13 @@ def test_difficulty_flip_stage_rejects_bad_parameters(lake: Lake) -> None:
     flip = load_stages()["difficulty_flip"]
     ctx = StageContext(lake=lake, datasets=["train"], quiet=True)
     before = len(lake.runs())
-    for bad in ({"directions": {"math": "harder"}}, {"fraction": 2}, {"easy_max": "low"},
-                {"directions": {"poetry": "hard"}}, {"direction": {}}):
+    for bad in (
+        {"directions": {"math": "harder"}},
+        {"fraction": 2},
+        {"easy_max": "low"},
+        {"directions": {"poetry": "hard"}},
+        {"direction": {}},
+    ):
         with pytest.raises(UserError):
             flip(ctx, bad)
     assert len(lake.runs()) == before

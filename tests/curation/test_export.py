@@ -20,20 +20,31 @@ from storage.ingest import ColumnMap, ingest_records, normalize
 
 
 def toy_examples() -> pd.DataFrame:
-    return pd.DataFrame({
-        "dataset": ["d"] * 3,
-        "example_id": ["a", "b", "c"],
-        "prompt": ["1+1?", "2+2?", None],
-        "response": ["2", "4", None],
-        "messages": [None, np.array([{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]),
-                     json.dumps([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
-                                 {"role": "assistant", "content": "hello"}])],
-    })
+    return pd.DataFrame(
+        {
+            "dataset": ["d"] * 3,
+            "example_id": ["a", "b", "c"],
+            "prompt": ["1+1?", "2+2?", None],
+            "response": ["2", "4", None],
+            "messages": [
+                None,
+                np.array([{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]),
+                json.dumps(
+                    [
+                        {"role": "system", "content": "be brief"},
+                        {"role": "user", "content": "hi"},
+                        {"role": "assistant", "content": "hello"},
+                    ]
+                ),
+            ],
+        }
+    )
 
 
 def toy_weights() -> pd.DataFrame:
-    return pd.DataFrame({"dataset": ["d"] * 3, "example_id": ["a", "b", "c"],
-                         "weight": [0.5, 1.0, 2.0], "copies": [3, 0, 2]})
+    return pd.DataFrame(
+        {"dataset": ["d"] * 3, "example_id": ["a", "b", "c"], "weight": [0.5, 1.0, 2.0], "copies": [3, 0, 2]}
+    )
 
 
 def test_chat_records_come_from_messages_or_prompt_and_response() -> None:
@@ -68,8 +79,14 @@ def test_group_summary_counts_before_and_after() -> None:
     groups = pd.Series(["x", "x", "y"])
     rec = export.build_records(toy_examples(), toy_weights(), groups)
     summary = export.group_summary(groups, rec, materialised=False)
-    assert summary.loc["x"].to_dict() == {"examples_before": 2, "examples_after": 1, "rows": 1, "draws": 3,
-                                          "weight_sum": 1.5, "effective_epochs": 1.5}
+    assert summary.loc["x"].to_dict() == {
+        "examples_before": 2,
+        "examples_after": 1,
+        "rows": 1,
+        "draws": 3,
+        "weight_sum": 1.5,
+        "effective_epochs": 1.5,
+    }
     assert summary.loc["y", "draws"] == 2
 
 
@@ -78,10 +95,18 @@ def make_lake(root: Path) -> Lake:
     rows = []
     for i in range(90):
         a, b = rng.randint(1, 50), rng.randint(1, 50)
-        rows.append({"id": f"m{i}", "domain": "math", "prompt": f"What is {a} + {b}?", "response": str(a + b)})
+        rows.append(
+            {"id": f"m{i}", "domain": "math", "prompt": f"What is {a} + {b}?", "response": str(a + b)}
+        )
     for i in range(10):
-        rows.append({"id": f"c{i}", "domain": "code", "prompt": f"Write f{i}.",
-                     "response": f"def f{i}(x):\n    return x * {i}"})
+        rows.append(
+            {
+                "id": f"c{i}",
+                "domain": "code",
+                "prompt": f"Write f{i}.",
+                "response": f"def f{i}(x):\n    return x * {i}",
+            }
+        )
     lake = Lake(root)
     ingest_records(lake, normalize(rows, "toy", ColumnMap(), "toy.jsonl"), "toy", ColumnMap(), "toy.jsonl")
     return lake
@@ -90,8 +115,10 @@ def make_lake(root: Path) -> Lake:
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Lake, str]:
     lake = make_lake(tmp_path_factory.mktemp("lake"))
-    run_id = load_stages()["mix"](StageContext(lake=lake, datasets=["toy"], quiet=True),
-                                  {"schedule": "cooldown", "epochs": 4, "batch_size": 10})
+    run_id = load_stages()["mix"](
+        StageContext(lake=lake, datasets=["toy"], quiet=True),
+        {"schedule": "cooldown", "epochs": 4, "batch_size": 10},
+    )
     return lake, run_id
 
 
@@ -115,8 +142,15 @@ def test_mix_stage_rejects_bad_parameters_before_writing(mixed: tuple[Lake, str]
     mix = load_stages()["mix"]
     ctx = StageContext(lake=lake, datasets=["toy"], quiet=True)
     before = len(lake.runs())
-    for bad in ({"by": "colour"}, {"tau": -1}, {"method": "scalarization"}, {"schedule": "step"},
-                {"by": "label:ppp_cluster"}, {"weights_from": "dart"}, {"batchsize": 3}):
+    for bad in (
+        {"by": "colour"},
+        {"tau": -1},
+        {"method": "scalarization"},
+        {"schedule": "step"},
+        {"by": "label:ppp_cluster"},
+        {"weights_from": "dart"},
+        {"batchsize": 3},
+    ):
         with pytest.raises(UserError):
             mix(ctx, bad)
     assert len(lake.runs()) == before
@@ -141,12 +175,14 @@ def load_with_datasets(path: Path, builder: str, cache: Path) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("fmt,builder", [("jsonl", "json"), ("parquet", "parquet")])
-def test_export_round_trips_through_datasets_and_pandas(mixed: tuple[Lake, str], tmp_path: Path,
-                                                        fmt: str, builder: str) -> None:
+def test_export_round_trips_through_datasets_and_pandas(
+    mixed: tuple[Lake, str], tmp_path: Path, fmt: str, builder: str
+) -> None:
     lake, run_id = mixed
     out = tmp_path / "export"
-    result = CliRunner().invoke(cli(), ["export", run_id, "--format", fmt, "--out", str(out),
-                                        "--lake", str(lake.root)])
+    result = CliRunner().invoke(
+        cli(), ["export", run_id, "--format", fmt, "--out", str(out), "--lake", str(lake.root)]
+    )
     assert result.exit_code == 0, result.output
     data = out / "data" / f"train.{fmt}"
     by_pandas = pd.read_json(data, lines=True) if fmt == "jsonl" else pd.read_parquet(data)
@@ -160,7 +196,8 @@ def test_export_round_trips_through_datasets_and_pandas(mixed: tuple[Lake, str],
         messages = [dict(m) for m in first["messages"]]
         assert [m["role"] for m in messages] == ["user", "assistant"]
         assert dict(zip(frame["example_id"], frame["copies"], strict=True)) == dict(
-            zip(kept["example_id"], kept["copies"], strict=True))
+            zip(kept["example_id"], kept["copies"], strict=True)
+        )
     # The card's front matter names the data files, so the folder itself loads too.
     import datasets
 
@@ -179,8 +216,21 @@ def test_materialised_prompt_response_export_and_hf_format(mixed: tuple[Lake, st
 
     lake, run_id = mixed
     out = tmp_path / "hf"
-    result = CliRunner().invoke(cli(), ["export", run_id, "--format", "hf", "--out", str(out), "--materialise",
-                                        "--prompt-response", "--lake", str(lake.root)])
+    result = CliRunner().invoke(
+        cli(),
+        [
+            "export",
+            run_id,
+            "--format",
+            "hf",
+            "--out",
+            str(out),
+            "--materialise",
+            "--prompt-response",
+            "--lake",
+            str(lake.root),
+        ],
+    )
     assert result.exit_code == 0, result.output
     ds = datasets.load_from_disk(str(out))
     assert len(ds) == 400 and {"prompt", "response", "weight", "copy"} <= set(ds.column_names)
@@ -211,19 +261,38 @@ def test_mix_stage_groups_by_an_earlier_label_and_builds_on_earlier_weights(tmp_
     version = lake.dataset_version("toy")
     # An earlier stage's cluster labels (3 clusters) and weights that drop the first 20 math examples.
     with lake.run(kind="curate", method="ppp", params={}, inputs={"datasets": {"toy": version}}) as run:
-        run.write("labels", pd.DataFrame({"dataset": "toy", "example_id": examples["example_id"],
-                                          "name": "ppp_cluster", "value": np.arange(100) % 3 * 1.0}))
+        run.write(
+            "labels",
+            pd.DataFrame(
+                {
+                    "dataset": "toy",
+                    "example_id": examples["example_id"],
+                    "name": "ppp_cluster",
+                    "value": np.arange(100) % 3 * 1.0,
+                }
+            ),
+        )
         labels_run = run.run_id
     dropped = {f"m{i}" for i in range(20)}
     with lake.run(kind="curate", method="filter", params={}, inputs={"datasets": {"toy": version}}) as run:
-        run.write("weights", pd.DataFrame({
-            "dataset": "toy", "example_id": examples["example_id"],
-            "weight": [0.0 if e in dropped else 2.0 for e in examples["example_id"]], "copies": 1}))
+        run.write(
+            "weights",
+            pd.DataFrame(
+                {
+                    "dataset": "toy",
+                    "example_id": examples["example_id"],
+                    "weight": [0.0 if e in dropped else 2.0 for e in examples["example_id"]],
+                    "copies": 1,
+                }
+            ),
+        )
         weights_run = run.run_id
-    ctx = StageContext(lake=lake, datasets=["toy"], previous={"ppp": labels_run, "filter": weights_run},
-                       quiet=True)
-    run_id = load_stages()["mix"](ctx, {"by": "label:ppp_cluster", "schedule": "constant", "tau": 2.0,
-                                        "epochs": 2, "batch_size": 8})
+    ctx = StageContext(
+        lake=lake, datasets=["toy"], previous={"ppp": labels_run, "filter": weights_run}, quiet=True
+    )
+    run_id = load_stages()["mix"](
+        ctx, {"by": "label:ppp_cluster", "schedule": "constant", "tau": 2.0, "epochs": 2, "batch_size": 8}
+    )
     weights = lake.table("weights", "run_id = ?", [run_id]).set_index("example_id")
     assert (weights.loc[sorted(dropped), "copies"] == 0).all()
     kept = weights.drop(index=sorted(dropped))
@@ -231,8 +300,11 @@ def test_mix_stage_groups_by_an_earlier_label_and_builds_on_earlier_weights(tmp_
     schedule = lake.table("mixture_schedule", "run_id = ?", [run_id])
     assert set(schedule["group_name"]) == {"0", "1", "2"}
     record = lake.run_record(run_id)
-    assert json.loads(record["inputs"]) == {"datasets": {"toy": version}, "labels": labels_run,
-                                            "weights": weights_run}
+    assert json.loads(record["inputs"]) == {
+        "datasets": {"toy": version},
+        "labels": labels_run,
+        "weights": weights_run,
+    }
     # Export groups by the same labels.
     result = export_run(lake, run_id, tmp_path / "out")
     assert set(result.summary.index) == {"0", "1", "2"} and result.rows == int((kept["copies"] > 0).sum())

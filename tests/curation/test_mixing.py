@@ -100,7 +100,8 @@ def test_without_replacement_no_example_repeats_before_its_group_is_used_up() ->
         # Walking shuffled passes: every example is drawn floor or ceil of draws / n times.
         assert members.min() >= draws // n and members.max() <= -(-draws // n)
     with_replacement = mixing.copies_from_sequence(
-        mixing.sample_steps(groups, probs, 8, seed=0, replace=True)["index"].to_numpy(), len(groups))
+        mixing.sample_steps(groups, probs, 8, seed=0, replace=True)["index"].to_numpy(), len(groups)
+    )
     assert with_replacement.max() - with_replacement.min() > 1  # uniform draws are not balanced
 
 
@@ -133,10 +134,20 @@ def test_temperature_sampling_has_lower_gradient_variance_than_scalarization() -
     per_example_grad = (x @ w - y)[:, None] * x  # gradient of 0.5 (x.w - y)^2
     tau, steps, batch = 5.0, 3000, 8
     counts = mixing.group_counts(groups)
-    temp = mixing.sample_steps(groups, mixing.schedule_probabilities(
-        counts, mixing.tau_schedule(steps, "constant", tau_start=tau)), batch, seed=1, replace=True)
-    prop = mixing.sample_steps(groups, mixing.schedule_probabilities(
-        counts, mixing.tau_schedule(steps, "constant", tau_start=1.0)), batch, seed=2, replace=True)
+    temp = mixing.sample_steps(
+        groups,
+        mixing.schedule_probabilities(counts, mixing.tau_schedule(steps, "constant", tau_start=tau)),
+        batch,
+        seed=1,
+        replace=True,
+    )
+    prop = mixing.sample_steps(
+        groups,
+        mixing.schedule_probabilities(counts, mixing.tau_schedule(steps, "constant", tau_start=1.0)),
+        batch,
+        seed=2,
+        replace=True,
+    )
     loss_weight = mixing.example_weights(groups, tau)
 
     def batch_grads(drawn: pd.DataFrame, weights: np.ndarray) -> np.ndarray:
@@ -200,13 +211,19 @@ def test_materialised_copies_follow_the_mixture_and_do_not_depend_on_chunking() 
     assert expected.sum() == pytest.approx(len(groups))
     copies = mixing.round_copies(ids, expected, seed=5)
     assert (copies == np.floor(expected)).sum() + (copies == np.floor(expected) + 1).sum() == len(copies)
-    halves = np.concatenate([mixing.round_copies(ids[:2000], expected[:2000], seed=5),
-                             mixing.round_copies(ids[2000:], expected[2000:], seed=5)])
+    halves = np.concatenate(
+        [
+            mixing.round_copies(ids[:2000], expected[:2000], seed=5),
+            mixing.round_copies(ids[2000:], expected[2000:], seed=5),
+        ]
+    )
     np.testing.assert_array_equal(copies, halves)
     assert not np.array_equal(copies, mixing.round_copies(ids, expected, seed=6))
     report = mixing.effective_epochs(groups, copies)
     for group, row in report.iterrows():
-        assert row["draws"] == pytest.approx(probs[group] * len(groups), abs=4 * math.sqrt(row["examples"]) + 1)
+        assert row["draws"] == pytest.approx(
+            probs[group] * len(groups), abs=4 * math.sqrt(row["examples"]) + 1
+        )
     assert report.loc["c", "effective_epochs"] > 10 and report.loc["a", "unseen"] > 0.3
     np.testing.assert_array_equal(mixing.materialise_copies(ids, groups, 4.0, seed=5), copies)
 

@@ -21,7 +21,9 @@ FAST = Limits(wall_s=2.0, cpu_s=1.0, memory_mb=512, max_procs=8)
 def test_every_humaneval_canonical_solution_passes() -> None:
     assert len(PROBLEMS) == 164
     verdicts = CodeVerifier(workers=2).check_many([(p, p["canonical_solution"]) for p in PROBLEMS])
-    failed = [(p["task_id"], v.verdict, v.message) for p, v in zip(PROBLEMS, verdicts, strict=True) if not v.correct]
+    failed = [
+        (p["task_id"], v.verdict, v.message) for p, v in zip(PROBLEMS, verdicts, strict=True) if not v.correct
+    ]
     assert failed == []
 
 
@@ -70,18 +72,28 @@ def test_early_exits_do_not_count_as_passes() -> None:
 
 
 def test_a_failing_assertion_names_the_test_line() -> None:
-    verdict = check_program("def add(a, b):\n    return a - b\n",
-                            "def check(candidate):\n    assert candidate(1, 1) == 2\n", "add", FAST)
+    verdict = check_program(
+        "def add(a, b):\n    return a - b\n",
+        "def check(candidate):\n    assert candidate(1, 1) == 2\n",
+        "add",
+        FAST,
+    )
     assert verdict.verdict == "fail"
     assert "assert candidate(1, 1) == 2" in verdict.message
 
 
 def test_a_missing_entry_point_is_an_error() -> None:
-    verdict = check_program("def other():\n    return 1\n", "def check(c):\n    assert c() == 1\n", "wanted", FAST)
+    verdict = check_program(
+        "def other():\n    return 1\n", "def check(c):\n    assert c() == 1\n", "wanted", FAST
+    )
     assert verdict.verdict == "error" and "wanted" in verdict.message
 
 
 def test_a_memory_hog_candidate_is_an_error_not_a_pass() -> None:
-    verdict = check_program("def f():\n    return bytearray(8 * 1024 ** 3)\n",
-                            "def check(c):\n    assert c() is not None\n", "f", FAST)
+    verdict = check_program(
+        "def f():\n    return bytearray(8 * 1024 ** 3)\n",
+        "def check(c):\n    assert c() is not None\n",
+        "f",
+        FAST,
+    )
     assert verdict.verdict == "error" and not verdict.correct

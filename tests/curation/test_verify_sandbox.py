@@ -18,8 +18,9 @@ import pytest
 
 from curation.verify.sandbox import Limits, isolation_support, run_command, run_python
 
-TIGHT = Limits(wall_s=4.0, cpu_s=2.0, memory_mb=256, max_procs=4, max_output_bytes=4096,
-               kill_output_bytes=200_000)
+TIGHT = Limits(
+    wall_s=4.0, cpu_s=2.0, memory_mb=256, max_procs=4, max_output_bytes=4096, kill_output_bytes=200_000
+)
 
 
 def leftover_processes(mark: str) -> list[int]:
@@ -46,7 +47,8 @@ def test_a_plain_program_runs_in_a_fresh_directory_with_a_scrubbed_environment(m
         "import os, sys\n"
         "print(os.getcwd() == os.environ['HOME'], os.listdir('.'), os.environ.get('ASSAY_SECRET_FOR_TEST'))\n"
         "print(sys.stdin.read())\n",
-        stdin="from stdin", files={"data.txt": "x"},
+        stdin="from stdin",
+        files={"data.txt": "x"},
     )
     assert result.ok, result.stderr
     first, second = result.stdout.splitlines()[:2]
@@ -129,9 +131,7 @@ def test_a_socket_connection_fails() -> None:
     port = server.getsockname()[1]
     try:
         result, _ = marked(
-            "import socket\n"
-            f"socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
-            "print('connected')\n"
+            f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)\nprint('connected')\n"
         )
         assert "connected" not in result.stdout and not result.ok
         with pytest.raises(TimeoutError):

@@ -12,8 +12,15 @@ from assay_testing import run_cli
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    rows = [{"prompt": f"q{i}", "response": f"a{i}", "domain": "math" if i % 2 else "code", "difficulty": i % 5 + 1}
-            for i in range(6)]
+    rows = [
+        {
+            "prompt": f"q{i}",
+            "response": f"a{i}",
+            "domain": "math" if i % 2 else "code",
+            "difficulty": i % 5 + 1,
+        }
+        for i in range(6)
+    ]
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert run_cli("ingest", "data.jsonl", "--dataset", "toy", cwd=tmp_path).returncode == 0
     return tmp_path
@@ -26,8 +33,10 @@ def test_sql_formats_and_out_files(project: Path) -> None:
     csv = run_cli("sql", query, "--format", "csv", cwd=project)
     assert csv.stdout.splitlines() == ["domain,n", "code,3", "math,3"]
     js = run_cli("sql", query, "--format", "json", cwd=project)
-    assert [json.loads(line) for line in js.stdout.splitlines()] == [{"domain": "code", "n": 3},
-                                                                    {"domain": "math", "n": 3}]
+    assert [json.loads(line) for line in js.stdout.splitlines()] == [
+        {"domain": "code", "n": 3},
+        {"domain": "math", "n": 3},
+    ]
     out = run_cli("sql", query, "--format", "parquet", "--out", "r.parquet", cwd=project)
     assert out.returncode == 0 and pd.read_parquet(project / "r.parquet")["n"].tolist() == [3, 3]
     refused = run_cli("sql", "DROP VIEW examples", cwd=project)
@@ -46,8 +55,14 @@ def test_runs_and_tables(project: Path) -> None:
 def test_lake_option_and_env_pick_the_lake(project: Path) -> None:
     other = project / "elsewhere"
     assert run_cli("--lake", str(other), "ingest", "data.jsonl", "-d", "toy", cwd=project).returncode == 0
-    via_env = run_cli("sql", "SELECT count(*) AS n FROM examples", "--format", "csv", cwd=project,
-                      env={"ASSAY_LAKE": str(other)})
+    via_env = run_cli(
+        "sql",
+        "SELECT count(*) AS n FROM examples",
+        "--format",
+        "csv",
+        cwd=project,
+        env={"ASSAY_LAKE": str(other)},
+    )
     assert via_env.stdout.splitlines() == ["n", "6"]
     assert (other / "catalog.duckdb").exists()
 
@@ -55,8 +70,13 @@ def test_lake_option_and_env_pick_the_lake(project: Path) -> None:
 def test_quick_demo_through_prefect(tmp_path: Path) -> None:
     result = run_cli("demo", "--quick", cwd=tmp_path, prefect=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    answer = run_cli("sql", "select domain, count(*) AS n from examples group by 1 order by 1", "--format", "csv",
-                     cwd=tmp_path)
+    answer = run_cli(
+        "sql",
+        "select domain, count(*) AS n from examples group by 1 order by 1",
+        "--format",
+        "csv",
+        cwd=tmp_path,
+    )
     lines = answer.stdout.splitlines()
     assert lines[0] == "domain,n" and [line.split(",")[0] for line in lines[1:]] == ["code", "math"]
     model_dirs = list((tmp_path / ".assay" / "cache").glob("reference-model-*"))

@@ -20,8 +20,10 @@ from storage.dask_io import dask_address, read_table, table_files, use_dask, wri
 def cluster() -> Iterator[str]:
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc, \
-            Client(lc) as client:
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc,
+        Client(lc) as client,
+    ):
         client.wait_for_workers(2)
         yield lc.scheduler_address
 
@@ -39,9 +41,11 @@ def test_read_table_sees_complete_runs_one_partition_per_file(tmp_path: Path, cl
         assert frame.npartitions == 4 and len(table_files(lake, "scores")) == 4
         got = frame.compute().sort_values(["train_id", "target_id"]).reset_index(drop=True)
         want = lake.table("scores").sort_values(["train_id", "target_id"]).reset_index(drop=True)
-    pd.testing.assert_frame_equal(got[want.columns].astype({"run_id": object, "train_id": object, "target_id": object}),
-                                  want.astype({"run_id": object, "train_id": object, "target_id": object}),
-                                  check_dtype=False)
+    pd.testing.assert_frame_equal(
+        got[want.columns].astype({"run_id": object, "train_id": object, "target_id": object}),
+        want.astype({"run_id": object, "train_id": object, "target_id": object}),
+        check_dtype=False,
+    )
     assert set(got["run_id"]) == {scores_run}
     with pytest.raises(UserError, match="no column 'nope'"):
         read_table(lake, "scores", columns=["nope"])
@@ -67,8 +71,10 @@ def test_dask_variant_matches_the_in_memory_stage(tmp_path: Path, cluster: str, 
     stages = load_stages()
     memory_lake, _ = make_lake(tmp_path / "memory", shards=4)
     dask_lake, _ = make_lake(tmp_path / "dask", shards=4)
-    params = {"influence_reweight": {"scores_run": "latest", "temperature": 0.5},
-              "mix": {"by": "domain", "schedule": "cooldown", "batch_size": 4, "weights_from": "none"}}[stage_name]
+    params = {
+        "influence_reweight": {"scores_run": "latest", "temperature": 0.5},
+        "mix": {"by": "domain", "schedule": "cooldown", "batch_size": 4, "weights_from": "none"},
+    }[stage_name]
     ctx = StageContext(memory_lake, [TRAIN, TARGETS], quiet=True)
     assert dask_variant(stage_name, StageContext(dask_lake, [TRAIN, TARGETS]), params, cluster) is not None
     want = stages[stage_name](ctx, params)
@@ -114,7 +120,9 @@ def test_when_dask_is_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.slow
-def test_attribution_shards_fan_out_over_workers_with_the_one_process_result(tmp_path: Path, cluster: str) -> None:
+def test_attribution_shards_fan_out_over_workers_with_the_one_process_result(
+    tmp_path: Path, cluster: str
+) -> None:
     from flows_testlake import records, tiny_model
 
     from attribution.stage import run_attribution
@@ -135,7 +143,9 @@ def test_attribution_shards_fan_out_over_workers_with_the_one_process_result(tmp
     got = attribute_sharded(lakes[1], args, cluster, workers=2)
     assert got == want
     assert sorted(p.name for p in lakes[1].run_dir("scores", got).glob("*")) == [
-        f"shard-{k:06d}.parquet" for k in range(3)]
-    pd.testing.assert_frame_equal(frame_of(lakes[0], "scores", want), frame_of(lakes[1], "scores", got),
-                                  check_dtype=False, rtol=1e-5)
+        f"shard-{k:06d}.parquet" for k in range(3)
+    ]
+    pd.testing.assert_frame_equal(
+        frame_of(lakes[0], "scores", want), frame_of(lakes[1], "scores", got), check_dtype=False, rtol=1e-5
+    )
     assert not (lakes[1].root / ".work" / "attribution" / got).exists()  # the combine step cleaned up

@@ -37,7 +37,9 @@ class Flaky:
 
     def __call__(self, ctx: StageContext, params: dict) -> str:
         self.attempts += 1
-        with ctx.lake.run(kind="curate", method="flaky", params=params, inputs={"previous": ctx.previous}) as run:
+        with ctx.lake.run(
+            kind="curate", method="flaky", params=params, inputs={"previous": ctx.previous}
+        ) as run:
             if run.complete:
                 return run.run_id
             for shard in (0, 1):
@@ -47,8 +49,18 @@ class Flaky:
                     self.fail_times -= 1
                     raise self.fail
                 self.computed.append(shard)
-                run.write("labels", pd.DataFrame({"dataset": TRAIN, "example_id": [f"x{shard}"], "name": "flaky",
-                                                  "value": [float(shard)]}), shard=shard)
+                run.write(
+                    "labels",
+                    pd.DataFrame(
+                        {
+                            "dataset": TRAIN,
+                            "example_id": [f"x{shard}"],
+                            "name": "flaky",
+                            "value": [float(shard)],
+                        }
+                    ),
+                    shard=shard,
+                )
         return run.run_id
 
 
@@ -75,16 +87,21 @@ def test_curate_flow_runs_stages_as_tasks_and_publishes_a_summary(tmp_path: Path
     assert list(result["runs"]) == ["influence_reweight", "mix"]
     assert all(lake.run_record(r)["status"] == "complete" for r in result["runs"].values())
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["curate-tiny"])))
-        tables = client.read_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=["curate-tiny-runs"])))
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["curate-tiny"]))
+        )
+        tables = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["curate-tiny-runs"]))
+        )
     assert found and tables
     markdown = found[0].data
     assert result["runs"]["mix"] in markdown and "assay --lake" in markdown
     assert f"SELECT * FROM weights WHERE run_id = '{result['runs']['mix']}'" in markdown
 
 
-def test_a_failure_mid_pipeline_is_recorded_hides_partial_rows_and_resumes(tmp_path: Path, flaky: Flaky) -> None:
+def test_a_failure_mid_pipeline_is_recorded_hides_partial_rows_and_resumes(
+    tmp_path: Path, flaky: Flaky
+) -> None:
     lake, _ = make_lake(tmp_path / "lake")
     flaky.fail, flaky.fail_times = RuntimeError("boom"), 1
     with pytest.raises(RuntimeError, match="boom"):

@@ -33,24 +33,33 @@ def test_parse_fills_names_and_overrides_datasets() -> None:
     assert spec.stages[1].params["weights_from"] == "influence_reweight"
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"stages": [{"stage": "no_such_stage"}]}, "stages[0].stage: unknown stage 'no_such_stage'"),
-    ({"stages": [{"stage": "mix", "params": {"tau": -1}}]}, "stages[0] (mix).params: tau must be a positive"),
-    ({"stages": [{"stage": "mix", "params": {"bogus": 1}}]}, "stages[0] (mix).params: unknown parameter"),
-    ({"stages": [{"stage": "mix", "params": [1, 2]}]}, "stages[0] (mix).params: expected a mapping"),
-    ({"stages": [{"stage": "mix", "extra": 1}]}, "stages[0].extra: unknown field"),
-    ({"stages": [{"params": {}}]}, "stages[0].stage: missing"),
-    ({"stages": [{"stage": "mix"}, {"stage": "mix"}]}, "stages[1] (mix).name: 'mix' is used by an earlier"),
-    ({"stages": []}, "stages: expected a non-empty list"),
-    ({"datasets": "  "}, "datasets[0]: expected a dataset name"),
-    ({"datasets": []}, "datasets: expected a non-empty list"),
-    ({"name": "bad name"}, "name: expected letters"),
-    ({"export": {"format": "csv", "out": "x"}}, "export.format: expected one of jsonl, parquet, hf"),
-    ({"export": {"format": "jsonl"}}, "export.out: missing"),
-    ({"export": {"out": "x", "run": "nope"}}, "export.run: 'nope' is not a stage"),
-    ({"export": {"out": "x", "materialise": "yes"}}, "export.materialise: expected true or false"),
-    ({"colour": "blue"}, "colour: unknown field"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"stages": [{"stage": "no_such_stage"}]}, "stages[0].stage: unknown stage 'no_such_stage'"),
+        (
+            {"stages": [{"stage": "mix", "params": {"tau": -1}}]},
+            "stages[0] (mix).params: tau must be a positive",
+        ),
+        ({"stages": [{"stage": "mix", "params": {"bogus": 1}}]}, "stages[0] (mix).params: unknown parameter"),
+        ({"stages": [{"stage": "mix", "params": [1, 2]}]}, "stages[0] (mix).params: expected a mapping"),
+        ({"stages": [{"stage": "mix", "extra": 1}]}, "stages[0].extra: unknown field"),
+        ({"stages": [{"params": {}}]}, "stages[0].stage: missing"),
+        (
+            {"stages": [{"stage": "mix"}, {"stage": "mix"}]},
+            "stages[1] (mix).name: 'mix' is used by an earlier",
+        ),
+        ({"stages": []}, "stages: expected a non-empty list"),
+        ({"datasets": "  "}, "datasets[0]: expected a dataset name"),
+        ({"datasets": []}, "datasets: expected a non-empty list"),
+        ({"name": "bad name"}, "name: expected letters"),
+        ({"export": {"format": "csv", "out": "x"}}, "export.format: expected one of jsonl, parquet, hf"),
+        ({"export": {"format": "jsonl"}}, "export.out: missing"),
+        ({"export": {"out": "x", "run": "nope"}}, "export.run: 'nope' is not a stage"),
+        ({"export": {"out": "x", "materialise": "yes"}}, "export.materialise: expected true or false"),
+        ({"colour": "blue"}, "colour: unknown field"),
+    ],
+)
 def test_invalid_recipes_name_the_stage_and_field(change: dict, message: str) -> None:
     with pytest.raises(UserError) as err:
         parse_recipe(recipe(**change), source="r.yaml")
@@ -74,14 +83,25 @@ def test_missing_fields_and_bad_yaml(tmp_path: Path) -> None:
 def test_cli_refuses_a_bad_recipe_and_writes_nothing(tmp_path: Path) -> None:
     lake, _ = make_lake(tmp_path / "lake")
     before = tree_digest(lake.root)
-    bad = write(tmp_path / "bad.yaml", recipe(stages=[{"stage": "influence_reweight"},
-                                                      {"stage": "mix", "params": {"schedule": "sometimes"}}]))
+    bad = write(
+        tmp_path / "bad.yaml",
+        recipe(
+            stages=[{"stage": "influence_reweight"}, {"stage": "mix", "params": {"schedule": "sometimes"}}]
+        ),
+    )
     result = run_cli("--lake", str(lake.root), "curate", str(bad), cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert "stages[1] (mix).params: schedule must be one of" in result.stderr
     assert "Traceback" not in result.stderr
-    unknown = run_cli("--lake", str(lake.root), "curate", str(write(tmp_path / "ok.yaml", recipe())),
-                      "--dataset", "nope", cwd=tmp_path)
+    unknown = run_cli(
+        "--lake",
+        str(lake.root),
+        "curate",
+        str(write(tmp_path / "ok.yaml", recipe())),
+        "--dataset",
+        "nope",
+        cwd=tmp_path,
+    )
     assert unknown.returncode == 2 and "unknown dataset 'nope'" in unknown.stderr
     assert tree_digest(lake.root) == before
 
@@ -93,15 +113,24 @@ def test_cli_runs_a_recipe_in_order_and_exports(tmp_path: Path) -> None:
     result = run_cli("--lake", str(lake.root), "curate", str(path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     runs = {r["method"]: r for r in Lake(lake.root).runs() if r["kind"] == "curate"}
-    assert set(runs) == {"influence_reweight", "mix"} and all(r["status"] == "complete" for r in runs.values())
+    assert set(runs) == {"influence_reweight", "mix"} and all(
+        r["status"] == "complete" for r in runs.values()
+    )
     # each stage got the run ids of the ones before it
     assert json.loads(runs["influence_reweight"]["inputs"])["scores"] == scores_run
     assert json.loads(runs["mix"]["inputs"])["weights"] == runs["influence_reweight"]["run_id"]
     assert runs["mix"]["run_id"] in result.stdout
     exported = (tmp_path / "out" / "tiny" / "data" / "train.jsonl").read_text().splitlines()
     assert exported and all(json.loads(line)["dataset"] == TRAIN for line in exported)
-    counted = run_cli("--lake", str(lake.root), "sql", f"SELECT count(*) AS n FROM weights WHERE run_id = "
-                      f"'{runs['mix']['run_id']}'", "--format", "csv", cwd=tmp_path)
+    counted = run_cli(
+        "--lake",
+        str(lake.root),
+        "sql",
+        f"SELECT count(*) AS n FROM weights WHERE run_id = '{runs['mix']['run_id']}'",
+        "--format",
+        "csv",
+        cwd=tmp_path,
+    )
     assert counted.stdout.split() == ["n", "60"]
     again = run_cli("--lake", str(lake.root), "curate", str(path), cwd=tmp_path)  # a no-op rerun
     assert again.returncode == 0, again.stderr
@@ -114,11 +143,22 @@ def test_unlearn_flow_passes_user_errors_through_before_writing(tmp_path: Path) 
     lake, _ = make_lake(tmp_path / "lake")
     before = tree_digest(lake.root)
     with pytest.raises(UserError, match="not a Hugging Face model directory"):
-        unlearn_flow.fn(str(tmp_path / "no-model"), TRAIN, str(tmp_path / "out"), lake_root=str(lake.root),
-                        forget_ids=["t0001"])
+        unlearn_flow.fn(
+            str(tmp_path / "no-model"),
+            TRAIN,
+            str(tmp_path / "out"),
+            lake_root=str(lake.root),
+            forget_ids=["t0001"],
+        )
     with pytest.raises(UserError, match="unlearn settings"):
-        unlearn_flow.fn(str(tmp_path / "no-model"), TRAIN, str(tmp_path / "out"), lake_root=str(lake.root),
-                        forget_ids=["t0001"], settings={"no_such_knob": 1})
+        unlearn_flow.fn(
+            str(tmp_path / "no-model"),
+            TRAIN,
+            str(tmp_path / "out"),
+            lake_root=str(lake.root),
+            forget_ids=["t0001"],
+            settings={"no_such_knob": 1},
+        )
     assert tree_digest(lake.root) == before
 
 
@@ -129,11 +169,17 @@ def test_every_stage_refuses_a_context_without_datasets_and_writes_nothing(tmp_p
 
     lake, _ = make_lake(tmp_path / "lake")
     before = tree_digest(lake.root)
-    stages = {**load_stages(), "dask mix": dask_stages.mix, "dask influence_reweight": dask_stages.influence_reweight}
+    stages = {
+        **load_stages(),
+        "dask mix": dask_stages.mix,
+        "dask influence_reweight": dask_stages.influence_reweight,
+    }
     replay = tmp_path / "candidates.jsonl"
     replay.write_text("")
     params = {"dart": {"generator": "replay", "replay": str(replay)}}  # its parameters are checked first
     for name, fn in stages.items():
-        with pytest.raises(UserError, match=rf"^stage {name.removeprefix('dask ')}: the recipe names no datasets$"):
+        with pytest.raises(
+            UserError, match=rf"^stage {name.removeprefix('dask ')}: the recipe names no datasets$"
+        ):
             fn(StageContext(lake=lake, datasets=[]), params.get(name, {}))
     assert tree_digest(lake.root) == before

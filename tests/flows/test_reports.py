@@ -40,13 +40,31 @@ def _examples() -> tuple[list[dict], list[dict]]:
     for i in range(16):
         domain = "math" if i % 2 == 0 else "code"
         level = i % 4 + 1
-        response = (f"Step one: add {i} and {i + 1}.\nStep two: the sum is {2 * i + 1}.\n\\boxed{{{2 * i + 1}}}"
-                    if domain == "math" else f"def f{i}(x):\n    return x + {i}\n")
-        train.append({"id": f"t{i}", "domain": domain, "difficulty": level, "prompt": f"Question {i} ({domain})",
-                      "response": response})
+        response = (
+            f"Step one: add {i} and {i + 1}.\nStep two: the sum is {2 * i + 1}.\n\\boxed{{{2 * i + 1}}}"
+            if domain == "math"
+            else f"def f{i}(x):\n    return x + {i}\n"
+        )
+        train.append(
+            {
+                "id": f"t{i}",
+                "domain": domain,
+                "difficulty": level,
+                "prompt": f"Question {i} ({domain})",
+                "response": response,
+            }
+        )
     train[3]["response"] = f"def evil():\n    return '{EVIL}'\n"  # must come out escaped everywhere
-    targets = [{"id": f"g{i}", "domain": "math" if i < 3 else "code", "difficulty": i % 3 + 1,
-                "prompt": f"Target {i}", "response": f"answer {i}"} for i in range(5)]
+    targets = [
+        {
+            "id": f"g{i}",
+            "domain": "math" if i < 3 else "code",
+            "difficulty": i % 3 + 1,
+            "prompt": f"Target {i}",
+            "response": f"answer {i}",
+        }
+        for i in range(5)
+    ]
     return train, targets
 
 
@@ -74,8 +92,9 @@ def build_synthetic_lake(root: Path) -> dict[str, str]:
     ids: dict[str, str] = {}
     domain = {r["id"]: r["domain"] for r in train + targets}
 
-    with lake.run("attribute", "ekfac", params={"level": "token"}, inputs={"datasets": versions},
-                  model="synthetic") as run:
+    with lake.run(
+        "attribute", "ekfac", params={"level": "token"}, inputs={"datasets": versions}, model="synthetic"
+    ) as run:
         pairs = [(t["id"], g["id"]) for t in train for g in targets]
         score = [rng.normal() + (1.5 if domain[a] == domain[b] else -0.5) for a, b in pairs]
         run.write("scores", pd.DataFrame(pairs, columns=["train_id", "target_id"]).assign(score=score))
@@ -83,69 +102,152 @@ def build_synthetic_lake(root: Path) -> dict[str, str]:
         for t in train:
             for key in ("all", "domain=math", "domain=code"):
                 for s, line in enumerate(t["response"].splitlines()):
-                    segments.append({"train_id": t["id"], "target_id": key, "segment": s, "text": line,
-                                     "char_start": 0, "char_end": len(line), "score": rng.normal()})
+                    segments.append(
+                        {
+                            "train_id": t["id"],
+                            "target_id": key,
+                            "segment": s,
+                            "text": line,
+                            "char_start": 0,
+                            "char_end": len(line),
+                            "score": rng.normal(),
+                        }
+                    )
                 for p, tok in enumerate(_tokens(t["response"])):
                     value = 3.0 if t["id"] == "t3" and key == "all" else rng.normal()
-                    tokens.append({"train_id": t["id"], "target_id": key, "position": p, "token_id": p,
-                                   "token": tok, "score": value})
+                    tokens.append(
+                        {
+                            "train_id": t["id"],
+                            "target_id": key,
+                            "position": p,
+                            "token_id": p,
+                            "token": tok,
+                            "score": value,
+                        }
+                    )
         run.write("segment_scores", pd.DataFrame(segments))
         run.write("token_scores", pd.DataFrame(tokens))
         ids["attribute"] = run.run_id
 
     train_ids = [t["id"] for t in train]
     base = pd.DataFrame({"dataset": "syn_train", "example_id": train_ids})
-    with lake.run("curate", "mix", params={"by": "label:ppp_cluster"}, inputs={"datasets": {"syn_train": versions["syn_train"]}}) \
-            as run:
+    with lake.run(
+        "curate",
+        "mix",
+        params={"by": "label:ppp_cluster"},
+        inputs={"datasets": {"syn_train": versions["syn_train"]}},
+    ) as run:
         run.write("weights", base.assign(weight=1.0, copies=[3 if i % 2 else 1 for i in range(16)]))
         steps = np.arange(20)
         tau = np.where(steps < 10, 5.0, 1.0)
         p_code = np.where(steps < 10, 0.6, 0.3)
-        schedule = pd.DataFrame({"step": np.repeat(steps, 2), "group_name": ["code", "math"] * 20,
-                                 "tau": np.repeat(tau, 2), "probability": np.ravel(np.c_[p_code, 1 - p_code])})
+        schedule = pd.DataFrame(
+            {
+                "step": np.repeat(steps, 2),
+                "group_name": ["code", "math"] * 20,
+                "tau": np.repeat(tau, 2),
+                "probability": np.ravel(np.c_[p_code, 1 - p_code]),
+            }
+        )
         run.write("mixture_schedule", schedule)
-        run.write("metrics", pd.DataFrame({"name": ["pool"] * 3 + ["draws"] * 3, "key": ["0", "1", "2"] * 2,
-                                           "value": [8, 5, 3, 8, 15, 9.0]}))
+        run.write(
+            "metrics",
+            pd.DataFrame(
+                {
+                    "name": ["pool"] * 3 + ["draws"] * 3,
+                    "key": ["0", "1", "2"] * 2,
+                    "value": [8, 5, 3, 8, 15, 9.0],
+                }
+            ),
+        )
         ids["mix"] = run.run_id
 
-    with lake.run("curate", "dart", params={"strategy": "prop2diff"},
-                  inputs={"sources": {"syn_train": versions["syn_train"]}}) as run:
+    with lake.run(
+        "curate",
+        "dart",
+        params={"strategy": "prop2diff"},
+        inputs={"sources": {"syn_train": versions["syn_train"]}},
+    ) as run:
         rows = []
         for i, t in enumerate(t for t in train if t["domain"] == "math"):
             n_trials = 2 + 2 * t["difficulty"]
             for k in range(n_trials):
                 correct = i != 0 and k % 2 == 0  # the first query is never solved: uncovered
-                rows.append({"query_id": t["id"], "dataset": "syn_train", "trial": k, "response": f"try {k}",
-                             "correct": correct, "verdict": "pass" if correct else "fail", "message": "",
-                             "generator": "replay"})
+                rows.append(
+                    {
+                        "query_id": t["id"],
+                        "dataset": "syn_train",
+                        "trial": k,
+                        "response": f"try {k}",
+                        "correct": correct,
+                        "verdict": "pass" if correct else "fail",
+                        "message": "",
+                        "generator": "replay",
+                    }
+                )
         run.write("samples", pd.DataFrame(rows))
         math_ids = [t["id"] for t in train if t["domain"] == "math"]
-        run.write("labels", pd.DataFrame({"dataset": "syn_train", "example_id": math_ids, "name": "dart_difficulty",
-                                          "value": np.linspace(0.2, 1.0, len(math_ids))}))
+        run.write(
+            "labels",
+            pd.DataFrame(
+                {
+                    "dataset": "syn_train",
+                    "example_id": math_ids,
+                    "name": "dart_difficulty",
+                    "value": np.linspace(0.2, 1.0, len(math_ids)),
+                }
+            ),
+        )
         ids["dart"] = run.run_id
 
-    with lake.run("curate", "ppp", params={}, inputs={"datasets": {"syn_train": versions["syn_train"]}}) as run:
-        cluster = [0.0 if d == "math" else (1.0 if i % 3 else 2.0)
-                   for i, d in enumerate(t["domain"] for t in train)]
+    with lake.run(
+        "curate", "ppp", params={}, inputs={"datasets": {"syn_train": versions["syn_train"]}}
+    ) as run:
+        cluster = [
+            0.0 if d == "math" else (1.0 if i % 3 else 2.0) for i, d in enumerate(t["domain"] for t in train)
+        ]
         run.write("labels", base.assign(name="ppp_cluster", value=cluster))
         ids["ppp"] = run.run_id
 
-    with lake.run("curate", "presto", params={}, inputs={"datasets": {"syn_train": versions["syn_train"]}}) as run:
+    with lake.run(
+        "curate", "presto", params={}, inputs={"datasets": {"syn_train": versions["syn_train"]}}
+    ) as run:
         outcome = rng.integers(0, 4, len(train)).astype(float)
         p_rare = np.clip(0.15 + 0.2 * (outcome == 3) + rng.uniform(-0.1, 0.1, len(train)), 0.01, 0.99)
-        run.write("labels", pd.concat([base.assign(name="presto_p_rare", value=p_rare),
-                                       base.assign(name="presto_outcome", value=outcome)]))
+        run.write(
+            "labels",
+            pd.concat(
+                [
+                    base.assign(name="presto_p_rare", value=p_rare),
+                    base.assign(name="presto_outcome", value=outcome),
+                ]
+            ),
+        )
         ids["presto"] = run.run_id
 
     with lake.run("unlearn", "dmm", params={"forget": 3}, inputs={"scores": ids["attribute"]}) as run:
-        rows = [("klom95", "forget", 0.9), ("klom95", "retain", 0.3), ("klom95", "val", 0.35),
-                ("klom95_floor", "forget", 0.1), ("klom95_floor", "retain", 0.1), ("klom95_floor", "val", 0.1),
-                ("klom95_ceiling", "forget", 3.0), ("klom95_ceiling", "retain", 0.4), ("klom95_ceiling", "val", 0.5),
-                ("loss", "forget/before", 0.5), ("loss", "forget/after", 1.4), ("loss", "forget/retrained", 1.6),
-                ("loss", "retain/before", 0.5), ("loss", "retain/after", 0.55), ("loss", "retain/retrained", 0.52)]
+        rows = [
+            ("klom95", "forget", 0.9),
+            ("klom95", "retain", 0.3),
+            ("klom95", "val", 0.35),
+            ("klom95_floor", "forget", 0.1),
+            ("klom95_floor", "retain", 0.1),
+            ("klom95_floor", "val", 0.1),
+            ("klom95_ceiling", "forget", 3.0),
+            ("klom95_ceiling", "retain", 0.4),
+            ("klom95_ceiling", "val", 0.5),
+            ("loss", "forget/before", 0.5),
+            ("loss", "forget/after", 1.4),
+            ("loss", "forget/retrained", 1.6),
+            ("loss", "retain/before", 0.5),
+            ("loss", "retain/after", 0.55),
+            ("loss", "retain/retrained", 0.52),
+        ]
         run.write("metrics", pd.DataFrame(rows, columns=["name", "key", "value"]))
         ids["unlearn"] = run.run_id
-    ids["ingest"] = lake.query("SELECT run_id FROM runs WHERE kind = 'ingest' ORDER BY started_at")["run_id"][0]
+    ids["ingest"] = lake.query("SELECT run_id FROM runs WHERE kind = 'ingest' ORDER BY started_at")["run_id"][
+        0
+    ]
     return ids
 
 
@@ -156,14 +258,31 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
 
 
 EXPECTED = {  # run -> section titles its report must have, and the least number of charts
-    "attribute": (["Score distributions per target group", "Mean influence: (train domain, difficulty) x target domain",
-                   "Most helpful and most harmful training examples", "Token heatmaps", "Top segments"], 3),
-    "mix": (["Group mixture before and after", "Groups by label:ppp_cluster",
-             "Mixture schedule over training (Cooldown)"], 3),
+    "attribute": (
+        [
+            "Score distributions per target group",
+            "Mean influence: (train domain, difficulty) x target domain",
+            "Most helpful and most harmful training examples",
+            "Token heatmaps",
+            "Top segments",
+        ],
+        3,
+    ),
+    "mix": (
+        [
+            "Group mixture before and after",
+            "Groups by label:ppp_cluster",
+            "Mixture schedule over training (Cooldown)",
+        ],
+        3,
+    ),
     "dart": (["DART: trials and correct responses against difficulty", "Uncovered queries (1)"], 1),
     "ppp": (["PPP clusters"], 1),
     "presto": (["PRESTO: probability of the rarest outcome, and its calibration"], 1),
-    "unlearn": (["KLoM per split, beside the floor and the ceiling", "Forget and retain loss, before and after"], 2),
+    "unlearn": (
+        ["KLoM per split, beside the floor and the ceiling", "Forget and retain loss, before and after"],
+        2,
+    ),
     "ingest": (["Examples of syn_train"], 1),
 }
 
@@ -187,9 +306,9 @@ def test_text_is_escaped_and_tokens_coloured_by_influence(synthetic: tuple[Path,
     assert "<script>alert" not in page and "<b>bold</b>" not in page
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page  # in the example texts and segments
     # t3 has the largest total on target "all": its tokens are all strongly positive, so blue backgrounds.
-    block = page[page.index("<b>t3</b>"):]
-    block = block[:block.index("</div>")]
-    colours = re.findall(r'background:(#[0-9a-f]{6})', block)
+    block = page[page.index("<b>t3</b>") :]
+    block = block[: block.index("</div>")]
+    colours = re.findall(r"background:(#[0-9a-f]{6})", block)
     assert colours and all(int(c[5:7], 16) > int(c[1:3], 16) for c in colours)  # more blue than red
     assert "&lt;/script&gt;" in block
 
@@ -197,31 +316,52 @@ def test_text_is_escaped_and_tokens_coloured_by_influence(synthetic: tuple[Path,
 def test_token_heatmap_maps_sign_to_colour() -> None:
     out = h.token_heatmap(["good", " bad", " <x>"], [2.0, -2.0, 0.0], limit=2.0)
     backgrounds = re.findall(r"background:#([0-9a-f]{6})", out)
-    good, bad, zero = ([int(c[i:i + 2], 16) for i in (0, 2, 4)] for c in backgrounds)
+    good, bad, zero = ([int(c[i : i + 2], 16) for i in (0, 2, 4)] for c in backgrounds)
     assert good[2] > good[0] and bad[0] > bad[2]  # helpful blue, harmful red
     assert min(zero) > 230  # zero influence is near white
     assert "&lt;x&gt;" in out and 'title="2"' in out and 'title="-2"' in out
 
 
 def test_unlearning_metric_names_are_read_by_meaning() -> None:
-    metrics = pd.DataFrame([("klom95", "forget", 1.0), ("KLoM95_do_nothing", "retain", 2.0),
-                            ("klom_floor", "validation", 0.1), ("forget_loss_before", "", 0.4),
-                            ("loss_after", "retain", 0.5), ("lds", "all", 0.3)], columns=["name", "key", "value"])
+    metrics = pd.DataFrame(
+        [
+            ("klom95", "forget", 1.0),
+            ("KLoM95_do_nothing", "retain", 2.0),
+            ("klom_floor", "validation", 0.1),
+            ("forget_loss_before", "", 0.4),
+            ("loss_after", "retain", 0.5),
+            ("lds", "all", 0.3),
+        ],
+        columns=["name", "key", "value"],
+    )
     klom = unlearning.parse(metrics, "klom")
     assert set(map(tuple, klom[["split", "series"]].to_numpy())) == {
-        ("forget", "klom95"), ("retain", "klom95_do_nothing"), ("validation", "klom_floor")}
-    assert [unlearning._role(s) for s in ("klom95", "klom95_do_nothing", "klom_floor")] == ["run", "ceiling", "floor"]
+        ("forget", "klom95"),
+        ("retain", "klom95_do_nothing"),
+        ("validation", "klom_floor"),
+    }
+    assert [unlearning._role(s) for s in ("klom95", "klom95_do_nothing", "klom_floor")] == [
+        "run",
+        "ceiling",
+        "floor",
+    ]
     loss = unlearning.parse(metrics, "loss")
-    assert set(map(tuple, loss[["split", "series"]].to_numpy())) == {("forget", "before"), ("retain", "after")}
+    assert set(map(tuple, loss[["split", "series"]].to_numpy())) == {
+        ("forget", "before"),
+        ("retain", "after"),
+    }
 
 
-def test_ppp_projection_uses_stored_embeddings_when_present(synthetic: tuple[Path, dict[str, str]],
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ppp_projection_uses_stored_embeddings_when_present(
+    synthetic: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from flows.reports import curation
 
     root, _ = synthetic
     with LakeView(Lake(root / "lake")) as view:
-        points = view.q("SELECT dataset, example_id, prompt, response FROM examples WHERE dataset = 'syn_train'")
+        points = view.q(
+            "SELECT dataset, example_id, prompt, response FROM examples WHERE dataset = 'syn_train'"
+        )
         xy, how = curation._projection(view, points)
         assert xy.shape == (len(points), 2) and how.startswith("PCA of TF-IDF")
         vectors = [[float(i), float(i % 2), 0.0] for i in range(len(points))]
@@ -244,7 +384,9 @@ def test_cli_report_default_path_out_and_unknown_run(synthetic: tuple[Path, dict
     assert out.returncode == 0 and "KLoM per split" in (root / "u.html").read_text()
     before = sorted(p.name for p in root.rglob("*.html"))
     unknown = run_cli("report", "attribute-nope-123", cwd=root)
-    assert unknown.returncode == 2 and unknown.stderr.startswith("error: run 'attribute-nope-123' is not in the lake")
+    assert unknown.returncode == 2 and unknown.stderr.startswith(
+        "error: run 'attribute-nope-123' is not in the lake"
+    )
     assert "Traceback" not in unknown.stderr
     bad_dir = run_cli("report", ids["mix"], "--out", "missing/r.html", cwd=root)
     assert bad_dir.returncode == 2 and "does not exist" in bad_dir.stderr
@@ -254,7 +396,9 @@ def test_cli_report_default_path_out_and_unknown_run(synthetic: tuple[Path, dict
 def test_failed_run_reports_its_error(lake_dir: Path) -> None:
     lake = Lake(lake_dir)
     with pytest.raises(RuntimeError), lake.run("curate", "mix", params={"x": 1}) as run:
-        run.write("weights", pd.DataFrame({"dataset": ["d"], "example_id": ["e"], "weight": [1.0], "copies": [1]}))
+        run.write(
+            "weights", pd.DataFrame({"dataset": ["d"], "example_id": ["e"], "weight": [1.0], "copies": [1]})
+        )
         raise RuntimeError("boom <at> step 3")
     page = reports.report_html(lake, run.run_id)
     assert "failed" in page and "RuntimeError: boom &lt;at&gt; step 3" in page
@@ -295,13 +439,25 @@ print("ARTIFACT", artifact_id, artifact.type, artifact.data.replace(chr(10), " "
 def test_prefect_artifact_links_the_report_and_progress_goes_to_run_logs(tmp_path: Path) -> None:
     """Inside a flow run: a markdown artifact with a file:// link to the report, and progress log lines."""
     (tmp_path / ".assay" / "prefect").mkdir(parents=True)
-    env = {**os.environ, "ASSAY_HOME": str(tmp_path / ".assay"), "PREFECT_HOME": str(tmp_path / ".assay" / "prefect"),
-           "PREFECT_LOGGING_LEVEL": "INFO", "ASSAY_QUIET": "0",
-           # The ephemeral server's 20 s start-up limit is too short on a loaded 2-core machine.
-           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
+    env = {
+        **os.environ,
+        "ASSAY_HOME": str(tmp_path / ".assay"),
+        "PREFECT_HOME": str(tmp_path / ".assay" / "prefect"),
+        "PREFECT_LOGGING_LEVEL": "INFO",
+        "ASSAY_QUIET": "0",
+        # The ephemeral server's 20 s start-up limit is too short on a loaded 2-core machine.
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    }
     report = tmp_path / "r.html"
-    done = subprocess.run([sys.executable, "-c", PREFECT_SCRIPT, str(report)], check=False, cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", PREFECT_SCRIPT, str(report)],
+        check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     line = next(x for x in done.stdout.splitlines() if x.startswith("ARTIFACT"))
     _, artifact_id, kind, data = line.split(" ", 3)
@@ -324,9 +480,18 @@ def test_progress_is_quiet_when_asked(monkeypatch: pytest.MonkeyPatch, capsys: p
 
 
 # ------------------------------------------------------------------------------------ headless Chromium
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--remote-debugging-port=0"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--remote-debugging-port=0",
+]
 
 
 def chromium() -> str | None:
@@ -376,9 +541,13 @@ class DevTools:
             method, params = event.get("method"), event.get("params", {})
             if method == "Runtime.exceptionThrown":
                 details = params.get("exceptionDetails", {})
-                found.append(details.get("exception", {}).get("description") or details.get("text", "exception"))
+                found.append(
+                    details.get("exception", {}).get("description") or details.get("text", "exception")
+                )
             elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-                found.append(" ".join(str(a.get("value", a.get("description", ""))) for a in params.get("args", [])))
+                found.append(
+                    " ".join(str(a.get("value", a.get("description", ""))) for a in params.get("args", []))
+                )
             elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
                 found.append(params["entry"].get("text", "")[:300])
         return found
@@ -387,8 +556,12 @@ class DevTools:
 def open_in_chromium(page: Path, screenshot: Path, width: int = 1280, height: int = 2000) -> list[str]:
     """Load `page` in headless Chromium; write a screenshot; return the console errors it logged."""
     with tempfile.TemporaryDirectory() as profile:
-        proc = subprocess.Popen([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
         try:
@@ -403,8 +576,11 @@ def open_in_chromium(page: Path, screenshot: Path, width: int = 1280, height: in
             session = tools.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
             for domain in ("Runtime", "Log", "Page"):
                 tools.send(f"{domain}.enable", session=session)
-            tools.send("Emulation.setDeviceMetricsOverride",
-                       {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session)
+            tools.send(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+                session,
+            )
             tools.send("Page.navigate", {"url": page.absolute().as_uri()}, session)
             tools.wait_for("Page.loadEventFired")
             tools.drain(1.0)  # late console messages
@@ -428,8 +604,10 @@ def distinct_colours(png: Path) -> int:
     return len(np.unique(packed))
 
 
-needs_chromium = pytest.mark.skipif(chromium() is None, reason="Debian's chromium is not installed "
-                                    "(CI installs it: apt-get install -y chromium)")
+needs_chromium = pytest.mark.skipif(
+    chromium() is None,
+    reason="Debian's chromium is not installed (CI installs it: apt-get install -y chromium)",
+)
 
 
 @needs_chromium
@@ -449,8 +627,10 @@ def test_browser_reports_a_broken_page(tmp_path: Path) -> None:
     if chromium() is None:
         pytest.skip("Debian's chromium is not installed (CI installs it: apt-get install -y chromium)")
     bad = tmp_path / "bad.html"
-    bad.write_text("<!DOCTYPE html><html><body><p>x</p><script>console.error('boom'); undefinedCall();</script>"
-                   "</body></html>")
+    bad.write_text(
+        "<!DOCTYPE html><html><body><p>x</p><script>console.error('boom'); undefinedCall();</script>"
+        "</body></html>"
+    )
     errors = open_in_chromium(bad, tmp_path / "bad.png", 400, 300)
     assert any("boom" in e for e in errors) and any("undefinedCall" in e for e in errors)
     assert distinct_colours(tmp_path / "bad.png") > 1
@@ -467,8 +647,14 @@ def demo_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 DEMO_SECTIONS = {  # a run of this kind in the demo must show at least one of these sections
     "attribute": ("Score distributions per target group",),
-    "curate": ("Group mixture before and after", "DART: trials", "Mixture schedule", "PPP clusters", "PRESTO:",
-               "Labels written"),
+    "curate": (
+        "Group mixture before and after",
+        "DART: trials",
+        "Mixture schedule",
+        "PPP clusters",
+        "PRESTO:",
+        "Labels written",
+    ),
     "unlearn": ("KLoM per split", "Forget and retain loss"),
     "ingest": ("Examples of ",),
 }
@@ -492,7 +678,9 @@ def test_demo_lake_reports_every_run(demo_lake: Path) -> None:
 
 
 def test_demo_lake_cli_report(demo_lake: Path) -> None:
-    run_id = Lake(demo_lake / "lake").query("SELECT run_id FROM runs WHERE status = 'complete' LIMIT 1")["run_id"][0]
+    run_id = Lake(demo_lake / "lake").query("SELECT run_id FROM runs WHERE status = 'complete' LIMIT 1")[
+        "run_id"
+    ][0]
     done = run_cli("report", run_id, cwd=demo_lake)
     assert done.returncode == 0, done.stderr
     assert Path(done.stdout.strip()) == demo_lake / ".assay" / "reports" / f"{run_id}.html"

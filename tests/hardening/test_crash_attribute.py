@@ -41,11 +41,25 @@ def test_crash_attribute(base: Path, tmp_path: Path) -> None:
         shutil.copytree(base / "model", folder / "model")
 
     def scores(lake: Lake):
-        return lake.query("SELECT train_id, target_id, round(score, 6) AS score FROM scores "
-                          "ORDER BY train_id, target_id")
+        return lake.query(
+            "SELECT train_id, target_id, round(score, 6) AS score FROM scores ORDER BY train_id, target_id"
+        )
 
-    args = ["attribute", "--model", "model", "--train", "train", "--targets", "targets", "--method", "ekfac",
-            "--level", "example", "--shard-size", "4"]
+    args = [
+        "attribute",
+        "--model",
+        "model",
+        "--train",
+        "train",
+        "--targets",
+        "targets",
+        "--method",
+        "ekfac",
+        "--level",
+        "example",
+        "--shard-size",
+        "4",
+    ]
     held = kill_points(args, prepare, scores, tmp_path, POINTS)
     record("kill points", POINTS, held, "assay attribute")
     assert held == POINTS

@@ -31,12 +31,15 @@ def prepare_from(base: Path):
     def prepare(folder: Path) -> None:
         shutil.copytree(base / "lake", folder / "lake")
         shutil.copy(base / "recipe.yaml", folder / "recipe.yaml")
+
     return prepare
 
 
 def curated(lake: Lake) -> pd.DataFrame:
-    return lake.query("SELECT run_id, dataset, example_id, round(weight, 9) AS weight, copies FROM weights "
-                      "ORDER BY run_id, example_id")
+    return lake.query(
+        "SELECT run_id, dataset, example_id, round(weight, 9) AS weight, copies FROM weights "
+        "ORDER BY run_id, example_id"
+    )
 
 
 def test_crash_curate(base: Path, tmp_path: Path) -> None:
@@ -52,7 +55,9 @@ def test_crash_export(base: Path, tmp_path: Path) -> None:
     def exported(lake: Lake) -> pd.DataFrame:
         folder = lake.root.parent / "out"
         assert (folder / "README.md").exists()  # the folder appears whole or not at all
-        return pd.read_json(folder / "data" / "train.jsonl", lines=True).drop(columns=["messages"], errors="ignore")
+        return pd.read_json(folder / "data" / "train.jsonl", lines=True).drop(
+            columns=["messages"], errors="ignore"
+        )
 
     def prepare(folder: Path) -> None:
         shutil.copytree(base / "lake", folder / "lake")

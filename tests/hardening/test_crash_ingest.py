@@ -15,8 +15,19 @@ POINTS = 6
 
 def prepare(folder: Path) -> None:
     with open(folder / "data.jsonl", "w") as fh:
-        fh.writelines(json.dumps({"id": i, "prompt": f"q{i} " * 10, "response": f"a{i} " * 20,
-                                "domain": "math" if i % 3 else "code", "difficulty": i % 5 + 1}) + "\n" for i in range(20_000))
+        fh.writelines(
+            json.dumps(
+                {
+                    "id": i,
+                    "prompt": f"q{i} " * 10,
+                    "response": f"a{i} " * 20,
+                    "domain": "math" if i % 3 else "code",
+                    "difficulty": i % 5 + 1,
+                }
+            )
+            + "\n"
+            for i in range(20_000)
+        )
 
 
 def examples(lake: Lake):

@@ -37,11 +37,16 @@ def check_ingest(tmp: Path, name: str, data: bytes) -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=20,
 )
-rows = st.dictionaries(st.sampled_from(["prompt", "response", "domain", "difficulty", "id", "messages", "x"]),
-                       json_values, max_size=7)
+rows = st.dictionaries(
+    st.sampled_from(["prompt", "response", "domain", "difficulty", "id", "messages", "x"]),
+    json_values,
+    max_size=7,
+)
 
 
 @FUZZ
@@ -58,8 +63,10 @@ def test_fuzz_wrong_types(tmp_path_factory, records: list[dict], fmt: str) -> No
 
 
 @FUZZ
-@given(text=st.text(alphabet=string.printable + "éß漢字", max_size=300),
-       encoding=st.sampled_from(["utf-16", "latin-1", "cp1252", "utf-32"]))
+@given(
+    text=st.text(alphabet=string.printable + "éß漢字", max_size=300),
+    encoding=st.sampled_from(["utf-16", "latin-1", "cp1252", "utf-32"]),
+)
 def test_fuzz_wrong_encodings(tmp_path_factory, text: str, encoding: str) -> None:
     row = json.dumps({"prompt": text, "response": "é" + text}, ensure_ascii=False) + "\n"
     try:
@@ -86,14 +93,22 @@ option_values = st.text(alphabet=string.ascii_letters + string.digits + "-_./ '\
 
 
 @FUZZ
-@given(command=st.sampled_from(["sql", "ingest", "runs", "tables"]), fmt=option_values, out=option_values,
-       extra=st.lists(option_values, max_size=3))
-def test_fuzz_cli_options(tmp_path_factory, capsys, command: str, fmt: str, out: str, extra: list[str]) -> None:
+@given(
+    command=st.sampled_from(["sql", "ingest", "runs", "tables"]),
+    fmt=option_values,
+    out=option_values,
+    extra=st.lists(option_values, max_size=3),
+)
+def test_fuzz_cli_options(
+    tmp_path_factory, capsys, command: str, fmt: str, out: str, extra: list[str]
+) -> None:
     from flows.cli import run
 
     tmp = tmp_path_factory.mktemp("cli")
     args = ["--lake", str(tmp / "lake"), command]
-    args += {"sql": ["SELECT 1"], "ingest": [str(tmp / "missing.jsonl"), "--dataset", fmt or "d"]}.get(command, [])
+    args += {"sql": ["SELECT 1"], "ingest": [str(tmp / "missing.jsonl"), "--dataset", fmt or "d"]}.get(
+        command, []
+    )
     args += ["--format", fmt, "--out", str(tmp / "missing-dir" / (out or "x")), *extra]
     COUNTS["tried"] += 1
     status = run(args)
@@ -108,27 +123,44 @@ def test_fuzz_cli_options(tmp_path_factory, capsys, command: str, fmt: str, out:
 @pytest.fixture(scope="module", autouse=True)
 def record_counts():
     yield
-    record("bad inputs", COUNTS["tried"], COUNTS["held"], "ingest files, recipes and CLI options (hypothesis)")
+    record(
+        "bad inputs", COUNTS["tried"], COUNTS["held"], "ingest files, recipes and CLI options (hypothesis)"
+    )
 
 
 recipe_values = st.recursive(
     st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=True) | st.text(max_size=12),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
     max_leaves=12,
 )
 stage_entries = st.fixed_dictionaries(
-    {"stage": st.sampled_from(["mix", "ppp", "presto", "dart", "difficulty_flip", "influence_reweight", "nope"])
-     | recipe_values},
-    optional={"params": st.dictionaries(st.sampled_from(["by", "tau", "schedule", "k_p", "ladder", "cv", "x"]),
-                                        recipe_values, max_size=3) | recipe_values,
-              "name": recipe_values},
+    {
+        "stage": st.sampled_from(
+            ["mix", "ppp", "presto", "dart", "difficulty_flip", "influence_reweight", "nope"]
+        )
+        | recipe_values
+    },
+    optional={
+        "params": st.dictionaries(
+            st.sampled_from(["by", "tau", "schedule", "k_p", "ladder", "cv", "x"]), recipe_values, max_size=3
+        )
+        | recipe_values,
+        "name": recipe_values,
+    },
 )
 recipes = st.fixed_dictionaries(
-    {}, optional={"name": st.sampled_from(["demo", "bad name!", ""]) | recipe_values,
-                  "datasets": st.lists(st.sampled_from(["demo_train", "x"]), max_size=2) | recipe_values,
-                  "stages": st.lists(stage_entries, max_size=3) | recipe_values,
-                  "export": st.dictionaries(st.sampled_from(["out", "format", "style", "run"]), recipe_values,
-                                            max_size=3) | recipe_values},
+    {},
+    optional={
+        "name": st.sampled_from(["demo", "bad name!", ""]) | recipe_values,
+        "datasets": st.lists(st.sampled_from(["demo_train", "x"]), max_size=2) | recipe_values,
+        "stages": st.lists(stage_entries, max_size=3) | recipe_values,
+        "export": st.dictionaries(
+            st.sampled_from(["out", "format", "style", "run"]), recipe_values, max_size=3
+        )
+        | recipe_values,
+    },
 )
 
 

@@ -30,8 +30,17 @@ REPO = Path(__file__).resolve().parents[2]
 QUICK = Limits(wall_s=5.0, cpu_s=3.0, memory_mb=512, max_procs=8, max_output_bytes=20_000)
 # what a refusal looks like: EACCES / EPERM, EROFS / EXDEV / ENETUNREACH (OSError), a process that
 # is not there (another PID namespace), a name that does not resolve, or the probe's own Refused
-REFUSALS = {"PermissionError", "Refused", "ProcessLookupError", "FileNotFoundError", "KeyError",
-            "ConnectionRefusedError", "TimeoutError", "OSError", "gaierror"}
+REFUSALS = {
+    "PermissionError",
+    "Refused",
+    "ProcessLookupError",
+    "FileNotFoundError",
+    "KeyError",
+    "ConnectionRefusedError",
+    "TimeoutError",
+    "OSError",
+    "gaierror",
+}
 COUNTS = {"tried": 0, "held": 0, "not_isolated": 0}
 
 PRELUDE = r'''
@@ -84,8 +93,15 @@ def not_isolated(attempts: int, reason: str) -> None:
     pytest.skip(f"not isolated on this host: {reason} ({isolation_support()})")
 
 
-def probe(setup: str, attempts: list[tuple[str, str, tuple[str, ...]]], *, after: str = "",
-          secrets: tuple[str, ...] = (), limits: Limits = QUICK, **kwargs):
+def probe(
+    setup: str,
+    attempts: list[tuple[str, str, tuple[str, ...]]],
+    *,
+    after: str = "",
+    secrets: tuple[str, ...] = (),
+    limits: Limits = QUICK,
+    **kwargs,
+):
     """Run PRELUDE + setup, then each attempt `(name, expression, features)` whose features (any one
     of them) are in effect on this host, then `after`. Asserts that every attempt ran and was refused
     and that no secret leaked. Attempts the host cannot isolate are counted as not held, and the
@@ -136,7 +152,8 @@ READS = ("landlock_read",)
 
 def test_the_lake_cannot_be_read(lake_with_secret) -> None:
     lake, secret_file, secret = lake_with_secret
-    result, missing = probe(f"""
+    result, missing = probe(
+        f"""
 import shutil, subprocess
 LAKE, FILE = {str(lake)!r}, {str(secret_file)!r}
 def via_symlink():
@@ -156,30 +173,37 @@ def via_cat():
 def via_copy():
     shutil.copyfile(FILE, "copy")
     return open("copy").read()
-""", [
-        ("open", "open(FILE).read()", READS),
-        ("listdir", "os.listdir(LAKE)", READS),
-        ("proc_root", 'open("/proc/self/root" + FILE).read()', READS),
-        ("symlink", "via_symlink()", READS),
-        ("hardlink", "via_hardlink()", READS),
-        ("o_path_reopen", "via_o_path()", READS),
-        ("cat", "via_cat()", READS),
-        ("copyfile", "via_copy()", READS),
-    ], after='print("OWN", len(open("main.py").read()) > 0, len(open(os.__file__).read()) > 0)\n',
-        secrets=(secret,))
+""",
+        [
+            ("open", "open(FILE).read()", READS),
+            ("listdir", "os.listdir(LAKE)", READS),
+            ("proc_root", 'open("/proc/self/root" + FILE).read()', READS),
+            ("symlink", "via_symlink()", READS),
+            ("hardlink", "via_hardlink()", READS),
+            ("o_path_reopen", "via_o_path()", READS),
+            ("cat", "via_cat()", READS),
+            ("copyfile", "via_copy()", READS),
+        ],
+        after='print("OWN", len(open("main.py").read()) > 0, len(open(os.__file__).read()) > 0)\n',
+        secrets=(secret,),
+    )
     assert "OWN True True" in result.stdout  # its own files and the stdlib stay readable
     skip_missing(missing)
 
 
 def test_the_repository_cannot_be_read_but_the_interpreter_can() -> None:
-    result, missing = probe(f"""
+    result, missing = probe(
+        f"""
 REPO = {str(REPO)!r}
-""", [
-        ("repo_file", 'open(REPO + "/README.md").read()', READS),
-        ("repo_listdir", "os.listdir(REPO)", READS),
-        ("import_project", '__import__("storage.gate")', READS),
-    ], after="import json, decimal, sqlite3, numpy\nprint('IMPORTS', numpy.arange(4).sum())\n",
-        site_packages=True)
+""",
+        [
+            ("repo_file", 'open(REPO + "/README.md").read()', READS),
+            ("repo_listdir", "os.listdir(REPO)", READS),
+            ("import_project", '__import__("storage.gate")', READS),
+        ],
+        after="import json, decimal, sqlite3, numpy\nprint('IMPORTS', numpy.arange(4).sum())\n",
+        site_packages=True,
+    )
     # the interpreter's stdlib and the venv's packages stay importable though the venv is in the repo
     assert "IMPORTS 6" in result.stdout, result.stderr
     skip_missing(missing)
@@ -192,23 +216,27 @@ def test_the_home_directory_and_system_secrets_cannot_be_read(tmp_path: Path, mo
     (home / ".ssh" / "id_ed25519").write_text(secret)
     monkeypatch.setenv("HOME", str(home))
     real_home = os.path.expanduser("~root" if os.geteuid() == 0 else "~")
-    result, missing = probe(f"""
+    result, missing = probe(
+        f"""
 import pwd
 HOME = {str(home)!r}
 def tilde():
     if os.path.expanduser("~") == os.getcwd():
         raise Refused("~ is the sandbox directory")
     return os.path.expanduser("~")
-""", [
-        ("fake_home_file", 'open(HOME + "/.ssh/id_ed25519").read()', READS),
-        ("fake_home_listdir", "os.listdir(HOME)", READS),
-        ("real_home_listdir", f"os.listdir({real_home!r})", READS),
-        ("etc_shadow", 'open("/etc/shadow").read()', (*READS, "uid", "user_namespace")),
-        ("etc_passwd", 'open("/etc/passwd").read()', READS),
-        ("getpwuid", "pwd.getpwuid(0)", READS),
-        ("etc_listdir", 'os.listdir("/etc")', READS),
-        ("tilde", "tilde()", ("always",)),
-    ], secrets=(secret,))
+""",
+        [
+            ("fake_home_file", 'open(HOME + "/.ssh/id_ed25519").read()', READS),
+            ("fake_home_listdir", "os.listdir(HOME)", READS),
+            ("real_home_listdir", f"os.listdir({real_home!r})", READS),
+            ("etc_shadow", 'open("/etc/shadow").read()', (*READS, "uid", "user_namespace")),
+            ("etc_passwd", 'open("/etc/passwd").read()', READS),
+            ("getpwuid", "pwd.getpwuid(0)", READS),
+            ("etc_listdir", 'os.listdir("/etc")', READS),
+            ("tilde", "tilde()", ("always",)),
+        ],
+        secrets=(secret,),
+    )
     assert result.ok, result.stderr
     skip_missing(missing)
 
@@ -216,18 +244,25 @@ def tilde():
 def test_the_parents_environment_does_not_leak(monkeypatch) -> None:
     secret = f"env-secret-{uuid.uuid4().hex}"
     monkeypatch.setenv("ASSAY_ESCAPE_SECRET", secret)
-    _, missing = probe(f"""
+    _, missing = probe(
+        f"""
 def own_proc_environ():
     data = open("/proc/self/environ", "rb").read()
     if {secret!r}.encode() in data:
         return data
     raise Refused("not in the program's own environment")
-""", [
-        ("environ", 'os.environ["ASSAY_ESCAPE_SECRET"]', ("always",)),
-        ("proc_self_environ", "own_proc_environ()", ("always",)),
-        ("proc_parent_environ", f'open("/proc/{os.getpid()}/environ", "rb").read()',
-         ("landlock_read", "capabilities_dropped", "uid", "user_namespace")),
-    ], secrets=(secret,))
+""",
+        [
+            ("environ", 'os.environ["ASSAY_ESCAPE_SECRET"]', ("always",)),
+            ("proc_self_environ", "own_proc_environ()", ("always",)),
+            (
+                "proc_parent_environ",
+                f'open("/proc/{os.getpid()}/environ", "rb").read()',
+                ("landlock_read", "capabilities_dropped", "uid", "user_namespace"),
+            ),
+        ],
+        secrets=(secret,),
+    )
     skip_missing(missing)
 
 
@@ -247,7 +282,8 @@ def test_signals_do_not_reach_outside_processes(victim) -> None:
     received: list[int] = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
     try:
-        result, missing = probe(f"""
+        result, missing = probe(
+            f"""
 import signal
 TEST, VICTIM = {os.getpid()}, {victim.pid}
 def kill_parent():
@@ -262,14 +298,16 @@ def everyone():
     os.kill(-1, signal.SIGKILL)  # inside the namespace this reaches the program's own tree only
     if os.getpid() == 1:
         raise Refused("PID namespace: -1 is the program's own tree")
-""", [
-            ("getppid", "kill_parent()", SIGNALS),
-            ("status_ppid", "kill_launcher()", SIGNALS),
-            ("test_process", "os.kill(TEST, signal.SIGTERM)", SIGNALS),
-            ("test_group", "os.killpg(os.getpgid(TEST), signal.SIGTERM)", SIGNALS),
-            ("victim", "os.kill(VICTIM, signal.SIGKILL)", SIGNALS),
-            ("kill_all", "everyone()", SIGNALS),
-        ])
+""",
+            [
+                ("getppid", "kill_parent()", SIGNALS),
+                ("status_ppid", "kill_launcher()", SIGNALS),
+                ("test_process", "os.kill(TEST, signal.SIGTERM)", SIGNALS),
+                ("test_group", "os.killpg(os.getpgid(TEST), signal.SIGTERM)", SIGNALS),
+                ("victim", "os.kill(VICTIM, signal.SIGKILL)", SIGNALS),
+                ("kill_all", "everyone()", SIGNALS),
+            ],
+        )
         time.sleep(0.2)
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -289,7 +327,8 @@ def test_ptrace_and_process_memory_are_refused(victim) -> None:
             (f"proc_mem_{who}", f'open("/proc/{pid}/mem", "rb").read(1)', mem),
             (f"process_vm_readv_{who}", f"read_remote({pid})", trace),
         ]
-    _, missing = probe("""
+    _, missing = probe(
+        """
 class IoVec(ctypes.Structure):
     _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
 libc.ptrace.restype = ctypes.c_long
@@ -297,7 +336,9 @@ def read_remote(pid):
     buf = ctypes.create_string_buffer(16)
     local, remote = IoVec(ctypes.addressof(buf), 16), IoVec(0x400000, 16)
     return refused_call(libc.process_vm_readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0))
-""", attempts)
+""",
+        attempts,
+    )
     assert victim.poll() is None
     skip_missing(missing)
 
@@ -333,7 +374,9 @@ def test_no_process_outlives_the_run(ending: str) -> None:
     COUNTS["tried"] += 1
     mark = f"assay-escape-{uuid.uuid4().hex}"
     after = "time.sleep(60)" if ending == "timeout" else "pass"
-    result = run_python(DAEMON.format(mark=mark, after=after), limits=Limits(wall_s=2.0, cpu_s=2.0, max_procs=8))
+    result = run_python(
+        DAEMON.format(mark=mark, after=after), limits=Limits(wall_s=2.0, cpu_s=2.0, max_procs=8)
+    )
     assert "daemon started" in result.stdout, result.stderr
     assert result.status == ending.replace("exit", "exited")
     deadline = time.monotonic() + 3
@@ -355,23 +398,27 @@ def test_nothing_is_written_or_changed_outside(lake_with_secret, tmp_path: Path)
     shared_tmp = Path("/tmp") / f"assay-escape-{uuid.uuid4().hex}"
     in_venv = Path(sys.prefix) / f"assay-escape-{uuid.uuid4().hex}"
     try:
-        result, missing = probe(f"""
+        result, missing = probe(
+            f"""
 LAKE, FILE = {str(lake)!r}, {str(secret_file)!r}
-""", [
-            ("new_file_outside", f'open({str(outside)!r}, "w").write("x")', WRITES),
-            ("shared_tmp", f'open({str(shared_tmp)!r}, "w").write("x")', WRITES),
-            ("venv", f'open({str(in_venv)!r}, "w").write("x")', (*WRITES, "uid")),
-            ("lake_new_file", 'open(LAKE + "/leak.txt", "w").write("x")', WRITES),
-            ("lake_overwrite", 'open(FILE, "w").write("x")', WRITES),
-            ("lake_unlink", "os.unlink(FILE)", WRITES),
-            ("lake_rename_in", 'os.rename(FILE, "stolen")', WRITES),
-            ("lake_mkdir", 'os.mkdir(LAKE + "/newdir")', WRITES),
-            ("lake_symlink", 'os.symlink("/etc/passwd", LAKE + "/link")', WRITES),
-            ("lake_chmod", "os.chmod(FILE, 0o666)", METADATA),
-            ("lake_utime", "os.utime(FILE, (0, 0))", METADATA),
-            ("lake_xattr", 'os.setxattr(FILE, "user.assay", b"x")', METADATA),
-            ("lake_truncate", "os.truncate(FILE, 0)", ("landlock_truncate", "readonly_root", "uid")),
-        ], after='open("inside.txt", "w").write("ok")\nprint("INSIDE", open("inside.txt").read())\n')
+""",
+            [
+                ("new_file_outside", f'open({str(outside)!r}, "w").write("x")', WRITES),
+                ("shared_tmp", f'open({str(shared_tmp)!r}, "w").write("x")', WRITES),
+                ("venv", f'open({str(in_venv)!r}, "w").write("x")', (*WRITES, "uid")),
+                ("lake_new_file", 'open(LAKE + "/leak.txt", "w").write("x")', WRITES),
+                ("lake_overwrite", 'open(FILE, "w").write("x")', WRITES),
+                ("lake_unlink", "os.unlink(FILE)", WRITES),
+                ("lake_rename_in", 'os.rename(FILE, "stolen")', WRITES),
+                ("lake_mkdir", 'os.mkdir(LAKE + "/newdir")', WRITES),
+                ("lake_symlink", 'os.symlink("/etc/passwd", LAKE + "/link")', WRITES),
+                ("lake_chmod", "os.chmod(FILE, 0o666)", METADATA),
+                ("lake_utime", "os.utime(FILE, (0, 0))", METADATA),
+                ("lake_xattr", 'os.setxattr(FILE, "user.assay", b"x")', METADATA),
+                ("lake_truncate", "os.truncate(FILE, 0)", ("landlock_truncate", "readonly_root", "uid")),
+            ],
+            after='open("inside.txt", "w").write("ok")\nprint("INSIDE", open("inside.txt").read())\n',
+        )
     finally:
         leaked = [path for path in (outside, shared_tmp, in_venv) if path.exists()]
         for path in leaked:
@@ -394,7 +441,9 @@ def test_writes_outside_fail_on_the_read_only_fallback(lake_with_secret, monkeyp
     lake, secret_file, _ = lake_with_secret
     before = tree_digest(lake)
     COUNTS["tried"] += 4
-    result = run_python(PRELUDE + f"""
+    result = run_python(
+        PRELUDE
+        + f"""
 FILE = {str(secret_file)!r}
 attempt("lake_new_file", lambda: open({str(lake)!r} + "/leak.txt", "w").write("x"))
 attempt("lake_overwrite", lambda: open(FILE, "w").write("x"))
@@ -402,7 +451,9 @@ attempt("lake_unlink", lambda: os.unlink(FILE))
 attempt("lake_mkdir", lambda: os.mkdir({str(lake)!r} + "/newdir"))
 open("inside.txt", "w").write("ok")
 print("INSIDE", open("inside.txt").read())
-""", limits=QUICK)
+""",
+        limits=QUICK,
+    )
     assert result.isolation.get("readonly_root") and not result.isolation.get("landlock_abi")
     assert result.stdout.count("REFUSED") == 4 and "ESCAPED" not in result.stdout, result.stdout
     assert "INSIDE ok" in result.stdout
@@ -425,7 +476,8 @@ def test_sockets_reach_nothing_outside() -> None:
     abstract.bind(abstract_name)
     abstract.listen()
     try:
-        result, missing = probe("""
+        result, missing = probe(
+            """
 import socket
 def udp(port):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -435,14 +487,24 @@ def unix(address):
     s = socket.socket(socket.AF_UNIX)
     s.connect(address)
     return "connected"
-""", [
-            ("tcp", f'socket.create_connection(("127.0.0.1", {tcp.getsockname()[1]}), timeout=2)',
-             ("net_namespace", "landlock_net")),
-            ("udp", f"udp({udp.getsockname()[1]})", ("net_namespace",)),
-            ("unix_path", f"unix({unix_path!r})", ("seccomp", "uid")),
-            ("unix_abstract", f"unix({abstract_name!r})", ("net_namespace", "landlock_scoped", "seccomp")),
-            ("dns", 'socket.getaddrinfo("example.com", 80)', ("net_namespace",)),
-        ], after='a, b = socket.socketpair()\na.send(b"pair")\nprint("SOCKETPAIR", b.recv(4).decode())\n')
+""",
+            [
+                (
+                    "tcp",
+                    f'socket.create_connection(("127.0.0.1", {tcp.getsockname()[1]}), timeout=2)',
+                    ("net_namespace", "landlock_net"),
+                ),
+                ("udp", f"udp({udp.getsockname()[1]})", ("net_namespace",)),
+                ("unix_path", f"unix({unix_path!r})", ("seccomp", "uid")),
+                (
+                    "unix_abstract",
+                    f"unix({abstract_name!r})",
+                    ("net_namespace", "landlock_scoped", "seccomp"),
+                ),
+                ("dns", 'socket.getaddrinfo("example.com", 80)', ("net_namespace",)),
+            ],
+            after='a, b = socket.socketpair()\na.send(b"pair")\nprint("SOCKETPAIR", b.recv(4).decode())\n',
+        )
         assert "SOCKETPAIR pair" in result.stdout  # in-process socket pairs (asyncio, multiprocessing) work
         for server in (tcp, unix, abstract):
             server.settimeout(0.1)
@@ -459,23 +521,27 @@ def unix(address):
 
 
 def test_no_setuid_or_setgid_file_can_be_made() -> None:
-    result, missing = probe("""
+    result, missing = probe(
+        """
 import shutil, stat
 open("plain", "w").close()
 def setuid_shell():
     shutil.copyfile("/bin/sh", "sh")
     os.chmod("sh", 0o4755)
     return oct(os.stat("sh").st_mode)
-""", [
-        ("chmod_setuid", 'os.chmod("plain", 0o4755)', ("seccomp",)),
-        ("chmod_setgid", 'os.chmod("plain", 0o2755)', ("seccomp",)),
-        ("open_setuid", 'os.close(os.open("created", os.O_CREAT | os.O_WRONLY, 0o4755))', ("seccomp",)),
-        ("mkdir_setgid", 'os.mkdir("dir", 0o2755)', ("seccomp",)),
-        ("setuid_shell", "setuid_shell()", ("seccomp",)),
-    ], after="""
+""",
+        [
+            ("chmod_setuid", 'os.chmod("plain", 0o4755)', ("seccomp",)),
+            ("chmod_setgid", 'os.chmod("plain", 0o2755)', ("seccomp",)),
+            ("open_setuid", 'os.close(os.open("created", os.O_CREAT | os.O_WRONLY, 0o4755))', ("seccomp",)),
+            ("mkdir_setgid", 'os.mkdir("dir", 0o2755)', ("seccomp",)),
+            ("setuid_shell", "setuid_shell()", ("seccomp",)),
+        ],
+        after="""
 modes = {name: os.stat(name).st_mode for name in os.listdir(".")}
 print("SETID", sorted(n for n, m in modes.items() if m & (stat.S_ISUID | stat.S_ISGID)))
-""")
+""",
+    )
     assert "SETID []" in result.stdout
     skip_missing(missing)
 

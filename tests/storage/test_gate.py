@@ -25,7 +25,9 @@ def record_attacks():
 def lake(lake_dir: Path) -> Lake:
     lake = Lake(lake_dir)
     with lake.run("attribute", "gate") as run:
-        run.write("scores", pd.DataFrame({"train_id": ["a", "b"], "target_id": ["q", "q"], "score": [1.0, -2.0]}))
+        run.write(
+            "scores", pd.DataFrame({"train_id": ["a", "b"], "target_id": ["q", "q"], "score": [1.0, -2.0]})
+        )
     return lake
 
 
@@ -67,7 +69,8 @@ def test_endless_query_is_stopped(lake: Lake) -> None:
 
 
 def test_reads_and_predicates_work(lake: Lake) -> None:
-    assert run_sql(lake.root, "WITH s AS (SELECT * FROM scores) SELECT sum(score) AS t FROM s").to_pylist() == [
-        {"t": -1.0}]
+    assert run_sql(
+        lake.root, "WITH s AS (SELECT * FROM scores) SELECT sum(score) AS t FROM s"
+    ).to_pylist() == [{"t": -1.0}]
     assert run_sql(lake.root, "EXPLAIN SELECT * FROM scores").num_rows >= 1
     assert select_where(lake.root, "scores", "score > 0", "train_id").to_pylist() == [{"train_id": "a"}]

@@ -14,7 +14,14 @@ from storage import Lake, UserError
 from storage.ingest import ColumnMap, ingest
 
 ROWS = [
-    {"prompt": "What is 2 + 2?", "response": "4", "domain": "math", "difficulty": 1, "answer": "4", "src": "a"},
+    {
+        "prompt": "What is 2 + 2?",
+        "response": "4",
+        "domain": "math",
+        "difficulty": 1,
+        "answer": "4",
+        "src": "a",
+    },
     {"prompt": "Write f.", "response": "def f(): pass", "domain": "code", "difficulty": "hard", "src": "b"},
 ]
 
@@ -50,8 +57,16 @@ def test_every_format_gives_the_same_examples(tmp_path: Path, fmt: str) -> None:
 
 
 def test_chat_format_and_id_column(tmp_path: Path) -> None:
-    rows = [{"uid": 7, "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
-                                    {"role": "assistant", "content": "hello"}]}]
+    rows = [
+        {
+            "uid": 7,
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "hello"},
+            ],
+        }
+    ]
     lake = Lake(tmp_path / "lake")
     ingest(lake, write_jsonl(tmp_path / "c.jsonl", rows), "chat", ColumnMap(id="uid", domain_value="chat"))
     row = lake.examples("chat").iloc[0]
@@ -66,7 +81,9 @@ def test_content_ids_are_stable_and_reingest_is_a_no_op(tmp_path: Path) -> None:
     ids = lake.examples("d")["example_id"].tolist()
     before = tree_digest(lake.root / "examples")
     again = ingest(lake, path, "d")
-    assert again.unchanged and again.version == first.version and tree_digest(lake.root / "examples") == before
+    assert (
+        again.unchanged and again.version == first.version and tree_digest(lake.root / "examples") == before
+    )
     write_jsonl(path, ROWS + [{"prompt": "3 * 3?", "response": "9", "domain": "math"}])
     changed = ingest(lake, path, "d")
     assert not changed.unchanged and changed.version != first.version
@@ -76,13 +93,18 @@ def test_content_ids_are_stable_and_reingest_is_a_no_op(tmp_path: Path) -> None:
 
 
 BAD_INPUTS = {
-    "malformed_line": ('{"prompt": "a", "response": "b"}\n{"prompt": "c", "response"\n', "line 2: malformed JSON"),
+    "malformed_line": (
+        '{"prompt": "a", "response": "b"}\n{"prompt": "c", "response"\n',
+        "line 2: malformed JSON",
+    ),
     "missing_column": ('{"prompt": "a"}\n', "missing required column 'response'"),
     "wrong_type": ('{"prompt": "a", "response": ["b"]}\n', "row 1: column 'response' must be text"),
     "bad_difficulty": ('{"prompt": "a", "response": "b", "difficulty": "very"}\n', "column 'difficulty'"),
     "empty_file": ("", "holds no examples"),
-    "duplicate_ids": ('{"id": 1, "prompt": "a", "response": "b"}\n{"id": 1, "prompt": "c", "response": "d"}\n',
-                      "duplicate example id '1' in rows 1 and 2"),
+    "duplicate_ids": (
+        '{"id": 1, "prompt": "a", "response": "b"}\n{"id": 1, "prompt": "c", "response": "d"}\n',
+        "duplicate example id '1' in rows 1 and 2",
+    ),
     "not_utf8": (b'{"prompt": "\xff", "response": "b"}\n', "not valid UTF-8"),
     "not_object": ("[1, 2]\n", "expected a JSON object"),
 }
@@ -121,8 +143,9 @@ def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path: Path) 
     (tmp_path / "bad.jsonl").write_text('{"prompt": "a", "response": "b"}\n{oops}\n')
     result = run_cli("ingest", "bad.jsonl", "--dataset", "d", cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [("error: bad.jsonl: line 2: malformed JSON "
-                                                  "(Expecting property name enclosed in double quotes)")]
+    assert result.stderr.strip().splitlines() == [
+        ("error: bad.jsonl: line 2: malformed JSON (Expecting property name enclosed in double quotes)")
+    ]
     assert not (tmp_path / "lake").exists() and not (tmp_path / ".assay").exists()
     unknown = run_cli("sql", "select 1", "--format", "xml", cwd=tmp_path)
     assert unknown.returncode == 2 and "--format xml" in unknown.stderr

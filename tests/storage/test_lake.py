@@ -20,8 +20,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def scores_frame(n: int, offset: float = 0.0) -> pd.DataFrame:
-    return pd.DataFrame({"train_id": [f"t{i}" for i in range(n)], "target_id": ["q"] * n,
-                         "score": [i + offset for i in range(n)]})
+    return pd.DataFrame(
+        {
+            "train_id": [f"t{i}" for i in range(n)],
+            "target_id": ["q"] * n,
+            "score": [i + offset for i in range(n)],
+        }
+    )
 
 
 def test_complete_run_is_visible_and_rerun_is_a_no_op(lake_dir: Path) -> None:
@@ -89,8 +94,13 @@ WRITER = textwrap.dedent("""
 
 
 def start_writer(lake_dir: Path, tag: str, pause: float) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", WRITER, str(lake_dir), tag, str(pause)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(lake_dir), tag, str(pause)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_killed_writer_leaves_nothing_visible_and_rerun_matches(lake_dir: Path) -> None:
