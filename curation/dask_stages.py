@@ -1,31 +1,25 @@
-"""Dask variants of curation stages, for inputs larger than memory. Each registers the same run (same
-kind, method, parameters and inputs, hence the same run id) and writes the same rows as the in-memory
-stage it stands for; the curate flow picks a variant when `storage.dask_io.use_dask` says so.
+"""Dask executors' reading side for curation stages whose input can outgrow memory (`mix`,
+`influence_reweight`). The stages' `execute_dask` call these; they run the same method on the same rows
+as the in-memory executor and write the same run.
 
-- `mix`: reads only the columns mixing needs (dataset, example_id, row_index and the grouping column)
-  as a dask dataframe, never the texts, then mixes the compact id / group frame with the stage's own
-  `mix_examples`.
-- `influence_reweight`: the scores table (train x target rows, the lake's largest) is reduced on the
-  cluster to per-(train example, target group) means; the stage's own functions turn those into
-  weights, labels and metrics.
+- examples: only the columns a stage needs (dataset, example_id, row_index and the grouping column),
+  never the texts, in the order `load_examples` gives;
+- scores (train x target rows, the lake's largest table): reduced on the cluster to per-(train example,
+  target group) means, which `difficulty.aggregate_influence` combines.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from curation import difficulty
-from curation.stages import StageContext
-from curation.stages import difficulty as difficulty_stage
-from curation.stages import mix as mix_stage
-from storage import Lake, UserError
-from storage.dask_io import read_table, table_bytes
-from storage.schemas import TABLES
+from storage import Lake
+from storage.dask_io import dask_client, read_table, table_bytes, use_dask
+from storage.stage import StageContext
 
 KEY = ["dataset", "example_id"]
 
@@ -37,9 +31,28 @@ def examples_runs(lake: Lake, versions: dict[str, str]) -> dict[str, str]:
     return {name: runs[(name, version)] for name, version in versions.items()}
 
 
+def wants_dask(
+    ctx: StageContext, versions: dict[str, str] | None = None, scores_run: str | None = None
+) -> bool:
+    """Should a stage run on Dask: a cluster asked for, or its big input (the examples of `versions` or the
+    scores of `scores_run`) larger than memory."""
+    lake = ctx.lake
+    if scores_run is not None:
+        nbytes = table_bytes(lake, "scores", [scores_run])
+    else:
+        nbytes = table_bytes(lake, "examples", examples_runs(lake, versions or {}).values())
+    return use_dask(nbytes, ctx.dask)
+
+
+@contextmanager
+def cluster(ctx: StageContext) -> Iterator[Any]:
+    with dask_client(ctx.dask) as client:
+        yield client
+
+
 def read_examples(lake: Lake, versions: dict[str, str], columns: list[str]) -> pd.DataFrame:
     """The given columns of the given dataset versions, in (dataset as listed, row_index) order:
-    the order `mix.load_examples` gives, without reading the other columns."""
+    the order `load_examples` gives, without reading the other columns."""
     runs = examples_runs(lake, versions)
     cols = list(dict.fromkeys(["dataset", "version", "row_index", *columns]))
     frames = []
@@ -55,42 +68,13 @@ def read_examples(lake: Lake, versions: dict[str, str], columns: list[str]) -> p
     return pd.concat(frames, ignore_index=True)
 
 
-def examples_bytes(ctx: StageContext, params: dict) -> int:
-    versions = {name: ctx.lake.dataset_version(name) for name in ctx.datasets}
-    return table_bytes(ctx.lake, "examples", examples_runs(ctx.lake, versions).values())
+def read_weights(lake: Lake, run_id: str) -> pd.DataFrame:
+    return read_table(lake, "weights", [run_id], columns=[*KEY, "weight", "copies"]).compute()
 
 
-def mix(ctx: StageContext, params: dict) -> str:
-    p = mix_stage.resolve_params(params)
-    lake = ctx.lake
-    versions = ctx.dataset_versions("mix")
-    label_run, weights_run = mix_stage.find_inputs(ctx, p)
-    by = p["by"]
-    if not by.startswith("label:") and by not in TABLES["examples"].names:
-        raise UserError(
-            f"stage mix: by {by!r} is not a column of examples "
-            f"({', '.join(c for c in TABLES['examples'].names if c != 'run_id')}) nor label:NAME"
-        )
-    examples = read_examples(lake, versions, KEY + ([] if by.startswith("label:") else [by]))
-    groups = mix_stage.example_groups(lake, examples, by, label_run)
-    prior = None
-    if weights_run:
-        prior = read_table(lake, "weights", [weights_run], columns=[*KEY, "weight", "copies"]).compute()
-    inputs = {"datasets": versions, "labels": label_run, "weights": weights_run}
-    with lake.run(kind="curate", method="mix", params=p, inputs=inputs) as run:
-        if run.complete:
-            return run.run_id
-        weights, schedule, metrics = mix_stage.mix_examples(examples, groups, prior, p)
-        run.write("weights", weights)
-        run.write("mixture_schedule", schedule)
-        run.write("metrics", metrics)
-    return run.run_id
-
-
-def scores_bytes(ctx: StageContext, params: dict) -> int:
-    p = difficulty_stage.resolve_reweight(params)
-    run = difficulty_stage.latest_scores_run(ctx.lake) if p["scores_run"] == "latest" else p["scores_run"]
-    return table_bytes(ctx.lake, "scores", [run])
+def read_scores(lake: Lake, run_id: str) -> Any:
+    """A dask dataframe of a run's scores (train_id, target_id, score)."""
+    return read_table(lake, "scores", [run_id], columns=["train_id", "target_id", "score"])
 
 
 def group_means(scores: Any, groups: pd.Series) -> pd.DataFrame:
@@ -118,66 +102,3 @@ def aggregate_influence(scores: Any, groups: pd.Series, group_weights: dict | No
     return difficulty.aggregate_influence(
         stand_in[["train_id", "target_id", "score"]], stand_groups, group_weights
     )
-
-
-def influence_reweight(ctx: StageContext, params: dict) -> str:
-    p = difficulty_stage.resolve_reweight(params)
-    lake = ctx.lake
-    versions = ctx.dataset_versions("influence_reweight")
-    examples = read_examples(lake, versions, KEY)
-    scores_run = difficulty_stage.latest_scores_run(lake) if p["scores_run"] == "latest" else p["scores_run"]
-    lake.require_run(scores_run)
-    scores = read_table(lake, "scores", [scores_run], columns=["train_id", "target_id", "score"])
-    targets = sorted(scores["target_id"].astype(str).unique().compute().tolist())
-    if not targets:
-        raise UserError(f"stage influence_reweight: run {scores_run} wrote no scores")
-    groups = difficulty_stage.scored_target_groups(lake, targets, p, scores_run)
-    resolved = {**p, "scores_run": scores_run}
-    inputs = {"datasets": versions, "scores": scores_run}
-    with lake.run(kind="curate", method="influence_reweight", params=resolved, inputs=inputs) as run:
-        if run.complete:
-            return run.run_id
-        agg = aggregate_influence(scores, groups, p["groups"])
-        influence = agg["influence"].reindex(examples["example_id"].astype(str).to_numpy())
-        influence.index = examples.index
-        out = difficulty.influence_weights(
-            influence,
-            temperature=p["temperature"],
-            transform=p["transform"],
-            clip_min=p["clip_min"],
-            clip_max=p["clip_max"],
-        )
-        ids = examples[KEY].reset_index(drop=True)
-        run.write("weights", ids.assign(weight=out["weight"].to_numpy(), copies=out["copies"].to_numpy()))
-        labels = []
-        for name, values in [("influence", influence.to_numpy()), ("influence_z", out["z"].to_numpy())] + [
-            (f"influence:{g}", agg[str(g)].reindex(ids["example_id"].astype(str)).to_numpy())
-            for g in agg.columns
-            if g != "influence"
-        ]:
-            labels.append(
-                ids.assign(name=name, value=np.asarray(values, dtype=float)).dropna(subset=["value"])
-            )
-        run.write("labels", pd.concat(labels, ignore_index=True))
-        metrics = [
-            ("examples", "all", float(len(examples))),
-            ("scored", "all", float(influence.notna().sum())),
-            ("weight_min", "all", float(out["weight"].min())),
-            ("weight_max", "all", float(out["weight"].max())),
-            ("copies", "all", float(out["copies"].sum())),
-        ]
-        metrics += [("targets", f"group={g}", float((groups == g).sum())) for g in sorted(set(groups))]
-        run.write("metrics", pd.DataFrame(metrics, columns=["name", "key", "value"]))
-    return run.run_id
-
-
-@dataclass(frozen=True)
-class Variant:
-    run: Callable[[StageContext, dict], str]
-    input_bytes: Callable[[StageContext, dict], int]  # on-disk size of the stage's big input
-
-
-VARIANTS: dict[str, Variant] = {
-    "mix": Variant(mix, examples_bytes),
-    "influence_reweight": Variant(influence_reweight, scores_bytes),
-}

@@ -331,4 +331,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m flows.cli`: run the imported module's app, so that the command modules (which import
+    # flows.cli) and this entry point share one State.
+    from flows.cli import main as imported_main
+
+    imported_main()

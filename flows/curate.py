@@ -1,10 +1,10 @@
 """The curate job: a recipe's stages in order, each a task that returns its run id; then the export.
 
-Each stage gets the run ids of the stages before it (`StageContext.previous`). Stage runs are not
-cached by Prefect: a stage may read "the latest" of something in the lake, so only the lake can say
-whether a rerun is a no-op, and it does: run ids derive from parameters and inputs, a finished run is
-reused, an interrupted one resumes. A stage with a Dask variant (curation/dask_stages.py) runs on
-Dask when its input is larger than memory or a cluster is asked for (`dask`).
+Each stage gets the run ids of the stages before it (`StageContext.previous`). Stage runs are not cached
+by Prefect: a stage may read "the latest" of something in the lake, so only the lake can say whether a
+rerun is a no-op, and it does: run ids derive from parameters and inputs, a finished run is reused, an
+interrupted one resumes. Each stage picks its own executor (in memory, Dask, sharded over workers) from
+the context (`dask`, `workers`) and the size of its input.
 """
 
 from __future__ import annotations
@@ -14,64 +14,10 @@ from typing import Any
 from prefect import flow
 
 from flows.export import export_step
-from flows.recipes import Recipe, check_datasets, load_recipe, parse_recipe
-from flows.runtime import step
-from flows.tasks import RETRY, publish_summary
-from storage import Lake, UserError
-
-
-def dask_variant(stage_name: str, ctx: Any, params: dict, dask: str | None) -> Any:
-    """The stage's Dask variant when Dask should run it, else None."""
-    from storage.dask_io import use_dask
-
-    if stage_name not in ("mix", "influence_reweight"):  # the stages with a variant (import dask only then)
-        return None
-    from curation.dask_stages import VARIANTS
-
-    variant = VARIANTS[stage_name]
-    try:
-        nbytes = variant.input_bytes(ctx, params)
-    except UserError:
-        return None  # the stage itself reports the problem, before writing anything
-    return variant if use_dask(nbytes, dask) else None
-
-
-@step(name="stage", task_run_name="{stage_name}", **RETRY)
-def run_stage(
-    lake_root: str,
-    datasets: list[str],
-    stage_name: str,
-    params: dict,
-    previous: dict[str, str],
-    device: str = "cpu",
-    dask: str | None = None,
-    quiet: bool = False,
-) -> str:
-    """Run one registered stage; returns its run id."""
-    from curation.stages import StageContext, load_stages
-
-    stages = load_stages()
-    ctx = StageContext(Lake(lake_root), list(datasets), dict(previous), device=device, quiet=quiet)
-    variant = dask_variant(stage_name, ctx, params, dask)
-    if variant is None:
-        return stages[stage_name](ctx, dict(params))
-    from storage.dask_io import dask_client
-
-    with dask_client(dask):
-        return variant.run(ctx, dict(params))
-
-
-def resolve_recipe(recipe: str | dict, datasets: list[str] | None = None) -> Recipe:
-    if isinstance(recipe, dict):
-        return parse_recipe(recipe, f"<{recipe.get('name', 'recipe')}>", datasets)
-    return load_recipe(recipe, datasets)
-
-
-def pin_scores(params: dict, stage_name: str, scores_run: str | None) -> dict:
-    """A pipeline pins influence stages that read `latest` scores to the attribution it just ran."""
-    if scores_run and stage_name == "influence_reweight" and params.get("scores_run", "latest") == "latest":
-        return {**params, "scores_run": scores_run}
-    return params
+from flows.recipes import check_datasets, resolve_recipe
+from flows.stages import run_stage
+from flows.tasks import publish_summary
+from storage import Lake
 
 
 @flow(name="curate", log_prints=False)
@@ -79,28 +25,22 @@ def curate_flow(
     recipe: str | dict,
     lake_root: str | None = None,
     datasets: list[str] | None = None,
-    device: str = "cpu",
+    device: str | None = None,
     dask: str | None = None,
     export_out: str | None = None,
-    scores_run: str | None = None,
+    overrides: dict[str, Any] | list[str] | None = None,
+    workers: int = 0,
     quiet: bool = False,
 ) -> dict:
-    """Run a recipe (a YAML path, or the recipe as a mapping) over the lake; returns the run ids."""
+    """Run a recipe (a YAML path, or the recipe as a mapping) over the lake; returns the run ids.
+    `overrides`: {"STAGE.PARAM": value} changes to the recipe's stage parameters."""
     lake = Lake(lake_root)
-    spec = resolve_recipe(recipe, datasets)
+    spec = resolve_recipe(recipe, datasets, overrides)
     versions = check_datasets(lake, spec)
     runs: dict[str, str] = {}
     for stage in spec.stages:
-        params = pin_scores(stage.params, stage.stage, scores_run)
         runs[stage.name] = run_stage(
-            str(lake.root),
-            spec.datasets,
-            stage.stage,
-            params,
-            dict(runs),
-            device=device,
-            dask=dask,
-            quiet=quiet,
+            str(lake.root), stage.stage, stage.params, spec.datasets, dict(runs), device, dask, workers, quiet
         )
     exported = None
     export = spec.export

@@ -49,14 +49,8 @@ def build_reference_model(train_path: str, quick: bool) -> str:
     return str(reference_model(records, cache_dir(), **SIZES[quick]["model"]))
 
 
-@step
-def attribute(lake_root: str, model_dir: str) -> str:
-    """EK-FAC influence (Infra's setting) at token level: writes scores, segment_scores, token_scores."""
-    from attribution.stage import run_attribution
-
-    return run_attribution(
-        Lake(lake_root), model_dir, DEMO_TRAIN, DEMO_TARGETS, method="ekfac", level="token"
-    )
+# Infra's setting: EK-FAC influence at token level (writes scores, segment_scores, token_scores).
+ATTRIBUTE_PARAMS = {"targets": DEMO_TARGETS, "method": "ekfac", "level": "token"}
 
 
 ATTRIBUTION_QUERIES = [
@@ -105,11 +99,12 @@ def dart_replay_file(lake_root: str) -> str:
     return str(write_demo_replay(Lake(lake_root).examples(DEMO_TRAIN), path, per_query=8, seed=0))
 
 
-def demo_recipe(replay: str, export_out: str) -> dict:
-    """recipes/demo.yaml with a DART stage over the constructed candidates in front."""
+def demo_recipe(model_dir: str, replay: str, export_out: str) -> dict:
+    """recipes/demo.yaml with the attribution and a DART stage over the constructed candidates in front."""
     import yaml
 
     recipe = yaml.safe_load(RECIPE.read_text())
+    attribute = {"stage": "attribute", "params": {"model": model_dir, **ATTRIBUTE_PARAMS}}
     dart = {
         "stage": "dart",
         "params": {
@@ -123,7 +118,7 @@ def demo_recipe(replay: str, export_out: str) -> dict:
             "seed": 0,
         },
     }
-    recipe["stages"] = [dart, *recipe["stages"]]
+    recipe["stages"] = [attribute, dart, *recipe["stages"]]
     recipe["export"] = {**recipe.get("export", {}), "out": export_out, "force": True}
     return recipe
 
@@ -131,25 +126,26 @@ def demo_recipe(replay: str, export_out: str) -> dict:
 FORGET_WHERE = "dataset = 'demo_train' AND domain = 'code' AND difficulty >= 5"
 
 
-@step
+# DMM, with one calibration retrain of the scores' scale to keep the demo to minutes.
+UNLEARN_PARAMS = {
+    "method": "dmm",
+    "forget_where": FORGET_WHERE,
+    "force": True,
+    "lr": 1e-3,
+    "epochs": 10,
+    "batch_size": 32,
+    "calibration_retrains": 1,
+}
+
+
 def unlearn(lake_root: str, model_dir: str, scores_run: str, quick: bool) -> str:
     """DMM: remove the hardest code examples' effect from the reference model."""
-    from attribution.unlearn_stage import UnlearnSettings, run_unlearning
+    from flows.stages import run_stage
 
     out = state_dir() / "demo" / ("unlearned-quick" if quick else "unlearned")
     out.parent.mkdir(parents=True, exist_ok=True)
-    return run_unlearning(
-        Lake(lake_root),
-        model_dir,
-        DEMO_TRAIN,
-        out,
-        forget_where=FORGET_WHERE,
-        scores_run_id=scores_run,
-        method="dmm",
-        force=True,
-        # one calibration retrain of the scores' scale keeps the demo to minutes
-        settings=UnlearnSettings(lr=1e-3, epochs=10, batch_size=32, calibration_retrains=1),
-    )
+    params = {"model": model_dir, "out": str(out), "scores": scores_run, **UNLEARN_PARAMS}
+    return run_stage(lake_root, "unlearn", params, [DEMO_TRAIN], quiet=True)
 
 
 UNLEARN_QUERY = (
@@ -190,24 +186,15 @@ def demo_flow(lake_root: str, quick: bool = False) -> dict:
         DEMO_TARGETS: ingest_file(lake_root, paths["targets"], DEMO_TARGETS),
     }
     model_dir = build_reference_model(paths["train"], quick)
-    attribution_run = attribute(lake_root, model_dir)
-    queries = [(title, sql.format(run=attribution_run)) for title, sql in ATTRIBUTION_QUERIES]
     from flows.curate import curate_flow
     from flows.tasks import subflow
 
     export_out = str(Path("exports") / ("demo-quick" if quick else "demo"))
-    curated = subflow(
-        curate_flow,
-        demo_recipe(dart_replay_file(lake_root), export_out),
-        lake_root=lake_root,
-        scores_run=attribution_run,
-        quiet=True,
-    )
-    runs = {
-        "attribute": attribution_run,
-        **curated["runs"],
-        "unlearn": unlearn(lake_root, model_dir, attribution_run, quick),
-    }
+    recipe = demo_recipe(model_dir, dart_replay_file(lake_root), export_out)
+    curated = subflow(curate_flow, recipe, lake_root=lake_root, quiet=True)
+    attribution_run = curated["runs"]["attribute"]
+    queries = [(title, sql.format(run=attribution_run)) for title, sql in ATTRIBUTION_QUERIES]
+    runs = {**curated["runs"], "unlearn": unlearn(lake_root, model_dir, attribution_run, quick)}
     queries += [(title, sql.format(**runs)) for title, sql in [*CURATION_QUERIES, UNLEARN_QUERY]]
     from flows.reports import write_demo_report
 

@@ -1,6 +1,6 @@
 """The export job: a curation run (one that wrote `weights`) as a fine-tuning dataset folder.
 
-The writing itself is `flows.commands.export.export_run` (records, schedule, dataset card, all
+The writing itself is `curation.exporter.export_run` (records, schedule, dataset card, all
 written aside and renamed into place). A folder that already holds an assay export is replaced;
 any other non-empty folder is refused unless `force`.
 """
@@ -46,7 +46,7 @@ def export_run_step(
     force: bool = False,
     seed: int = 0,
 ) -> dict:
-    from flows.commands.export import export_run
+    from curation.exporter import export_run
 
     result = export_run(
         Lake(lake_root),

@@ -1,74 +1,50 @@
-"""The pipeline job: attribute, then curate with a recipe, then export. Three subflows, so each part
-shows (and can be rerun) on its own; influence stages of the recipe that read the `latest` scores are
-pinned to the attribution this pipeline ran.
-
-`model_dir="demo-quick"` (the default) runs on the offline demo corpus and reference model, built and
-ingested on first use: `prefect deployment run 'pipeline/demo' --watch` needs nothing else.
+"""The pipeline job: a recipe that attributes, curates and exports (recipes/pipeline.yaml: attribute ->
+influence_reweight -> mix -> export) run as one curate flow. `model_dir` sets the model of the recipe's
+stage named `attribute` (the demo names build the offline demo model and datasets first), so
+`prefect deployment run 'pipeline/demo' --watch` needs nothing else.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from prefect import flow
 
-from flows.attribute import attribute_flow
+from flows.attribute import resolve_model
 from flows.curate import curate_flow
-from flows.tasks import publish_summary, subflow
+from flows.tasks import subflow
 from storage import Lake
 
-DEMO_RECIPE = str(Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml")
+PIPELINE_RECIPE = str(Path(__file__).resolve().parents[1] / "recipes" / "pipeline.yaml")
 
 
 @flow(name="pipeline", log_prints=False)
 def pipeline_flow(
-    recipe: str | dict = DEMO_RECIPE,
-    train_dataset: str = "demo_train",
-    target_dataset: str = "demo_targets",
-    model_dir: str = "demo-quick",
+    recipe: str | dict = PIPELINE_RECIPE,
+    model_dir: str | None = "demo-quick",
     lake_root: str | None = None,
-    method: str = "ekfac",
-    level: str = "example",
-    attribution_options: dict | None = None,
+    datasets: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
     export_out: str | None = None,
-    device: str = "cpu",
+    device: str | None = None,
     dask: str | None = None,
     workers: int = 0,
 ) -> dict:
-    """Attribute `target_dataset` to `train_dataset`, curate with `recipe` (its datasets, else the training
-    dataset), and export where the recipe or `export_out` says. Returns run ids and paths."""
+    """Run an attribute-and-curate recipe; `model_dir` (a directory, or demo / demo-quick) is the model of
+    its `attribute` stage; `overrides` change other stage parameters ({"STAGE.PARAM": value})."""
     lake = Lake(lake_root)
-    root = str(lake.root)
-    attributed = subflow(
-        attribute_flow,
-        train_dataset,
-        target_dataset,
-        model_dir=model_dir,
-        lake_root=root,
-        method=method,
-        level=level,
-        options=attribution_options,
-        dask=dask,
-        workers=workers,
-    )
-    curated = subflow(
+    changes = dict(overrides or {})
+    if model_dir:
+        changes["attribute.model"] = resolve_model(str(lake.root), model_dir)
+    return subflow(
         curate_flow,
         recipe,
-        lake_root=root,
+        lake_root=str(lake.root),
+        datasets=datasets,
         device=device,
         dask=dask,
         export_out=export_out,
-        scores_run=attributed["run_id"],
+        overrides=changes,
+        workers=workers,
     )
-    runs = [attributed["run_id"], *curated["runs"].values()]
-    extra = {"recipe": curated["recipe"], "model": attributed["model"]}
-    if curated["export"]:
-        extra["export"] = f"{curated['export']['path']} ({curated['export']['rows']} rows)"
-    publish_summary(
-        f"pipeline-{curated['recipe']}",
-        f"Pipeline: attribution, recipe {curated['recipe']}, export",
-        lake,
-        runs,
-        extra,
-    )
-    return {"lake": root, "attribution": attributed, "curation": curated, "export": curated["export"]}

@@ -42,3 +42,12 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+def stage(name: str):
+    """The registered stage `name` as a function `(ctx, params) -> run id` (plan, open, execute)."""
+    from flows.registry import load_stages
+    from storage.stage import run_stage
+
+    load_stages()
+    return lambda ctx, params=None: run_stage(name, ctx, params)

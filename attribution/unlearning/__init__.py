@@ -1,6 +1,6 @@
 """Unlearning: Datamodel Matching (DMM), baselines, datamodels, and the KLoM evaluation.
 
-Pure methods (tensors / arrays in and out). The lake stage for causal LMs is attribution/unlearn_stage.py.
+Pure methods (tensors / arrays in and out). The lake stage for causal LMs is attribution/stages/unlearn.py.
 """
 
 from attribution.unlearning.baselines import (

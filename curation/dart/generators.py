@@ -180,7 +180,7 @@ class ReplayGenerator(Generator):
 # ---- transformers ----------------------------------------------------------------------------
 
 
-def _check_model_dir(model_dir: str | Path) -> Path:
+def check_model_dir(model_dir: str | Path) -> Path:
     path = Path(model_dir).expanduser()
     if not path.is_dir():
         raise UserError(f"--model {model_dir}: no such directory")
@@ -212,7 +212,7 @@ class TransformersGenerator(Generator):
 
         from attribution.lm_data import load_tokenizer
 
-        self.path = _check_model_dir(model_dir)
+        self.path = check_model_dir(model_dir)
         try:
             self.tokenizer = load_tokenizer(self.path)
             self.model = AutoModelForCausalLM.from_pretrained(self.path, attn_implementation="eager")

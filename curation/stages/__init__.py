@@ -1,67 +1,35 @@
-"""Curation stages: thin wrappers that read the lake, call a method, write results, register a run.
-
-A stage is a function `(ctx: StageContext, params: dict) -> run_id`, registered under a name with
-`@stage("name")`. Recipes (`recipes/*.yaml`) list stages by that name; `assay curate` runs them
-in order, passing each the run ids of the stages before it.
+"""Curation stages: each module holds Stage subclasses (storage/stage.py) that read the lake, call a
+method of curation/, write results and register a run. Recipes (`recipes/*.yaml`) list stages by name;
+`assay curate` runs them in order, each given the run ids of the stages before it, and every stage is
+also an `assay <name>` command.
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable
-from dataclasses import dataclass, field
+
+import pandas as pd
 
 from storage import Lake
+from storage.stage import STAGES, RunSpec, Stage, StageContext
 
-StageFn = Callable[["StageContext", dict], str]
-STAGES: dict[str, StageFn] = {}
-
-
-@dataclass
-class StageContext:
-    lake: Lake
-    datasets: list[str]  # the examples datasets this recipe curates
-    previous: dict[str, str] = field(default_factory=dict)  # stage name -> run_id, earlier stages
-    device: str = "cpu"
-    quiet: bool = False
-
-    def dataset_versions(self, stage_name: str) -> dict[str, str]:
-        """The latest version of each dataset the recipe curates; none named is the user's error."""
-        from storage import UserError
-
-        if not self.datasets:
-            raise UserError(f"stage {stage_name}: the recipe names no datasets")
-        return {name: self.lake.dataset_version(name) for name in self.datasets}
+__all__ = ["STAGES", "RunSpec", "Stage", "StageContext", "load_examples", "load_stages"]
 
 
-def with_defaults(stage_name: str, params: dict | None, defaults: dict) -> dict:
-    """A stage's parameters over its defaults; an unknown parameter is the user's error."""
-    from storage import UserError
-
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(defaults))
-    if unknown:
-        raise UserError(
-            f"stage {stage_name}: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(defaults)}"
+def load_examples(lake: Lake, versions: dict[str, str]) -> pd.DataFrame:
+    """The examples of the given dataset versions, in (dataset as listed, row_index) order."""
+    frames = [
+        lake.query(
+            "SELECT * FROM examples_all WHERE dataset = ? AND version = ? ORDER BY row_index", [name, version]
         )
-    return {**defaults, **params}
+        for name, version in versions.items()
+    ]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def stage(name: str) -> Callable[[StageFn], StageFn]:
-    def register(fn: StageFn) -> StageFn:
-        STAGES[name] = fn
-        return fn
-
-    return register
-
-
-def load_stages() -> dict[str, StageFn]:
-    """Import every module in this package so that its @stage functions register."""
+def load_stages() -> dict[str, type[Stage]]:
+    """Import every module of this package so that its stages register."""
     for mod in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{mod.name}")
     return STAGES

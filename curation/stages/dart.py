@@ -2,20 +2,9 @@
 
 The examples become queries (math: the `answer` column; code: `test` and `entry_point` in `meta`),
 a generator samples responses, a verifier judges them, a strategy decides how many to sample.
-Recipe parameters (defaults in `DEFAULTS`):
-  strategy:    vrt | uniform | prop2diff
-  n_per_query (vrt), k_u (uniform), k_p, n_d, difficulty: fail_rate | labels (prop2diff),
-  n_max, batch: trial cap per query and samples per query per round (uniform, prop2diff)
-  generator:   replay | transformers | vllm | openai
-  replay:      a JSONL / Parquet file (query_id, response, optional correct / truncated / trial),
-               or `run:RUN_ID` to replay the samples of an earlier dart run
-  model:       model directory (transformers, vllm) or the served model's name (openai)
-  endpoint:    the OpenAI-compatible server's URL (openai); api: chat | completions
-  temperature, top_p, max_new_tokens, gen_batch_size (rows per generate call), device
-  verify:      auto (recorded labels when present, else check) | verify (always check) | recorded
-  workers:     sandboxes at a time for code checks; math_timeout_s, code_timeout_s
-  domains:     which domains become queries (default: all); limit: at most this many queries
-  seed, output_dataset (default: <datasets>-dart-<run hash>)
+Parameters: `DartParams` (a replay is a JSONL / Parquet file of query_id, response and optional
+correct / truncated / trial, or `run:RUN_ID` to replay an earlier dart run's samples; the output dataset
+defaults to <datasets>-dart-<run hash>).
 Writes `samples` (every trial, with phase / kept / truncated / dataset), the kept responses as a new
 dataset in `examples` (`output_dataset`, one example per kept response, meta: query_id, trial,
 source_dataset, generator, and the code tests), `weights` (1 per kept response: what `assay export`
@@ -29,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,101 +28,82 @@ import pyarrow as pa
 from curation.dart import generators, strategies
 from curation.dart.types import Query
 from curation.dart.verifiers import MODES, AnswerVerifier
-from curation.stages import StageContext, stage, with_defaults
-from curation.stages.mix import load_examples
-from storage import Lake, UserError
+from curation.stages import RunSpec, Stage, StageContext, load_examples
+from storage import Lake, Run, UserError
+from storage.fingerprint import model_reference
 from storage.ingest import ColumnMap, dataset_version, normalize, records_table
-
-DEFAULTS: dict[str, Any] = {
-    "strategy": "prop2diff",
-    "n_per_query": 8,
-    "k_u": 4,
-    "k_p": 8,
-    "n_max": 64,
-    "batch": 8,
-    "n_d": 8,
-    "difficulty": "fail_rate",
-    "generator": "replay",
-    "replay": None,
-    "model": None,
-    "endpoint": None,
-    "api": "chat",
-    "temperature": 1.0,
-    "top_p": 0.95,
-    "max_new_tokens": 512,
-    "gen_batch_size": 8,
-    "device": "cpu",
-    "verify": "auto",
-    "workers": 2,
-    "math_timeout_s": 5.0,
-    "code_timeout_s": 6.0,
-    "domains": None,
-    "limit": None,
-    "seed": 0,
-    "output_dataset": None,
-}
-GENERATOR_CHOICES = ("replay", "transformers", "vllm", "openai")
-POSITIVE_INTS = (
-    "n_per_query",
-    "k_u",
-    "k_p",
-    "n_max",
-    "batch",
-    "n_d",
-    "max_new_tokens",
-    "gen_batch_size",
-    "workers",
+from storage.params import (
+    NAME,
+    SEED,
+    Choice,
+    Items,
+    ParamError,
+    Params,
+    Text,
+    integer,
+    number,
+    optional,
+    param,
 )
 
+GENERATOR_CHOICES = ("replay", "transformers", "vllm", "openai")
+COUNT = integer(1, 1_000_000)
+URL = Text("an http(s) URL", pattern=r"https?://\S+", max_length=2048)
 
-def resolve_params(params: dict | None) -> dict[str, Any]:
-    """Defaults filled in and checked; every problem is a UserError naming the parameter."""
-    p = with_defaults("dart", params, DEFAULTS)
-    if p["strategy"] not in strategies.STRATEGIES:
-        raise UserError(
-            f"stage dart: strategy must be one of {', '.join(strategies.STRATEGIES)}, got {p['strategy']!r}"
-        )
-    if p["generator"] not in GENERATOR_CHOICES:
-        raise UserError(
-            f"stage dart: generator must be one of {', '.join(GENERATOR_CHOICES)}, got {p['generator']!r}"
-        )
-    if p["difficulty"] not in ("fail_rate", "labels"):
-        raise UserError(f"stage dart: difficulty must be fail_rate or labels, got {p['difficulty']!r}")
-    if p["verify"] not in MODES:
-        raise UserError(f"stage dart: verify must be one of {', '.join(MODES)}, got {p['verify']!r}")
-    for name in POSITIVE_INTS + (("limit",) if p["limit"] is not None else ()):
-        value = p[name]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise UserError(f"stage dart: {name} must be a positive integer, got {value!r}")
-    if not isinstance(p["seed"], int) or isinstance(p["seed"], bool) or p["seed"] < 0:
-        raise UserError(f"stage dart: seed must be a non-negative integer, got {p['seed']!r}")
-    for name in ("temperature", "top_p", "math_timeout_s", "code_timeout_s"):
-        value = p[name]
-        if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
-            raise UserError(f"stage dart: {name} must be a positive number, got {value!r}")
-    if p["top_p"] > 1:
-        raise UserError(f"stage dart: top_p must be at most 1, got {p['top_p']!r}")
-    if p["strategy"] == "prop2diff" and p["difficulty"] == "fail_rate" and p["n_d"] > p["n_max"]:
-        raise UserError(f"stage dart: n_d ({p['n_d']}) cannot exceed n_max ({p['n_max']})")
-    if p["domains"] is not None:
-        if isinstance(p["domains"], str):
-            p["domains"] = [p["domains"]]
-        if not isinstance(p["domains"], list) or not all(isinstance(d, str) for d in p["domains"]):
-            raise UserError(f"stage dart: domains must be a list of domain names, got {p['domains']!r}")
-    if p["generator"] == "replay" and not p["replay"]:
-        raise UserError("stage dart: generator replay needs replay: FILE (or run:RUN_ID)")
-    if p["generator"] in ("transformers", "vllm") and not p["model"]:
-        raise UserError(f"stage dart: generator {p['generator']} needs model: a model directory")
-    if p["generator"] == "openai" and not (p["endpoint"] and p["model"]):
-        raise UserError("stage dart: generator openai needs endpoint: URL and model: the served model's name")
-    if p["output_dataset"] is not None:
-        from storage.ingest import DATASET_NAME
 
-        if not isinstance(p["output_dataset"], str) or not DATASET_NAME.match(p["output_dataset"]):
-            raise UserError(
-                f"stage dart: output_dataset {p['output_dataset']!r}: use letters, digits, '_', '.', '-'"
+@dataclass
+class DartParams(Params):
+    strategy: str = param("prop2diff", "vrt | uniform | prop2diff", Choice(strategies.STRATEGIES))
+    n_per_query: int = param(8, "vrt: samples per query", COUNT)
+    k_u: int = param(4, "uniform: correct responses wanted per query", COUNT)
+    k_p: int = param(8, "prop2diff: correct responses for the hardest query", COUNT)
+    n_max: int = param(64, "uniform / prop2diff: trial cap per query", COUNT)
+    batch: int = param(8, "samples per query per round", COUNT)
+    n_d: int = param(8, "prop2diff: samples that measure the fail rate", COUNT)
+    difficulty: str = param(
+        "fail_rate",
+        "prop2diff: fail_rate | labels (the examples' difficulty)",
+        Choice(("fail_rate", "labels")),
+    )
+    generator: str = param("replay", "replay | transformers | vllm | openai", Choice(GENERATOR_CHOICES))
+    replay: str | None = param(
+        None,
+        "replay: a JSONL / Parquet file (query_id, response[, correct, truncated, trial]) or run:RUN_ID",
+        optional(Text("a file or run:RUN_ID")),
+    )
+    model: str | None = param(
+        None,
+        "transformers / vllm: model directory; openai: the served model's name",
+        optional(Text("a model")),
+    )
+    endpoint: str | None = param(None, "openai: server URL, e.g. http://127.0.0.1:8000/v1", optional(URL))
+    api: str = param("chat", "openai: chat | completions", Choice(("chat", "completions")))
+    temperature: float = param(1.0, "sampling temperature (the paper: 1.6)", number(0, 100, "right"))
+    top_p: float = param(0.95, "nucleus sampling (the paper: 0.95)", number(0, 1, "right"))
+    max_new_tokens: int = param(512, "length limit; cut-off responses count as wrong", integer(1, 1_000_000))
+    gen_batch_size: int = param(8, "transformers: sequences per generate call", integer(1, 100_000))
+    verify: str = param(
+        "auto", "auto (recorded labels when present) | verify (always check) | recorded", Choice(MODES)
+    )
+    workers: int = param(2, "code sandboxes at a time", integer(1, 1024))
+    math_timeout_s: float = param(5.0, "seconds per math check", number(0, 3600, "right"))
+    code_timeout_s: float = param(6.0, "seconds per code check", number(0, 3600, "right"))
+    domains: list | None = param(None, "only these domains become queries", optional(Items(NAME, 1)))
+    limit: int | None = param(None, "at most this many queries", optional(integer(1, 10**9)))
+    seed: int = param(0, "sampling seed", SEED)
+    output_dataset: str | None = param(None, "name of the curated dataset in the lake", optional(NAME))
+
+    def validate(self) -> None:
+        if self.strategy == "prop2diff" and self.difficulty == "fail_rate" and self.n_d > self.n_max:
+            raise ParamError("n_d", f"{self.n_d} cannot exceed n_max ({self.n_max})")
+        if self.generator == "replay" and not self.replay:
+            raise ParamError("replay", "generator replay needs replay: FILE (or run:RUN_ID)")
+        if self.generator in ("transformers", "vllm") and not self.model:
+            raise ParamError("model", f"generator {self.generator} needs model: a model directory")
+        if self.generator == "openai" and not (self.endpoint and self.model):
+            raise ParamError(
+                "endpoint", "generator openai needs endpoint: URL and model: the served model's name"
             )
-    return p
 
 
 def build_strategy(p: dict[str, Any]):
@@ -203,20 +173,9 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _model_fingerprint(path: Path) -> str:
-    """The model's path and a digest of its config and weight file names and sizes."""
-    digest = hashlib.sha256()
-    for item in sorted(path.iterdir()):
-        if item.is_file():
-            digest.update(f"{item.name}:{item.stat().st_size}".encode())
-    config = path / "config.json"
-    if config.exists():
-        digest.update(config.read_bytes())
-    return f"{path.resolve()}@{digest.hexdigest()[:12]}"
-
-
-def make_generator(lake: Lake, p: dict[str, Any]) -> tuple[generators.Generator, dict, str | None]:
-    """(generator, its inputs for the run id, model fingerprint); UserError on a bad source."""
+def generator_source(lake: Lake, p: dict[str, Any]) -> tuple[dict, str | None, generators.Generator | None]:
+    """(inputs for the run id, model reference, a generator that is cheap to build now or None); a bad
+    source is the user's error. Local models are only checked here: they load in `execute`."""
     kind = p["generator"]
     if kind == "replay":
         source = str(p["replay"])
@@ -229,10 +188,10 @@ def make_generator(lake: Lake, p: dict[str, Any]) -> tuple[generators.Generator,
             cols = [
                 c for c in ("query_id", "trial", "response", "correct", "truncated") if c in samples.columns
             ]
-            return generators.ReplayGenerator(samples[cols], source=source), {"replay_run": run_id}, None
+            return {"replay_run": run_id}, None, generators.ReplayGenerator(samples[cols], source=source)
         path = Path(source).expanduser()
         gen = generators.ReplayGenerator.from_file(path)
-        return gen, {"replay_file": str(path.resolve()), "replay_digest": _file_digest(path)}, None
+        return {"replay_file": str(path.resolve()), "replay_digest": _file_digest(path)}, None, gen
     if kind == "openai":
         gen = generators.OpenAIGenerator(
             p["endpoint"],
@@ -243,26 +202,64 @@ def make_generator(lake: Lake, p: dict[str, Any]) -> tuple[generators.Generator,
             max_new_tokens=p["max_new_tokens"],
         )
         gen.check()
-        return gen, {}, f"{gen.base}#{p['model']}"
+        return {}, f"{gen.base}#{p['model']}", gen
     path = Path(p["model"]).expanduser()
-    if kind == "transformers":
-        gen = generators.TransformersGenerator(
+    if kind == "vllm" and not path.is_dir():  # vLLM may name a model it serves from its own cache
+        return {}, str(p["model"]), None
+    return {}, model_reference(generators.check_model_dir(path)), None
+
+
+def build_generator(p: dict[str, Any], device: str) -> generators.Generator:
+    """The local-model generator of a planned run (loads the model)."""
+    path = Path(p["model"]).expanduser()
+    if p["generator"] == "transformers":
+        return generators.TransformersGenerator(
             path,
             temperature=p["temperature"],
             top_p=p["top_p"],
             max_new_tokens=p["max_new_tokens"],
             batch_size=p["gen_batch_size"],
-            device=p["device"],
+            device=device,
         )
-        return gen, {}, _model_fingerprint(gen.path)
-    gen = generators.VLLMGenerator(
+    return generators.VLLMGenerator(
         path,
         temperature=p["temperature"],
         top_p=p["top_p"],
         max_new_tokens=p["max_new_tokens"],
         seed=p["seed"],
     )
-    return gen, {}, _model_fingerprint(path) if path.is_dir() else str(p["model"])
+
+
+def select_queries(
+    queries: list[Query],
+    generator: generators.Generator | None,
+    p: dict[str, Any],
+    datasets: list[str],
+    quiet: bool,
+) -> list[Query]:
+    """The queries the run samples: those a replay has responses for, up to `limit`; checked."""
+    if isinstance(generator, generators.ReplayGenerator):
+        recorded = generator.query_ids()
+        missing = [q for q in queries if q.query_id not in recorded]
+        queries = [q for q in queries if q.query_id in recorded]
+        if not queries:
+            raise UserError(
+                f"stage dart: replay {p['replay']}: no query_id matches an example id of {', '.join(datasets)}"
+            )
+        if missing and not quiet:
+            print(f"dart: {len(missing)} examples have no recorded responses in the replay; left out")
+    if p["limit"] is not None:
+        queries = queries[: p["limit"]]
+    if not queries:
+        raise UserError(f"stage dart: no examples of {', '.join(datasets)} in domains {p['domains']}")
+    if p["strategy"] == "prop2diff" and p["difficulty"] == "labels":
+        unlabelled = [q.query_id for q in queries if q.difficulty is None or q.difficulty < 0]
+        if unlabelled:
+            raise UserError(
+                f"stage dart: difficulty labels requested, but {len(unlabelled)} examples have no "
+                f"difficulty (first: {unlabelled[0]}); use difficulty: fail_rate"
+            )
+    return queries
 
 
 def curated_records(
@@ -336,79 +333,80 @@ def _metrics(result: strategies.DartResult) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["name", "key", "value"])
 
 
-@stage("dart")
-def dart(ctx: StageContext, params: dict) -> str:
-    p = resolve_params(params)
-    lake = ctx.lake
-    versions = ctx.dataset_versions("dart")
-    examples = load_examples(lake, versions)
-    queries = queries_from_examples(examples, p["domains"])
-    generator, gen_inputs, model = make_generator(lake, p)
-    if isinstance(generator, generators.ReplayGenerator):
-        recorded = generator.query_ids()
-        missing = [q for q in queries if q.query_id not in recorded]
-        queries = [q for q in queries if q.query_id in recorded]
-        if not queries:
-            raise UserError(
-                f"stage dart: replay {p['replay']}: no query_id matches an example id of "
-                f"{', '.join(ctx.datasets)}"
-            )
-        if missing and not ctx.quiet:
-            print(f"dart: {len(missing)} examples have no recorded responses in the replay; left out")
-    if p["limit"] is not None:
-        queries = queries[: p["limit"]]
-    if not queries:
-        raise UserError(f"stage dart: no examples of {', '.join(ctx.datasets)} in domains {p['domains']}")
-    if p["strategy"] == "prop2diff" and p["difficulty"] == "labels":
-        unlabelled = [q.query_id for q in queries if q.difficulty is None or q.difficulty < 0]
-        if unlabelled:
-            raise UserError(
-                f"stage dart: difficulty labels requested, but {len(unlabelled)} examples have no "
-                f"difficulty (first: {unlabelled[0]}); use difficulty: fail_rate"
-            )
-    strategy = build_strategy(p)
-    from curation.verify.code import DEFAULT_LIMITS
+class DartSampling(Stage):
+    """DART rejection sampling: sample responses per query, keep the verified ones (VRT, Uniform, Prop2Diff)."""
 
-    limits = replace(DEFAULT_LIMITS, wall_s=p["code_timeout_s"], cpu_s=max(1.0, p["code_timeout_s"] / 2))
-    verifier = AnswerVerifier(
-        p["verify"], workers=p["workers"], math_timeout_s=p["math_timeout_s"], code_limits=limits
-    )
-    inputs = {"sources": versions, **gen_inputs}
-    run_params = {**p, "generator_settings": generator.describe()}
-    try:
-        with lake.run(kind="curate", method="dart", params=run_params, inputs=inputs, model=model) as run:
-            if run.complete:
-                return run.run_id
+    name = "dart"
+    Params = DartParams
+    reads = ("examples", "samples")
+    writes = ("samples", "examples", "weights", "labels", "metrics")
+    dataset_help = "dataset(s) whose examples are the queries (repeatable)"
+
+    def plan(self, ctx: StageContext) -> RunSpec:
+        p = self.params.to_dict()
+        versions = ctx.dataset_versions(self.name)
+        examples = load_examples(ctx.lake, versions)
+        gen_inputs, model, generator = generator_source(ctx.lake, p)
+        queries = select_queries(
+            queries_from_examples(examples, p["domains"]), generator, p, ctx.datasets, ctx.quiet
+        )
+        return RunSpec(
+            "curate",
+            self.name,
+            p,
+            {"sources": versions, **gen_inputs},
+            model,
+            context={"queries": queries, "generator": generator},
+        )
+
+    def execute(self, ctx: StageContext, run: Run, spec: RunSpec) -> None:
+        from curation.verify.code import DEFAULT_LIMITS
+
+        p = spec.params
+        queries = spec.context["queries"]
+        generator = spec.context["generator"] or build_generator(p, ctx.resolved_device())
+        limits = replace(DEFAULT_LIMITS, wall_s=p["code_timeout_s"], cpu_s=max(1.0, p["code_timeout_s"] / 2))
+        verifier = AnswerVerifier(
+            p["verify"], workers=p["workers"], math_timeout_s=p["math_timeout_s"], code_limits=limits
+        )
+        try:
             progress = None if ctx.quiet else _progress
-            result = strategy.run(queries, generator, verifier, seed=p["seed"], on_round=progress)
-            out_name = p["output_dataset"] or f"{'_'.join(ctx.datasets)}-dart-{run.run_id.rsplit('-', 1)[-1]}"
-            samples = result.trials.assign(generator=generator.name)
-            run.write("samples", samples)
-            records = curated_records(result, queries, generator.name, out_name, f"dart run {run.run_id}")
-            if records:
-                table = records_table(records)  # the same table and version hash as `assay ingest`
-                version = dataset_version(table)
-                run.write(
-                    "examples", table.add_column(1, "version", pa.array([version] * len(table), pa.string()))
-                )
-                run.write(
-                    "weights",
-                    pd.DataFrame(
-                        {
-                            "dataset": out_name,
-                            "example_id": [r["example_id"] for r in records],
-                            "weight": 1.0,
-                            "copies": 1,
-                        }
-                    ),
-                )
-            run.write("labels", _labels(result))
-            run.write("metrics", _metrics(result))
-            if not ctx.quiet:
-                _report(result, out_name if records else None)
-    finally:
-        generator.close()
-    return run.run_id
+            result = build_strategy(p).run(queries, generator, verifier, seed=p["seed"], on_round=progress)
+        finally:
+            generator.close()
+        out_name = p["output_dataset"] or f"{'_'.join(ctx.datasets)}-dart-{run.run_id.rsplit('-', 1)[-1]}"
+        run.write("samples", result.trials.assign(generator=generator.name))
+        records = curated_records(result, queries, generator.name, out_name, f"dart run {run.run_id}")
+        if records:
+            table = records_table(records)  # the same table and version hash as `assay ingest`
+            version = dataset_version(table)
+            run.write(
+                "examples", table.add_column(1, "version", pa.array([version] * len(table), pa.string()))
+            )
+            run.write(
+                "weights",
+                pd.DataFrame(
+                    {
+                        "dataset": out_name,
+                        "example_id": [r["example_id"] for r in records],
+                        "weight": 1.0,
+                        "copies": 1,
+                    }
+                ),
+            )
+        run.write("labels", _labels(result))
+        run.write("metrics", _metrics(result))
+        if not ctx.quiet:
+            _report(result, out_name if records else None)
+
+    def report(self, ctx: StageContext, run_id: str) -> list[str]:
+        kept = int(
+            ctx.lake.query("SELECT count(*) AS n FROM weights WHERE run_id = ?", [run_id])["n"].iloc[0]
+        )
+        lines = [f"{kept} responses kept"]
+        if kept:
+            lines.append(f"export with: assay export {run_id} --out FOLDER")
+        return lines
 
 
 def _progress(rounds: int, queries: int, trials: int) -> None:

@@ -1,128 +1,103 @@
 """Stages `difficulty_flip` and `influence_reweight` (Infra, arXiv 2505.19949) over the recipe's examples.
 
-difficulty_flip parameters:
-  directions: {domain: hard | easy | none}; default {math: hard, code: easy} (the paper's finding)
-  fraction:   share of the source band's weight moved (1.0: a full swap), in [0, 1]
-  easy_max, hard_min: difficulty thresholds, a number or {domain: number}; default: per-domain tertiles
-Writes `weights` (weight, copies; each domain keeps its size), `labels` difficulty_band
-(0 easy, 1 medium, 2 hard) and `metrics` (examples and copies per domain and band).
+difficulty_flip (`FlipParams`) writes `weights` (weight, copies; each domain keeps its size), `labels`
+difficulty_band (0 easy, 1 medium, 2 hard) and `metrics` (examples and copies per domain and band).
 
-influence_reweight parameters:
-  scores_run:  the attribution run whose `scores` to use, or `latest` (the latest complete run with scores)
-  group_by:    the `examples` column that groups target examples (default domain)
-  groups:      {group: weight} for the target groups (default: every scored group, equal weights)
-  temperature, transform (exp | linear), clip_min, clip_max: see curation/difficulty.py
-Writes `weights` for every example of the recipe's datasets (unscored ones keep weight 1),
-`labels` influence (the aggregate), influence_z and influence:<group>, and `metrics`.
-Scores are assay's convention: positive = helpful.
+influence_reweight (`ReweightParams`) writes `weights` for every example of the recipe's datasets
+(unscored ones keep weight 1), `labels` influence (the aggregate), influence_z and influence:<group>, and
+`metrics`. Scores are assay's convention: positive = helpful. `scores_run: auto` reads the scores of the
+latest earlier stage of the recipe that wrote some (an `attribute` stage), else the latest in the lake.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from curation import difficulty
-from curation.stages import StageContext, stage, with_defaults
-from curation.stages.mix import load_examples
-from storage import Lake, UserError
+from curation.stages import RunSpec, Stage, StageContext, load_examples
+from storage import Lake, Run, UserError
+from storage.params import (
+    COLUMN,
+    NAME,
+    RUN_ID,
+    Choice,
+    MapOf,
+    OneOf,
+    Params,
+    number,
+    optional,
+    param,
+)
 
-FLIP_DEFAULTS: dict[str, Any] = {
-    "directions": {"math": "hard", "code": "easy"},
-    "fraction": 1.0,
-    "easy_max": None,
-    "hard_min": None,
-}
-REWEIGHT_DEFAULTS: dict[str, Any] = {
-    "scores_run": "latest",
-    "group_by": "domain",
-    "groups": None,
-    "temperature": 1.0,
-    "transform": "exp",
-    "clip_min": 0.25,
-    "clip_max": 4.0,
-}
 BAND_CODES = {"easy": 0.0, "medium": 1.0, "hard": 2.0}
+THRESHOLD = optional(OneOf((number(-1e12, 1e12), MapOf(NAME, number(-1e12, 1e12)))))
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+@dataclass
+class FlipParams(Params):
+    directions: dict = param(
+        {"math": "hard", "code": "easy"},
+        "domain -> hard | easy | none (the paper: harder math, easier code)",
+        MapOf(NAME, Choice(difficulty.DIRECTIONS), min_items=1),
+    )
+    fraction: float = param(1.0, "share of the source band's weight moved (1: a full swap)", number(0, 1))
+    easy_max: Any = param(
+        None,
+        "difficulty at or below which an example is easy (number or {domain: number}); "
+        "default: the domain's lower tertile",
+        THRESHOLD,
+    )
+    hard_min: Any = param(
+        None,
+        "difficulty at or above which an example is hard (number or {domain: number}); "
+        "default: the domain's upper tertile",
+        THRESHOLD,
+    )
 
 
-def resolve_flip(params: dict | None) -> dict[str, Any]:
-    p = with_defaults("difficulty_flip", params, FLIP_DEFAULTS)
-    if not isinstance(p["directions"], dict) or not p["directions"]:
-        raise UserError(
-            f"stage difficulty_flip: directions must map domains to hard/easy/none, got {p['directions']!r}"
-        )
-    for domain, direction in p["directions"].items():
-        if direction not in difficulty.DIRECTIONS:
+@dataclass
+class ReweightParams(Params):
+    scores_run: str = param("auto", "attribution run whose scores to use: auto | latest | a run id", RUN_ID)
+    group_by: str = param("domain", "examples column grouping the targets", COLUMN)
+    groups: dict | None = param(
+        None,
+        "{group: weight} over target groups (default: every scored group, equal weights)",
+        optional(MapOf(NAME, number(0, 1e6), min_items=1)),
+    )
+    temperature: float = param(1.0, "weights = exp(z / temperature)", number(0, 1e6, "right"))
+    transform: str = param("exp", "exp | linear (1 + z / temperature)", Choice(difficulty.TRANSFORMS))
+    clip_min: float = param(0.25, "smallest weight", number(0, 1))
+    clip_max: float = param(4.0, "largest weight", number(1, 1e6))
+
+
+class DifficultyFlip(Stage):
+    """Infra's difficulty flip: move weight from easy to hard examples of a domain (or the reverse)."""
+
+    name = "difficulty_flip"
+    Params = FlipParams
+    reads = ("examples",)
+    writes = ("weights", "labels", "metrics")
+    cli_aliases = ("flip",)
+
+    def plan(self, ctx: StageContext) -> RunSpec:
+        p = self.params.to_dict()
+        versions = ctx.dataset_versions(self.name)
+        present = set(domains_of(ctx.lake, versions))
+        absent = sorted(set(p["directions"]) - present)
+        if absent == sorted(p["directions"]):
             raise UserError(
-                f"stage difficulty_flip: directions.{domain} must be one of "
-                f"{', '.join(difficulty.DIRECTIONS)}, got {direction!r}"
+                f"stage difficulty_flip: no example has domain {', '.join(absent)} "
+                f"(domains: {', '.join(sorted(present)) or 'none'})"
             )
-    if not _number(p["fraction"]) or not 0 <= p["fraction"] <= 1:
-        raise UserError(f"stage difficulty_flip: fraction must be a number in [0, 1], got {p['fraction']!r}")
-    for name in ("easy_max", "hard_min"):
-        value = p[name]
-        if value is None or _number(value):
-            continue
-        if not isinstance(value, dict) or not all(_number(v) for v in value.values()):
-            raise UserError(
-                f"stage difficulty_flip: {name} must be a number or {{domain: number}}, got {value!r}"
-            )
-    return p
+        return RunSpec("curate", self.name, p, {"datasets": versions})
 
-
-def resolve_reweight(params: dict | None) -> dict[str, Any]:
-    p = with_defaults("influence_reweight", params, REWEIGHT_DEFAULTS)
-    if not isinstance(p["scores_run"], str) or not p["scores_run"]:
-        raise UserError(
-            f"stage influence_reweight: scores_run must be a run id or latest, got {p['scores_run']!r}"
-        )
-    if p["transform"] not in difficulty.TRANSFORMS:
-        raise UserError(
-            f"stage influence_reweight: transform must be one of {', '.join(difficulty.TRANSFORMS)}, "
-            f"got {p['transform']!r}"
-        )
-    if not _number(p["temperature"]) or not p["temperature"] > 0:
-        raise UserError(f"stage influence_reweight: temperature must be positive, got {p['temperature']!r}")
-    lo, hi = p["clip_min"], p["clip_max"]
-    if not (_number(lo) and _number(hi) and 0 <= lo <= 1 <= hi):
-        raise UserError(f"stage influence_reweight: need 0 <= clip_min <= 1 <= clip_max, got {lo!r}, {hi!r}")
-    groups = p["groups"]
-    if groups is not None and (
-        not isinstance(groups, dict) or not groups or not all(_number(w) and w >= 0 for w in groups.values())
-    ):
-        raise UserError(
-            f"stage influence_reweight: groups must map target groups to non-negative weights, got {groups!r}"
-        )
-    return p
-
-
-def _examples(ctx: StageContext, stage_name: str) -> tuple[dict[str, str], pd.DataFrame]:
-    versions = ctx.dataset_versions(stage_name)
-    return versions, load_examples(ctx.lake, versions)
-
-
-@stage("difficulty_flip")
-def difficulty_flip(ctx: StageContext, params: dict) -> str:
-    p = resolve_flip(params)
-    versions, examples = _examples(ctx, "difficulty_flip")
-    present = set(examples["domain"].dropna())
-    absent = sorted(set(p["directions"]) - present)
-    if absent == sorted(p["directions"]):
-        raise UserError(
-            f"stage difficulty_flip: no example has domain {', '.join(absent)} "
-            f"(domains: {', '.join(sorted(present)) or 'none'})"
-        )
-    with ctx.lake.run(
-        kind="curate", method="difficulty_flip", params=p, inputs={"datasets": versions}
-    ) as run:
-        if run.complete:
-            return run.run_id
+    def execute(self, ctx: StageContext, run: Run, spec: RunSpec) -> None:
+        p = spec.params
+        examples = load_examples(ctx.lake, spec.inputs["datasets"])
         flipped = difficulty.difficulty_flip(
             examples, p["directions"], p["fraction"], p["easy_max"], p["hard_min"]
         )
@@ -159,19 +134,18 @@ def difficulty_flip(ctx: StageContext, params: dict) -> str:
         if not ctx.quiet:
             for (d, b), r in summary.iterrows():
                 print(f"difficulty_flip: {d} {b}: {int(r['examples'])} examples -> {int(r['copies'])} copies")
-    return run.run_id
 
 
-def latest_scores_run(lake: Lake) -> str:
-    found = lake.query(
-        "SELECT s.run_id FROM (SELECT DISTINCT run_id FROM scores) s JOIN runs r USING (run_id) "
-        "ORDER BY r.finished_at DESC LIMIT 1"
-    )
-    if found.empty:
-        raise UserError(
-            f"stage influence_reweight: the lake at {lake.root} has no scores; run attribution first"
+def domains_of(lake: Lake, versions: dict[str, str]) -> list[str]:
+    """The distinct domains of the given dataset versions."""
+    found = []
+    for name, version in versions.items():
+        rows = lake.query(
+            "SELECT DISTINCT domain FROM examples_all WHERE dataset = ? AND version = ? AND domain IS NOT NULL",
+            [name, version],
         )
-    return str(found["run_id"].iloc[0])
+        found += rows["domain"].astype(str).tolist()
+    return sorted(set(found))
 
 
 def scored_target_groups(lake: Lake, targets: list[str], p: dict, scores_run: str) -> Any:
@@ -208,25 +182,66 @@ def target_groups(lake: Lake, target_ids: list[str], group_by: str) -> pd.Series
     return pd.Series(rows["grp"].to_numpy(), index=rows["example_id"].astype(str).to_numpy(), dtype=object)
 
 
-@stage("influence_reweight")
-def influence_reweight(ctx: StageContext, params: dict) -> str:
-    p = resolve_reweight(params)
-    lake = ctx.lake
-    versions, examples = _examples(ctx, "influence_reweight")
-    scores_run = latest_scores_run(lake) if p["scores_run"] == "latest" else p["scores_run"]
-    lake.require_run(scores_run)
-    scores = lake.query("SELECT train_id, target_id, score FROM scores WHERE run_id = ?", [scores_run])
-    if scores.empty:
-        raise UserError(f"stage influence_reweight: run {scores_run} wrote no scores")
-    groups = scored_target_groups(lake, sorted(scores["target_id"].astype(str).unique()), p, scores_run)
-    resolved = {**p, "scores_run": scores_run}
-    inputs = {"datasets": versions, "scores": scores_run}
-    with lake.run(kind="curate", method="influence_reweight", params=resolved, inputs=inputs) as run:
-        if run.complete:
-            return run.run_id
-        agg = difficulty.aggregate_influence(scores, groups, p["groups"])
-        influence = agg["influence"].reindex(examples["example_id"].astype(str).to_numpy())
-        influence.index = examples.index
+class InfluenceReweight(Stage):
+    """Infra's influence reweighting: weight examples by their influence on the target groups."""
+
+    name = "influence_reweight"
+    Params = ReweightParams
+    reads = ("examples", "scores")
+    writes = ("weights", "labels", "metrics")
+    executors = ("local", "dask")
+    cli_aliases = ("reweight",)
+
+    def plan(self, ctx: StageContext) -> RunSpec:
+        p = self.params.to_dict()
+        lake = ctx.lake
+        versions = ctx.dataset_versions(self.name)
+        scores_run = ctx.find_run(self.name, "scores", p["scores_run"])
+        targets = lake.query("SELECT DISTINCT target_id FROM scores WHERE run_id = ?", [scores_run])
+        groups = scored_target_groups(lake, sorted(targets["target_id"].astype(str)), p, scores_run)
+        return RunSpec(
+            "curate",
+            self.name,
+            {**p, "scores_run": scores_run},
+            {"datasets": versions, "scores": scores_run},
+            context={"groups": groups},
+        )
+
+    def execute(self, ctx: StageContext, run: Run, spec: RunSpec) -> None:
+        examples = load_examples(ctx.lake, spec.inputs["datasets"])[["dataset", "example_id"]]
+        scores = ctx.lake.query(
+            "SELECT train_id, target_id, score FROM scores WHERE run_id = ?", [spec.inputs["scores"]]
+        )
+        groups = spec.context["groups"]
+        agg = difficulty.aggregate_influence(scores, groups, spec.params["groups"])
+        self.write(ctx, run, spec, examples, agg)
+
+    def execute_dask(self, ctx: StageContext, run: Run, spec: RunSpec) -> None:
+        """The same weights with the scores (train x target rows) reduced on a Dask cluster."""
+        from curation import dask_stages
+
+        with dask_stages.cluster(ctx):
+            examples = dask_stages.read_examples(ctx.lake, spec.inputs["datasets"], dask_stages.KEY)
+            scores = dask_stages.read_scores(ctx.lake, spec.inputs["scores"])
+            agg = dask_stages.aggregate_influence(scores, spec.context["groups"], spec.params["groups"])
+        self.write(ctx, run, spec, examples, agg)
+
+    def executor_for(self, ctx: StageContext, spec: RunSpec) -> Any:
+        from curation import dask_stages
+
+        return (
+            self.execute_dask
+            if dask_stages.wants_dask(ctx, scores_run=spec.inputs["scores"])
+            else self.execute
+        )
+
+    def write(
+        self, ctx: StageContext, run: Run, spec: RunSpec, examples: pd.DataFrame, agg: pd.DataFrame
+    ) -> None:
+        p, groups = spec.params, spec.context["groups"]
+        ids = examples[["dataset", "example_id"]].reset_index(drop=True)
+        influence = agg["influence"].reindex(ids["example_id"].astype(str).to_numpy())
+        influence.index = ids.index
         out = difficulty.influence_weights(
             influence,
             temperature=p["temperature"],
@@ -234,14 +249,8 @@ def influence_reweight(ctx: StageContext, params: dict) -> str:
             clip_min=p["clip_min"],
             clip_max=p["clip_max"],
         )
-        run.write(
-            "weights",
-            examples[["dataset", "example_id"]].assign(
-                weight=out["weight"].to_numpy(), copies=out["copies"].to_numpy()
-            ),
-        )
+        run.write("weights", ids.assign(weight=out["weight"].to_numpy(), copies=out["copies"].to_numpy()))
         labels = []
-        ids = examples[["dataset", "example_id"]].reset_index(drop=True)
         for name, values in [("influence", influence.to_numpy()), ("influence_z", out["z"].to_numpy())] + [
             (f"influence:{g}", agg[str(g)].reindex(ids["example_id"].astype(str)).to_numpy())
             for g in agg.columns
@@ -252,7 +261,7 @@ def influence_reweight(ctx: StageContext, params: dict) -> str:
         run.write("labels", pd.concat(labels, ignore_index=True))
         scored = int(influence.notna().sum())
         metrics = [
-            ("examples", "all", float(len(examples))),
+            ("examples", "all", float(len(ids))),
             ("scored", "all", float(scored)),
             ("weight_min", "all", float(out["weight"].min())),
             ("weight_max", "all", float(out["weight"].max())),
@@ -262,7 +271,6 @@ def influence_reweight(ctx: StageContext, params: dict) -> str:
         run.write("metrics", pd.DataFrame(metrics, columns=["name", "key", "value"]))
         if not ctx.quiet:
             print(
-                f"influence_reweight: {scored}/{len(examples)} examples scored by run {scores_run}; "
+                f"influence_reweight: {scored}/{len(ids)} examples scored by run {spec.inputs['scores']}; "
                 f"weights in [{out['weight'].min():.3g}, {out['weight'].max():.3g}], mean 1"
             )
-    return run.run_id

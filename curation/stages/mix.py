@@ -1,17 +1,10 @@
 """Stage `mix`: temperature sampling / scalarization / Cooldown over groups of the recipe's examples.
 
-Recipe parameters (defaults in `DEFAULTS`):
-  by:            the grouping: an `examples` column (domain, dataset, difficulty, ...) or `label:NAME`
-                 for a per-example label an earlier stage wrote (e.g. `label:ppp_cluster`).
-  method:        temperature (draw groups with p_i(tau); copies = draws) or scalarization (proportional
-                 draws, loss weight p_i(tau) / p_i(1); needs a constant schedule).
-  schedule:      cooldown (tau until `switch`, then tau_end), constant, linear or cosine.
-  tau, tau_end, switch, batch_size, seed, replace (draw with replacement within a group).
-  steps:         training steps the schedule spans; default ceil(epochs * pool / batch_size).
-  epochs:        used only for the default `steps`.
-  weights_from:  an earlier stage whose weights to build on (its copies define the pool, its weight
-                 multiplies ours); `auto` (default) = the latest earlier stage that wrote weights;
-                 `none` = start from every example once.
+Parameters: `MixParams` (each field's help says what it does). The grouping `by` is an `examples` column
+(domain, dataset, difficulty, ...) or `label:NAME` for a per-example label an earlier stage wrote (e.g.
+`label:ppp_cluster`). `weights_from` names an earlier stage whose weights to build on (its copies define
+the pool, its weight multiplies ours): `auto` = the latest earlier stage that wrote weights, `none` =
+every example once.
 Writes `weights` (weight, copies per example), `mixture_schedule` (step, group_name, tau, probability) and
 `metrics` (per group: pool (size, prior copies counted), draws, effective_epochs; F(tau) per tau).
 """
@@ -19,75 +12,73 @@ Writes `weights` (weight, copies per example), `mixture_schedule` (step, group_n
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from curation import mixing
-from curation.stages import StageContext, stage, with_defaults
-from storage import Lake, UserError
+from curation.stages import RunSpec, Stage, StageContext, load_examples
+from storage import Lake, Run, UserError
+from storage.params import (
+    NAME,
+    SEED,
+    Choice,
+    Flag,
+    ParamError,
+    Params,
+    Text,
+    integer,
+    number,
+    optional,
+    param,
+)
 
-DEFAULTS: dict[str, Any] = {
-    "by": "domain",
-    "method": "temperature",
-    "schedule": "cooldown",
-    "tau": 5.0,
-    "tau_end": 1.0,
-    "switch": 0.5,
-    "steps": None,
-    "epochs": 1.0,
-    "batch_size": 16,
-    "seed": 0,
-    "replace": False,
-    "weights_from": "auto",
-}
 METHODS = ("temperature", "scalarization")
 MISSING_GROUP = "(missing)"
+# The sampler holds every draw in memory (step, slot, index, group): bound the draws of one mix.
+MAX_DRAWS = 200_000_000
+GROUPING = Text("an examples column or label:NAME", pattern=r"[A-Za-z_][A-Za-z0-9_]*|label:[A-Za-z0-9_.:-]+")
 
 
-def resolve_params(params: dict | None) -> dict[str, Any]:
-    """Defaults filled in and checked; every problem is a UserError naming the parameter."""
-    p = with_defaults("mix", params, DEFAULTS)
-    if p["method"] not in METHODS:
-        raise UserError(f"stage mix: method must be one of {', '.join(METHODS)}, got {p['method']!r}")
-    if p["schedule"] not in mixing.SCHEDULES:
-        raise UserError(
-            f"stage mix: schedule must be one of {', '.join(mixing.SCHEDULES)}, got {p['schedule']!r}"
-        )
-    if p["method"] == "scalarization" and p["schedule"] != "constant":
-        raise UserError("stage mix: scalarization weights examples by one tau; use schedule: constant")
-    for name in ("tau", "tau_end", "epochs"):
-        if not isinstance(p[name], int | float) or isinstance(p[name], bool) or not p[name] > 0:
-            raise UserError(f"stage mix: {name} must be a positive number, got {p[name]!r}")
-    if not isinstance(p["switch"], int | float) or not 0 <= p["switch"] <= 1:
-        raise UserError(f"stage mix: switch is a fraction of training in [0, 1], got {p['switch']!r}")
-    for name in ("batch_size", "seed") + (("steps",) if p["steps"] is not None else ()):
-        if (
-            not isinstance(p[name], int)
-            or isinstance(p[name], bool)
-            or p[name] < (0 if name == "seed" else 1)
-        ):
-            raise UserError(
-                f"stage mix: {name} must be a {'non-negative' if name == 'seed' else 'positive'} "
-                f"integer, got {p[name]!r}"
-            )
-    if not isinstance(p["replace"], bool):
-        raise UserError(f"stage mix: replace must be true or false, got {p['replace']!r}")
-    if not isinstance(p["by"], str) or not p["by"] or p["by"] == "label:":
-        raise UserError(f"stage mix: by must name an examples column or label:NAME, got {p['by']!r}")
-    return p
+@dataclass
+class MixParams(Params):
+    by: str = param("domain", "grouping: an examples column (domain, dataset, ...) or label:NAME", GROUPING)
+    method: str = param(
+        "temperature",
+        "temperature: draw groups with p_i(tau) (copies = draws); scalarization: proportional draws, "
+        "loss weight p_i(tau)/p_i(1) (needs schedule constant)",
+        Choice(METHODS),
+    )
+    schedule: str = param(
+        "cooldown",
+        "cooldown (tau until switch, then tau_end) | constant | linear | cosine",
+        Choice(mixing.SCHEDULES),
+    )
+    tau: float = param(
+        5.0, "temperature at the start (1: proportional; large: uniform)", number(0, 1e6, "right")
+    )
+    tau_end: float = param(1.0, "temperature at the end (cooldown, linear, cosine)", number(0, 1e6, "right"))
+    switch: float = param(0.5, "cooldown: share of training before tau_end takes over", number(0, 1))
+    steps: int | None = param(
+        None,
+        "training steps the schedule spans (default ceil(epochs x pool / batch_size))",
+        optional(integer(1, 10**9)),
+    )
+    epochs: float = param(1.0, "epochs over the pool, for the default steps", number(0, 1e4, "right"))
+    batch_size: int = param(16, "examples per training step", integer(1, 1_000_000))
+    seed: int = param(0, "sampling seed", SEED)
+    replace: bool = param(False, "draw with replacement within a group", Flag())
+    weights_from: str | None = param(
+        "auto", "earlier stage whose weights to build on: auto | none | a stage name", optional(NAME)
+    )
 
-
-def load_examples(lake: Lake, versions: dict[str, str]) -> pd.DataFrame:
-    """The examples of the given dataset versions, in (dataset, row_index) order."""
-    frames = [
-        lake.query(
-            "SELECT * FROM examples_all WHERE dataset = ? AND version = ? ORDER BY row_index", [name, version]
-        )
-        for name, version in versions.items()
-    ]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    def validate(self) -> None:
+        if self.method == "scalarization" and self.schedule != "constant":
+            raise ParamError("schedule", "scalarization weights examples by one tau; use schedule: constant")
+        if self.steps is not None and self.steps * self.batch_size > MAX_DRAWS:
+            raise ParamError("steps", f"steps x batch_size must be at most {MAX_DRAWS:,} draws")
 
 
 def example_groups(lake: Lake, examples: pd.DataFrame, by: str, label_run: str | None) -> pd.Series:
@@ -122,25 +113,16 @@ def example_groups(lake: Lake, examples: pd.DataFrame, by: str, label_run: str |
     return text.reset_index(drop=True).rename("group")
 
 
-def _earlier_run(lake: Lake, ctx: StageContext, table: str, where: str, params: list) -> str | None:
-    """The latest earlier stage run of this recipe with rows in `table` matching `where`."""
-    for run_id in reversed(list(ctx.previous.values())):
-        hit = lake.query(f"SELECT count(*) AS n FROM {table} WHERE run_id = ? AND {where}", [run_id, *params])
-        if int(hit["n"].iloc[0]):
-            return run_id
-    return None
-
-
 def find_inputs(ctx: StageContext, p: dict[str, Any]) -> tuple[str | None, str | None]:
     """(run id of the labels to group by, run id of the weights to build on)."""
     label_run = None
     if p["by"].startswith("label:"):
-        label_run = _earlier_run(ctx.lake, ctx, "labels", "name = ?", [p["by"].split(":", 1)[1]])
+        label_run = ctx.earlier_run("labels", "name = ?", [p["by"].split(":", 1)[1]])
     choice = p["weights_from"]
     if choice in (None, "none"):
         weights_run = None
     elif choice == "auto":
-        weights_run = _earlier_run(ctx.lake, ctx, "weights", "true", [])
+        weights_run = ctx.earlier_run("weights")
     elif choice in ctx.previous:
         weights_run = ctx.previous[choice]
     else:
@@ -172,7 +154,7 @@ def mix_examples(
         raise UserError("stage mix: no examples left to mix (the earlier weights keep none)")
     pool_groups = groups.to_numpy(dtype=object)[pool]
     counts = mixing.group_counts(pool_groups)
-    steps = p["steps"] or max(1, math.ceil(p["epochs"] * len(pool) / p["batch_size"]))
+    steps = schedule_steps(p, len(pool))
 
     if p["method"] == "scalarization":
         taus = mixing.tau_schedule(steps, "constant", tau_start=p["tau"])
@@ -206,20 +188,93 @@ def mix_examples(
     return weights, schedule, metrics
 
 
-@stage("mix")
-def mix(ctx: StageContext, params: dict) -> str:
-    p = resolve_params(params)
-    lake = ctx.lake
-    versions = ctx.dataset_versions("mix")
-    label_run, weights_run = find_inputs(ctx, p)
-    examples = load_examples(lake, versions)
-    groups = example_groups(lake, examples, p["by"], label_run)  # validates `by` before any write
-    prior = lake.table("weights", "run_id = ?", [weights_run]) if weights_run else None
-    inputs = {"datasets": versions, "labels": label_run, "weights": weights_run}
-    with lake.run(kind="curate", method="mix", params=p, inputs=inputs) as run:
-        if run.complete:
-            return run.run_id
-        weights, schedule, metrics = mix_examples(examples, groups, prior, p)
+def check_grouping(lake: Lake, by: str, label_run: str | None) -> None:
+    """`by` names an examples column, or a label an earlier stage wrote (checked without reading rows)."""
+    if by.startswith("label:"):
+        if label_run is None:
+            raise UserError(f"stage mix: by {by!r}, but no earlier stage wrote a label named {by[6:]!r}")
+        return
+    columns = [c for c in lake.query("SELECT * FROM examples_all LIMIT 0").columns if c != "run_id"]
+    if by not in columns:
+        raise UserError(
+            f"stage mix: by {by!r} is not a column of examples ({', '.join(columns)}) nor label:NAME"
+        )
+
+
+def schedule_steps(p: dict[str, Any], pool_size: int) -> int:
+    """The training steps the schedule spans: `steps`, else ceil(epochs x pool / batch_size)."""
+    return p["steps"] or max(1, math.ceil(p["epochs"] * pool_size / p["batch_size"]))
+
+
+def pool_size(lake: Lake, versions: dict[str, str], weights_run: str | None) -> int:
+    """How many draws the pool holds: the prior weights' copies (weight > 0), else one per example."""
+    if weights_run:
+        found = lake.query(
+            "SELECT coalesce(sum(copies), 0) AS n FROM weights WHERE run_id = ? AND weight > 0", [weights_run]
+        )
+    else:
+        sql = " UNION ALL ".join(
+            "SELECT count(*) AS n FROM examples_all WHERE dataset = ? AND version = ?" for _ in versions
+        )
+        found = lake.query(f"SELECT sum(n) AS n FROM ({sql})", [v for item in versions.items() for v in item])
+    return int(found["n"].iloc[0] or 0)
+
+
+class Mix(Stage):
+    """Mix groups of examples by temperature sampling, scalarization or a Cooldown schedule."""
+
+    name = "mix"
+    Params = MixParams
+    reads = ("examples", "labels", "weights")
+    writes = ("weights", "mixture_schedule", "metrics")
+    executors = ("local", "dask")
+    dataset_help = "dataset(s) to mix (repeatable)"
+
+    def plan(self, ctx: StageContext) -> RunSpec:
+        p = self.params.to_dict()
+        versions = ctx.dataset_versions(self.name)
+        label_run, weights_run = find_inputs(ctx, p)
+        check_grouping(ctx.lake, p["by"], label_run)
+        pool = pool_size(ctx.lake, versions, weights_run)
+        if pool == 0:
+            raise UserError("stage mix: no examples left to mix (the earlier weights keep none)")
+        steps = schedule_steps(p, pool)
+        if steps * p["batch_size"] > MAX_DRAWS:
+            raise UserError(
+                f"stage mix: {steps:,} steps of {p['batch_size']} examples exceed {MAX_DRAWS:,} draws; "
+                "lower epochs, steps or batch_size"
+            )
+        inputs = {"datasets": versions, "labels": label_run, "weights": weights_run}
+        return RunSpec("curate", self.name, p, inputs)
+
+    def execute(self, ctx: StageContext, run: Run, spec: RunSpec) -> None:
+        lake, inputs = ctx.lake, spec.inputs
+        examples = load_examples(lake, inputs["datasets"])
+        groups = example_groups(lake, examples, spec.params["by"], inputs["labels"])
+        prior = lake.table("weights", "run_id = ?", [inputs["weights"]]) if inputs["weights"] else None
+        self.write(ctx, run, mix_examples(examples, groups, prior, spec.params))
+
+    def execute_dask(self, ctx: StageContext, run: Run, spec: RunSpec) -> None:
+        """The same mix reading only the id and grouping columns, chunk by chunk (never the texts)."""
+        from curation import dask_stages
+
+        lake, inputs, by = ctx.lake, spec.inputs, spec.params["by"]
+        columns = dask_stages.KEY + ([] if by.startswith("label:") else [by])
+        with dask_stages.cluster(ctx):
+            examples = dask_stages.read_examples(lake, inputs["datasets"], columns)
+            prior = dask_stages.read_weights(lake, inputs["weights"]) if inputs["weights"] else None
+        groups = example_groups(lake, examples, by, inputs["labels"])
+        self.write(ctx, run, mix_examples(examples, groups, prior, spec.params))
+
+    def executor_for(self, ctx: StageContext, spec: RunSpec) -> Any:
+        from curation import dask_stages
+
+        return self.execute_dask if dask_stages.wants_dask(ctx, spec.inputs["datasets"]) else self.execute
+
+    def write(
+        self, ctx: StageContext, run: Run, frames: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]
+    ) -> None:
+        weights, schedule, metrics = frames
         run.write("weights", weights)
         run.write("mixture_schedule", schedule)
         run.write("metrics", metrics)
@@ -229,4 +284,6 @@ def mix(ctx: StageContext, params: dict) -> str:
                 "mix: effective epochs per group: "
                 + ", ".join(f"{k} {v:.2f}" for k, v in zip(summary["key"], summary["value"], strict=True))
             )
-    return run.run_id
+
+    def report(self, ctx: StageContext, run_id: str) -> list[str]:
+        return [f"export with: assay export {run_id} --out FOLDER"]

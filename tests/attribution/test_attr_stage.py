@@ -20,7 +20,7 @@ RUN = """
 import sys, time, torch
 torch.set_num_threads(1)
 from storage import Lake
-import attribution.stage as stage
+import attribution.stages as stage
 import attribution.engine as engine
 delay = float(sys.argv[3])
 if delay:  # slow each shard down so the parent can kill us between shards
@@ -67,7 +67,7 @@ def _rows(lake, table, run_id):
 def test_killed_run_resumes_to_the_rows_of_an_uninterrupted_run(tmp_path, trained_dir, records, targets):
     import torch
 
-    from attribution.stage import run_attribution
+    from attribution.stages import run_attribution
 
     torch.set_num_threads(1)  # as in the subprocesses: same float summation order, same bits
     whole = _lake(tmp_path, "whole", records, targets)
@@ -98,7 +98,8 @@ def test_killed_run_resumes_to_the_rows_of_an_uninterrupted_run(tmp_path, traine
 
 
 def test_stage_registers_run_and_reuses_it(tmp_path, trained_dir, records, targets):
-    from attribution.stage import model_fingerprint, run_attribution
+    from attribution.stages import run_attribution
+    from storage.fingerprint import directory_fingerprint as model_fingerprint
 
     lake = _lake(tmp_path, "lake", records, targets)
     run_id = run_attribution(
@@ -123,11 +124,11 @@ def test_stage_registers_run_and_reuses_it(tmp_path, trained_dir, records, targe
 
 
 def test_stage_user_errors_before_any_run(tmp_path, trained_dir, records, targets):
-    from attribution.stage import run_attribution
+    from attribution.stages import run_attribution
 
     lake = _lake(tmp_path, "lake", records, targets)
     before = len(lake.runs())
-    with pytest.raises(UserError, match="--method"):
+    with pytest.raises(UserError, match="method: expected one of ekfac"):
         run_attribution(lake, trained_dir, "train", "targets", "magic")
     with pytest.raises(UserError, match="per-token"):
         run_attribution(lake, trained_dir, "train", "targets", "trak", "token")

@@ -5,10 +5,10 @@ import torch
 from assay_testing import run_cli, tree_digest
 
 from attribution.reference_model import build_model, build_tokenizer
-from attribution.stage import model_fingerprint
-from attribution.unlearn_stage import read_forget_file, run_unlearning
+from attribution.stages.unlearn import read_forget_file, run_unlearning
 from curation.corpus import math_problems, write_jsonl
 from storage import Lake, UserError
+from storage.fingerprint import directory_fingerprint as model_fingerprint
 from storage.ingest import ingest
 
 
@@ -93,11 +93,11 @@ def test_cli_refuses_with_one_line_and_exit_2_writing_nothing(setup, case):
         ({"forget_ids": []}, "forget set is empty"),
         ({"forget_where": "difficulty = 99"}, "matches no example"),
         ({"forget_where": "difficulty >= 1"}, "nothing would remain"),
-        ({"forget_ids": ["x"], "forget_where": "true"}, "one of them"),
+        ({"forget_ids": ["x"], "forget_where": "true"}, "give the forget set one way"),
         ({"scores": "old_version"}, "version 000000000000"),
         ({"scores": "attribute-ekfac-000000000000"}, "not found"),
-        ({"scores": None}, "needs --scores"),
-        ({"method": "erase"}, "--method erase"),
+        ({"scores": None}, "method dmm needs scores"),
+        ({"method": "erase"}, "method: expected one of dmm, oracle, ga, gd, ga\\+gd, got 'erase'"),
         ({"method": "oracle"}, "assay_reference.json"),
     ],
 )
@@ -109,9 +109,7 @@ def test_api_refuses_bad_input_before_writing(setup, kwargs, message):
         kwargs["forget_ids"] = [ids[0]]
     before = tree_digest(lake.root)
     with pytest.raises(UserError, match=message):
-        run_unlearning(
-            lake, model_dir, "train", root / "out", scores_run_id=runs.get(scores, scores), **kwargs
-        )
+        run_unlearning(lake, model_dir, "train", root / "out", scores=runs.get(scores, scores), **kwargs)
     assert tree_digest(lake.root) == before
     assert not (root / "out").exists()
 

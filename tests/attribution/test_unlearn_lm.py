@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from attribution.reference_model import reference_model
-from attribution.stage import model_fingerprint, run_attribution
-from attribution.unlearn_stage import UnlearnSettings, load_model, run_unlearning
+from attribution.stages import run_attribution, run_unlearning
+from attribution.stages.unlearn_work import load_model
 from attribution.unlearning.lm import EncodedSet, mean_losses
 from curation.corpus import math_problems, write_jsonl
 from storage import Lake
+from storage.fingerprint import directory_fingerprint as model_fingerprint
 from storage.ingest import ingest
 
 
@@ -36,10 +37,8 @@ def metric(lake, run_id, name, key=""):
 def test_dmm_moves_forget_loss_toward_the_retrained_model_and_holds_retain_loss(setup):
     root, records, model_dir, lake, scores, forget = setup
     out = root / "unlearned"
-    settings = UnlearnSettings(lr=1e-3, epochs=10, batch_size=16)
-    run_id = run_unlearning(
-        lake, model_dir, "train", out, forget_ids=forget, scores_run_id=scores, settings=settings
-    )
+    settings = {"lr": 1e-3, "epochs": 10, "batch_size": 16}
+    run_id = run_unlearning(lake, model_dir, "train", out, forget_ids=forget, scores=scores, **settings)
     f_before, f_after, f_retrained = (
         metric(lake, run_id, "forget_loss", k) for k in ("before", "after", "retrained")
     )
@@ -78,8 +77,8 @@ def test_dmm_moves_forget_loss_toward_the_retrained_model_and_holds_retain_loss(
             "train",
             out,
             forget_ids=forget,
-            scores_run_id=scores,
-            settings=settings,
+            scores=scores,
+            **settings,
             force=True,
         )
         == run_id
@@ -88,7 +87,7 @@ def test_dmm_moves_forget_loss_toward_the_retrained_model_and_holds_retain_loss(
 
 def test_gradient_ascent_raises_the_forget_loss(setup):
     root, _, model_dir, lake, _, _ = setup
-    settings = UnlearnSettings(lr=1e-3, epochs=3, batch_size=2, retrain=False)
+    settings = {"lr": 1e-3, "epochs": 3, "batch_size": 2, "retrain": False}
     run_id = run_unlearning(
         lake,
         model_dir,
@@ -96,7 +95,7 @@ def test_gradient_ascent_raises_the_forget_loss(setup):
         root / "ga",
         forget_where="difficulty = 5 AND row_index < 18",
         method="ga",
-        settings=settings,
+        **settings,
     )
     assert metric(lake, run_id, "forget_loss", "after") > metric(lake, run_id, "forget_loss", "before")
     assert metric(lake, run_id, "n_forget") == 2
@@ -108,15 +107,15 @@ def test_scores_on_other_targets_are_completed_here_and_their_targets_join_the_f
     targets = math_problems(1, seed=7, prefix="target")
     ingest(lake, write_jsonl(targets, root / "targets.jsonl"), "targets")
     scores = run_attribution(lake, model_dir, "train", "targets", method="ekfac", max_length=128)
-    settings = UnlearnSettings(lr=1e-3, epochs=2, batch_size=16, scale=1e-6, retrain=False)
+    settings = {"lr": 1e-3, "epochs": 2, "batch_size": 16, "scale": 1e-6, "retrain": False}
     run_id = run_unlearning(
         lake,
         model_dir,
         "train",
         root / "other_targets",
         forget_ids=forget,
-        scores_run_id=scores,
-        settings=settings,
+        scores=scores,
+        **settings,
     )
     # F x 5 + the 18 retain examples (fewer than 20 x |F|) + the run's 5 targets once each
     assert metric(lake, run_id, "finetune_examples") == 2 * 5 + 18 + 5

@@ -11,16 +11,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import typer
+from assay_testing import stage
 from threadpoolctl import threadpool_limits
 from typer.testing import CliRunner
 
 from curation.corpus import humaneval_records, math_problems
 from curation.dart.replay import write_demo_replay
-from curation.stages import StageContext, load_stages
-from curation.stages.presto import dart_rungs, influence_rungs, merge_small_rungs, orient
-from flows.commands.cluster import parse_ladder, register
+from curation.stages.presto import PrestoParams, dart_rungs, influence_rungs, merge_small_rungs, orient
+from flows.commands.stages import register
 from storage import Lake, UserError
 from storage.ingest import ColumnMap, ingest_records, normalize
+from storage.stage import StageContext
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Lake, Path]:
 
 def run_stage(lake: Lake, name: str, **params) -> str:
     with threadpool_limits(1):
-        return load_stages()[name](StageContext(lake=lake, datasets=["toy"], quiet=True), params)
+        return stage(name)(StageContext(lake=lake, datasets=["toy"], quiet=True), params)
 
 
 def labels(lake: Lake, run_id: str, name: str) -> pd.Series:
@@ -167,18 +168,22 @@ def test_the_commands(toy) -> None:
     )
     assert ran.exit_code == 0, ran.output
     assert "highest P(rare)" in ran.output
-    assert parse_ladder("dart") == ("dart", "auto")
-    assert parse_ladder("label:difficulty_band:run-1") == ("label:difficulty_band", "run-1")
+    shorthand = PrestoParams(ladder="label:difficulty_band:run-1")
+    assert (shorthand.ladder, shorthand.source_run) == ("label:difficulty_band", "run-1")
+    assert (PrestoParams(ladder="dart").ladder, PrestoParams(ladder="dart").source_run) == ("dart", "auto")
     with pytest.raises(UserError):
-        parse_ladder("label")
+        PrestoParams(ladder="label")
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["presto", "-d", "toy", "--ladder", "votes"], "error: --ladder 'votes'"),
-        (["presto", "-d", "toy", "--device", "tpu"], "error: --device tpu: expected cpu or cuda"),
-        (["ppp", "-d", "toy", "--device", "tpu"], "error: --device tpu: expected cpu or cuda"),
+        (
+            ["presto", "-d", "toy", "--ladder", "votes"],
+            "error: --ladder: expected dart, influence or label:NAME",
+        ),
+        (["presto", "-d", "toy", "--device", "tpu"], "error: --device 'tpu': expected cpu, cuda or cuda:N"),
+        (["ppp", "-d", "toy", "--device", "tpu"], "error: --device 'tpu': expected cpu, cuda or cuda:N"),
     ],
 )
 def test_a_bad_option_exits_with_status_2_and_one_line(toy, argv, message) -> None:

@@ -11,15 +11,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import typer
+from assay_testing import stage
 from typer.testing import CliRunner
 
 from curation.corpus import humaneval_records, math_problems
 from curation.dart.replay import demo_replay_records, write_demo_replay
-from curation.stages import StageContext, load_stages
-from flows.commands.dart import register
-from flows.commands.export import export_run
+from curation.exporter import export_run
+from flows.commands import dart as dart_commands
+from flows.commands import stages as stage_commands
 from storage import Lake, UserError
 from storage.ingest import ColumnMap, ingest_records, normalize
+from storage.stage import StageContext
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Lake, Path, list[dict
 
 
 def run_dart(lake: Lake, **params) -> str:
-    return load_stages()["dart"](StageContext(lake=lake, datasets=["toy"], quiet=True), params)
+    return stage("dart")(StageContext(lake=lake, datasets=["toy"], quiet=True), params)
 
 
 def test_demo_replay_candidates_are_labelled_truthfully(toy) -> None:
@@ -143,7 +145,8 @@ def test_bad_parameters_are_user_errors_and_write_nothing(toy, params: dict) -> 
 def test_the_cli_runs_dart_and_writes_a_replay_file(toy, tmp_path: Path) -> None:
     lake, _, _ = toy
     app = typer.Typer()
-    register(app)
+    dart_commands.register(app)
+    stage_commands.register(app)
     runner = CliRunner()
     out = tmp_path / "candidates.jsonl"
     made = runner.invoke(
@@ -172,7 +175,7 @@ def test_the_cli_runs_dart_and_writes_a_replay_file(toy, tmp_path: Path) -> None
         ],
     )
     assert ran.exit_code == 0, ran.output
-    run_id = ran.output.split("dart run ")[1].split(":")[0]
+    run_id = ran.output.split("dart run ")[1].split()[0]
     assert lake.require_run(run_id)["method"] == "dart"
 
 
@@ -200,4 +203,8 @@ def test_a_bad_option_exits_with_status_2_and_one_line(toy) -> None:
         cwd=Path(__file__).resolve().parents[2],
     )
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].startswith("error: stage dart: strategy must be one of")
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: --strategy: expected one of vrt, uniform, prop2diff")
+    )

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from assay_testing import stage
 
 from curation.difficulty import (
     aggregate_influence,
@@ -15,10 +16,10 @@ from curation.difficulty import (
     influence_weights,
     largest_remainder,
 )
-from curation.stages import StageContext, load_stages
-from flows.commands.export import export_run
+from curation.exporter import export_run
 from storage import Lake, UserError
 from storage.ingest import ColumnMap, ingest_records, normalize
+from storage.stage import StageContext
 
 
 def pool(levels: list[int], domain: str) -> pd.DataFrame:
@@ -168,8 +169,7 @@ def write_scores(lake: Lake) -> str:
 
 
 def test_difficulty_flip_stage_writes_weights_labels_and_exports(lake: Lake, tmp_path: Path) -> None:
-    stages = load_stages()
-    run_id = stages["difficulty_flip"](
+    run_id = stage("difficulty_flip")(
         StageContext(lake=lake, datasets=["train"], quiet=True), {"easy_max": 2, "hard_min": 4}
     )
     weights = lake.table("weights", "run_id = ?", [run_id]).set_index("example_id")
@@ -187,7 +187,7 @@ def test_difficulty_flip_stage_writes_weights_labels_and_exports(lake: Lake, tmp
 
 
 def test_difficulty_flip_stage_rejects_bad_parameters(lake: Lake) -> None:
-    flip = load_stages()["difficulty_flip"]
+    flip = stage("difficulty_flip")
     ctx = StageContext(lake=lake, datasets=["train"], quiet=True)
     before = len(lake.runs())
     for bad in (
@@ -204,7 +204,7 @@ def test_difficulty_flip_stage_rejects_bad_parameters(lake: Lake) -> None:
 
 def test_influence_reweight_stage_upweights_helpful_examples(lake: Lake) -> None:
     scores_run = write_scores(lake)
-    reweight = load_stages()["influence_reweight"]
+    reweight = stage("influence_reweight")
     ctx = StageContext(lake=lake, datasets=["train"], quiet=True)
     run_id = reweight(ctx, {"groups": {"math": 1.0}, "clip_min": 0.25, "clip_max": 4.0})
     record = lake.run_record(run_id)
@@ -225,4 +225,4 @@ def test_influence_reweight_stage_upweights_helpful_examples(lake: Lake) -> None
 
 def test_influence_reweight_without_scores_is_a_user_error(lake: Lake) -> None:
     with pytest.raises(UserError, match="no scores"):
-        load_stages()["influence_reweight"](StageContext(lake=lake, datasets=["train"], quiet=True), {})
+        stage("influence_reweight")(StageContext(lake=lake, datasets=["train"], quiet=True), {})

@@ -10,13 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import typer
+from assay_testing import stage
 from typer.testing import CliRunner
 
 from curation import export
-from curation.stages import StageContext, load_stages
-from flows.commands.export import export_run, register
+from curation.exporter import export_run
+from flows.commands.export import register
 from storage import Lake, UserError
 from storage.ingest import ColumnMap, ingest_records, normalize
+from storage.stage import StageContext
 
 
 def toy_examples() -> pd.DataFrame:
@@ -115,7 +117,7 @@ def make_lake(root: Path) -> Lake:
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Lake, str]:
     lake = make_lake(tmp_path_factory.mktemp("lake"))
-    run_id = load_stages()["mix"](
+    run_id = stage("mix")(
         StageContext(lake=lake, datasets=["toy"], quiet=True),
         {"schedule": "cooldown", "epochs": 4, "batch_size": 10},
     )
@@ -139,7 +141,7 @@ def test_mix_stage_writes_weights_schedule_and_metrics(mixed: tuple[Lake, str]) 
 
 def test_mix_stage_rejects_bad_parameters_before_writing(mixed: tuple[Lake, str]) -> None:
     lake, _ = mixed
-    mix = load_stages()["mix"]
+    mix = stage("mix")
     ctx = StageContext(lake=lake, datasets=["toy"], quiet=True)
     before = len(lake.runs())
     for bad in (
@@ -290,7 +292,7 @@ def test_mix_stage_groups_by_an_earlier_label_and_builds_on_earlier_weights(tmp_
     ctx = StageContext(
         lake=lake, datasets=["toy"], previous={"ppp": labels_run, "filter": weights_run}, quiet=True
     )
-    run_id = load_stages()["mix"](
+    run_id = stage("mix")(
         ctx, {"by": "label:ppp_cluster", "schedule": "constant", "tau": 2.0, "epochs": 2, "batch_size": 8}
     )
     weights = lake.table("weights", "run_id = ?", [run_id]).set_index("example_id")

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from assay_testing import stage
 from flows_testlake import TARGETS, TRAIN, make_lake
 
-from curation.stages import StageContext, load_stages
-from flows.curate import dask_variant, run_stage
+from flows.registry import build_stage
+from flows.stages import run_stage
 from storage import UserError
 from storage.dask_io import dask_address, read_table, table_files, use_dask, write_partitions
+from storage.stage import StageContext
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +70,6 @@ def test_partitions_are_written_as_shards_by_the_workers(tmp_path: Path, cluster
 
 @pytest.mark.parametrize("stage_name", ["influence_reweight", "mix"])
 def test_dask_variant_matches_the_in_memory_stage(tmp_path: Path, cluster: str, stage_name: str) -> None:
-    stages = load_stages()
     memory_lake, _ = make_lake(tmp_path / "memory", shards=4)
     dask_lake, _ = make_lake(tmp_path / "dask", shards=4)
     params = {
@@ -76,9 +77,11 @@ def test_dask_variant_matches_the_in_memory_stage(tmp_path: Path, cluster: str, 
         "mix": {"by": "domain", "schedule": "cooldown", "batch_size": 4, "weights_from": "none"},
     }[stage_name]
     ctx = StageContext(memory_lake, [TRAIN, TARGETS], quiet=True)
-    assert dask_variant(stage_name, StageContext(dask_lake, [TRAIN, TARGETS]), params, cluster) is not None
-    want = stages[stage_name](ctx, params)
-    got = run_stage(str(dask_lake.root), [TRAIN, TARGETS], stage_name, params, {}, dask=cluster, quiet=True)
+    dask_ctx = StageContext(dask_lake, [TRAIN, TARGETS], dask=cluster)
+    chosen = build_stage(stage_name, params)
+    assert chosen.executor_for(dask_ctx, chosen.plan(dask_ctx)).__name__ == "execute_dask"
+    want = stage(stage_name)(ctx, params)
+    got = run_stage(str(dask_lake.root), stage_name, params, [TRAIN, TARGETS], {}, dask=cluster, quiet=True)
     assert got == want  # the same run: same parameters and inputs
     for table in ("weights", "labels", "metrics", "mixture_schedule"):
         a, b = frame_of(memory_lake, table, want), frame_of(dask_lake, table, got)
@@ -88,17 +91,16 @@ def test_dask_variant_matches_the_in_memory_stage(tmp_path: Path, cluster: str, 
 
 
 def test_mix_variant_builds_on_earlier_weights_like_the_stage(tmp_path: Path, cluster: str) -> None:
-    stages = load_stages()
     results = {}
     for name in ("memory", "dask"):
         lake, _ = make_lake(tmp_path / name, shards=2)
-        first = stages["difficulty_flip"](StageContext(lake, [TRAIN], quiet=True), {"fraction": 0.5})
+        first = stage("difficulty_flip")(StageContext(lake, [TRAIN], quiet=True), {"fraction": 0.5})
         params = {"by": "label:difficulty_band", "batch_size": 4, "weights_from": "auto"}
         previous = {"difficulty_flip": first}
         if name == "memory":
-            run_id = stages["mix"](StageContext(lake, [TRAIN], previous, quiet=True), params)
+            run_id = stage("mix")(StageContext(lake, [TRAIN], previous, quiet=True), params)
         else:
-            run_id = run_stage(str(lake.root), [TRAIN], "mix", params, previous, dask=cluster, quiet=True)
+            run_id = run_stage(str(lake.root), "mix", params, [TRAIN], previous, dask=cluster, quiet=True)
         results[name] = (run_id, frame_of(lake, "weights", run_id))
     assert results["memory"][0] == results["dask"][0]
     pd.testing.assert_frame_equal(results["memory"][1], results["dask"][1], check_dtype=False)
@@ -125,8 +127,7 @@ def test_attribution_shards_fan_out_over_workers_with_the_one_process_result(
 ) -> None:
     from flows_testlake import records, tiny_model
 
-    from attribution.stage import run_attribution
-    from flows.attribute import attribute_sharded, attribution_arguments
+    from attribution.stages import run_attribution
     from storage import Lake
     from storage.ingest import ColumnMap, ingest_records, normalize
 
@@ -139,8 +140,7 @@ def test_attribution_shards_fan_out_over_workers_with_the_one_process_result(
         ingest_records(lake, normalize(targets, "tg", ColumnMap(), "q"), "tg", ColumnMap(), "q")
         lakes.append(lake)
     want = run_attribution(lakes[0], model, "tr", "tg", "ekfac", shard_size=4)
-    args = attribution_arguments(str(model), "tr", "tg", method="ekfac", shard_size=4)
-    got = attribute_sharded(lakes[1], args, cluster, workers=2)
+    got = run_attribution(lakes[1], model, "tr", "tg", "ekfac", shard_size=4, dask=cluster, workers=2)
     assert got == want
     assert sorted(p.name for p in lakes[1].run_dir("scores", got).glob("*")) == [
         f"shard-{k:06d}.parquet" for k in range(3)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -13,11 +14,13 @@ import pytest
 from flows_testlake import TRAIN, make_lake, recipe
 from prefect.testing.utilities import prefect_test_harness
 
-from curation.stages import STAGES, StageContext, stage
 from flows.curate import curate_flow
 from flows.export import export_step
 from flows.tasks import is_transient
 from storage import Lake, UserError
+from storage.lake import Run
+from storage.params import Params
+from storage.stage import STAGES, RunSpec, Stage, StageContext
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -27,7 +30,8 @@ def harness() -> Iterator[None]:
 
 
 class Flaky:
-    """A test stage: writes shard 0, then (while `fail` is set) raises `fail` before shard 1."""
+    """The state of a test stage that writes shard 0, then (while `fail` is set) raises `fail` before
+    shard 1."""
 
     def __init__(self) -> None:
         self.fail: BaseException | None = None
@@ -35,40 +39,44 @@ class Flaky:
         self.computed: list[int] = []
         self.attempts = 0
 
-    def __call__(self, ctx: StageContext, params: dict) -> str:
-        self.attempts += 1
-        with ctx.lake.run(
-            kind="curate", method="flaky", params=params, inputs={"previous": ctx.previous}
-        ) as run:
-            if run.complete:
-                return run.run_id
+
+@dataclass
+class FlakyParams(Params):
+    """No parameters."""
+
+
+def flaky_stage(state: Flaky) -> type[Stage]:
+    class FlakyStage(Stage):
+        """A test stage that fails on demand."""
+
+        name = "flaky_test"
+        Params = FlakyParams
+
+        def plan(self, ctx: StageContext) -> RunSpec:
+            state.attempts += 1
+            return RunSpec("curate", "flaky", {}, {"previous": ctx.previous})
+
+        def execute(self, ctx: StageContext, run: Run, spec: RunSpec) -> None:
             for shard in (0, 1):
                 if run.has_shard("labels", shard):
                     continue
-                if shard == 1 and self.fail is not None and self.fail_times != 0:
-                    self.fail_times -= 1
-                    raise self.fail
-                self.computed.append(shard)
-                run.write(
-                    "labels",
-                    pd.DataFrame(
-                        {
-                            "dataset": TRAIN,
-                            "example_id": [f"x{shard}"],
-                            "name": "flaky",
-                            "value": [float(shard)],
-                        }
-                    ),
-                    shard=shard,
+                if shard == 1 and state.fail is not None and state.fail_times != 0:
+                    state.fail_times -= 1
+                    raise state.fail
+                state.computed.append(shard)
+                frame = pd.DataFrame(
+                    {"dataset": TRAIN, "example_id": [f"x{shard}"], "name": "flaky", "value": [float(shard)]}
                 )
-        return run.run_id
+                run.write("labels", frame, shard=shard)
+
+    return FlakyStage
 
 
 @pytest.fixture
 def flaky() -> Iterator[Flaky]:
-    fn = Flaky()
-    stage("flaky_test")(fn)
-    yield fn
+    state = Flaky()
+    flaky_stage(state)
+    yield state
     STAGES.pop("flaky_test", None)
 
 

@@ -80,9 +80,6 @@ def _tokens(text: str) -> list[str]:
 
 def build_synthetic_lake(root: Path) -> dict[str, str]:
     """One run of each kind a report knows, written as stages write them; returns kind -> run id."""
-    from curation.stages import load_stages
-
-    load_stages()  # registers stage-owned tables (mixture_schedule)
     rng = np.random.default_rng(0)
     lake = Lake(root / "lake")
     train, targets = _examples()
