@@ -166,7 +166,9 @@ def _stage_spec(entry: Any, i: int, taken: set[str], stage_names: list[str], fai
         raise fail(where, f"expected a mapping {{stage: NAME, params: {{...}}}}, got {type(entry).__name__}")
     extra = sorted(set(map(str, entry)) - STAGE_FIELDS)
     if extra:
-        raise fail(f"{where}.{_key(extra[0])}", f"unknown field; fields are {', '.join(sorted(STAGE_FIELDS))}")
+        raise fail(
+            f"{where}.{_key(extra[0])}", f"unknown field; fields are {', '.join(sorted(STAGE_FIELDS))}"
+        )
     if "stage" not in entry:
         raise fail(f"{where}.stage", "missing (required)")
     stage_name = entry["stage"]

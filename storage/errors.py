@@ -5,7 +5,6 @@ class UserError(Exception):
     """Bad input from a user: a file, a row, a column or an option. Never a bug."""
 
 
-
 def shorten(value: object, limit: int = 80) -> str:
     """A bounded `repr` of `value`, at most `limit` characters: an error message never echoes a huge or
     deeply nested value back (reprlib stops after a few levels and items, so the cost is bounded too)."""
