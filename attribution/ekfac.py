@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from kronfluence.analyzer import Analyzer, prepare_model
@@ -34,6 +34,11 @@ from kronfluence.module.tracked_module import TrackedModule
 from kronfluence.task import Task
 from kronfluence.utils.dataset import DataLoaderKwargs
 from torch import nn
+
+from attribution.scoring import Scorer
+
+if TYPE_CHECKING:
+    from attribution.sources import Prepared
 
 STRATEGIES = ("ekfac", "kfac", "diagonal", "identity")
 
@@ -155,3 +160,41 @@ class InfluenceScorer:
         finally:
             shutil.rmtree(self.analyzer.scores_output_dir(name), ignore_errors=True)
         return scores
+
+
+class InfluenceMethod(Scorer):
+    """The kronfluence methods: factors fitted once on the training set (kept in work_dir), scores
+    per shard; example, segment and token levels."""
+
+    methods = STRATEGIES
+    config_class = InfluenceConfig
+    token_level = True
+    persistent_fit = True
+
+    @classmethod
+    def make_config(cls, method: str, params: dict) -> InfluenceConfig:
+        return InfluenceConfig(strategy=method, **params)
+
+    def fit(self, prepared: Prepared) -> None:
+        import copy
+
+        self.prepared = prepared
+        self.scorer = InfluenceScorer(
+            copy.deepcopy(prepared.model),  # kronfluence wraps and freezes the model it is given
+            prepared.kron_task,
+            self.work_dir / "kronfluence",
+            self.config,
+            self.device,
+            prepared.collate_fn,
+            prepared.empirical_fisher,
+            self.progress,
+            seed=self.seed,
+        )
+        self.scorer.fit(prepared.train_items)
+
+    def score(self, shard_indices: Sequence[int], per_token: bool = False) -> torch.Tensor:
+        p = self.prepared
+        items = [p.train_items[i] for i in shard_indices]
+        if per_token and p.pad_shard is not None:
+            items = p.pad_shard(items)
+        return self.scorer.score(p.target_items, items, per_token=per_token)

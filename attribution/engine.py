@@ -7,7 +7,6 @@ method, so a resumed run that skips finished shards ends with exactly the rows o
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,34 +16,29 @@ import numpy as np
 import pandas as pd
 import torch
 
-from attribution.ekfac import STRATEGIES, InfluenceConfig, InfluenceScorer
-from attribution.gradsim import GradSimConfig, GradSimScorer
+# The built-in methods register themselves with the scorer registry when their modules are imported.
+from attribution import ekfac, gradsim, trak_adapter  # noqa: F401
+from attribution.scoring import SCORERS, Scorer, scorer_class
 from attribution.segments import segment_sums, split_segments, token_segments
 from attribution.sources import Prepared
-from attribution.trak_adapter import TrakConfig, TrakScorer
 
-METHODS = (*STRATEGIES, "trak", "gradsim")
+METHODS = tuple(SCORERS)
 LEVELS = ("example", "segment", "token")
 
 
 def method_config(method: str, params: dict | None = None) -> Any:
     """The method's config dataclass from user params (unknown keys are the user's error)."""
-    params = dict(params or {})
-    if method in STRATEGIES:
-        return InfluenceConfig(strategy=method, **params)
-    if method == "trak":
-        return TrakConfig(**params)
-    if method == "gradsim":
-        return GradSimConfig(**params)
-    raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    return scorer_class(method).make_config(method, dict(params or {}))
 
 
 def check_level(method: str, level: str, prepared: Prepared | None = None) -> None:
     if level not in LEVELS:
         raise ValueError(f"unknown level {level!r}; use one of {', '.join(LEVELS)}")
-    if level != "example" and method not in STRATEGIES:
+    if level != "example" and not scorer_class(method).token_level:
+        token_methods = [m for m, cls in SCORERS.items() if cls.token_level]
         raise ValueError(
-            f"level {level!r} needs per-token scores: use method ekfac, kfac, diagonal or identity"
+            f"level {level!r} needs per-token scores: use method {', '.join(token_methods[:-1])} or "
+            f"{token_methods[-1]}"
         )
     if level != "example" and prepared is not None and prepared.texts is None:
         raise ValueError(
@@ -53,7 +47,8 @@ def check_level(method: str, level: str, prepared: Prepared | None = None) -> No
 
 
 class ShardScorer:
-    """A prepared method: `score(indices, per_token)` gives (n_targets x n_shard [x seq]) scores."""
+    """A method prepared on one `Prepared`: `score(indices, per_token)` gives (n_targets x n_shard
+    [x seq]) scores. The registered `Scorer` of the method does the work."""
 
     def __init__(
         self,
@@ -66,64 +61,17 @@ class ShardScorer:
         seed: int = 0,
         progress: bool = False,
     ):
-        self.method, self.p, self.config, self.device = method, prepared, config, device
-        self.work_dir, self.checkpoints, self.seed, self.progress = work_dir, checkpoints, seed, progress
+        self.method, self.p, self.seed = method, prepared, seed
+        self.impl: Scorer = scorer_class(method)(
+            method, config, device, work_dir, checkpoints, seed=seed, progress=progress
+        )
 
     def prepare(self) -> None:
-        p = self.p
         torch.manual_seed(self.seed)  # sampled Fisher labels: a rerun fits the same factors
-        if self.method in STRATEGIES:
-            model = copy.deepcopy(p.model)  # kronfluence wraps and freezes the model it is given
-            self.impl: Any = InfluenceScorer(
-                model,
-                p.kron_task,
-                self.work_dir / "kronfluence",
-                self.config,
-                self.device,
-                p.collate_fn,
-                p.empirical_fisher,
-                self.progress,
-                seed=self.seed,
-            )
-            self.impl.fit(p.train_items)
-        elif self.method == "trak":
-            if p.trak_output is None:
-                raise ValueError("trak on a plain module needs a traker model output (trak_output=...)")
-            checkpoints = list(self.checkpoints or [p.model.state_dict()])
-            self.impl = TrakScorer(
-                copy.deepcopy(p.model),
-                p.trak_output,
-                self.work_dir / "trak",
-                self.config,
-                self.device,
-                p.to_tuple,
-                p.collate_fn,
-                p.param_names(),
-                self.progress,
-            )
-            self.impl.fit(p.train_items, p.target_items, checkpoints)
-        else:
-            self.impl = GradSimScorer(
-                p.model,
-                p.loss,
-                p.target,
-                self.config,
-                self.device,
-                p.collate_fn,
-                p.param_names(),
-                seed=self.seed,
-            )
-            self.impl.fit(p.target_items)
+        self.impl.fit(self.p)
 
     def score(self, indices: Sequence[int], per_token: bool = False) -> torch.Tensor:
-        items = [self.p.train_items[i] for i in indices]
-        if self.method in STRATEGIES:
-            if per_token and self.p.pad_shard is not None:
-                items = self.p.pad_shard(items)
-            return self.impl.score(self.p.target_items, items, per_token=per_token)
-        if self.method == "trak":
-            return self.impl.score(indices)
-        return self.impl.score(items)
+        return self.impl.score(indices, per_token)
 
 
 @dataclass

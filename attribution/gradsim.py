@@ -10,13 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from attribution.scoring import Scorer
 from attribution.training import move_to_device
-from attribution.trak_adapter import _projector, use_eager_attention
+from attribution.trak_adapter import make_projector, use_eager_attention
+
+if TYPE_CHECKING:
+    from attribution.sources import Prepared
 
 PerExample = Callable[[nn.Module, Any], torch.Tensor]
 
@@ -57,7 +61,7 @@ class GradSimScorer:
         self.buffers = dict(self.model.named_buffers())
         grad_dim = sum(named[k].numel() for k in self.names)
         torch.manual_seed(seed)
-        self.projector = _projector(grad_dim, config.proj_dim, device, torch.float32)
+        self.projector = make_projector(grad_dim, config.proj_dim, device, torch.float32)
         self._targets: torch.Tensor | None = None
 
     def _per_example(self, fn: PerExample, item_batch: Any) -> dict[str, torch.Tensor]:
@@ -117,3 +121,28 @@ def _unsqueeze(single: Any) -> Any:
     if isinstance(single, (list, tuple)):
         return type(single)(_unsqueeze(v) for v in single)
     return single
+
+
+class GradSimMethod(Scorer):
+    """Gradient similarity: target gradients projected in `fit`, training gradients per shard; example
+    level only."""
+
+    methods = ("gradsim",)
+    config_class = GradSimConfig
+
+    def fit(self, prepared: Prepared) -> None:
+        self.prepared = prepared
+        self.scorer = GradSimScorer(
+            prepared.model,
+            prepared.loss,
+            prepared.target,
+            self.config,
+            self.device,
+            prepared.collate_fn,
+            prepared.param_names(),
+            seed=self.seed,
+        )
+        self.scorer.fit(prepared.target_items)
+
+    def score(self, shard_indices: Sequence[int], per_token: bool = False) -> torch.Tensor:
+        return self.scorer.score([self.prepared.train_items[i] for i in shard_indices])

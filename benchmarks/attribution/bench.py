@@ -222,7 +222,7 @@ def _dattri(spec: dict, algo: str) -> None:
     from torch.utils.data import DataLoader
 
     from attribution.lm_data import collate
-    from attribution.trak_adapter import _token_logps, lm_batch
+    from attribution.trak_adapter import lm_batch, token_logps
 
     model, train, targets, pid = _peer_inputs(spec)
     # dattri batches tuples; pad every item to one length so its default loaders can stack them
@@ -259,14 +259,14 @@ def _dattri(spec: dict, algo: str) -> None:
 
         def margin(params: dict, data: tuple) -> torch.Tensor:
             ids, mask, labels = data
-            logp, rest, m = _token_logps(
+            logp, rest, m = token_logps(
                 call(params, ids.unsqueeze(0), mask.unsqueeze(0)), labels.unsqueeze(0)
             )
             return ((logp - rest) * m).sum() / m.sum().clamp(min=1)
 
         def prob(params: dict, data: tuple) -> torch.Tensor:
             ids, mask, labels = data
-            logp, _, m = _token_logps(call(params, ids.unsqueeze(0), mask.unsqueeze(0)), labels.unsqueeze(0))
+            logp, _, m = token_logps(call(params, ids.unsqueeze(0), mask.unsqueeze(0)), labels.unsqueeze(0))
             return ((logp * m).sum() / m.sum().clamp(min=1)).exp()
 
         task = AttributionTask(loss_func=margin, model=model, checkpoints=model.state_dict())

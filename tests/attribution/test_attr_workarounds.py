@@ -23,8 +23,8 @@ from attribution.trak_adapter import (
     CausalLMModelOutput,
     TrakConfig,
     TrakScorer,
-    _projector,
     lm_batch,
+    make_projector,
     use_eager_attention,
 )
 
@@ -232,7 +232,7 @@ def test_traker_kernel_needs_ridge_with_few_examples(lm):
             proj_dim=64,
             use_half_precision=False,
             lambda_reg=0.0,
-            projector=_projector(grad_dim, 64, torch.device("cpu"), torch.float32),
+            projector=make_projector(grad_dim, 64, torch.device("cpu"), torch.float32),
             logging_level=logging.ERROR,
         )
         raw.load_checkpoint(model.state_dict(), model_id=0)
@@ -292,7 +292,7 @@ def test_basic_projector_single_block_breaks_after_finalize():
     one_block.free_memory()
     with pytest.raises(AttributeError):
         one_block.project(grads, model_id=0)
-    ours = _projector(500, 64, torch.device("cpu"), torch.float32)
+    ours = make_projector(500, 64, torch.device("cpu"), torch.float32)
     before = ours.project(grads, model_id=0)
     ours.free_memory()
     torch.testing.assert_close(ours.project(grads, model_id=0), before)
@@ -330,7 +330,7 @@ def test_cached_projector_projects_as_basic_projector_without_regenerating():
     assert not BasicProjector(**kw).project(grads, 1).allclose(expected)  # another model id, another matrix
 
 
-def test_cached_projector_over_budget_regenerates_like_basic_projector():
+def test_cached_projector_over_budget_regenerates_like_basicmake_projector():
     from trak.projectors import ProjectionType
 
     from attribution.trak_adapter import CachedProjector
