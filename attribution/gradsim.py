@@ -15,14 +15,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from attribution.scoring import Scorer
+from attribution.scoring import Scorer, ShardScores, TokenTargets
+from attribution.tasks import FunctionModule, PerExample
 from attribution.training import move_to_device
 from attribution.trak_adapter import make_projector, use_eager_attention
 
 if TYPE_CHECKING:
     from attribution.sources import Prepared
-
-PerExample = Callable[[nn.Module, Any], torch.Tensor]
 
 
 @dataclass
@@ -68,7 +67,7 @@ class GradSimScorer:
         """Per-example gradients of fn over the selected parameters (torch.func, one vmap per batch)."""
         named = dict(self.model.named_parameters())
         params = {k: named[k].detach() for k in self.names}
-        wrapper = _Apply(self.model, fn)
+        wrapper = FunctionModule(self.model, fn)
         fixed = {f"model.{k}": v for k, v in {**self.frozen, **self.buffers}.items()}
 
         def one(p: dict, single: Any) -> torch.Tensor:
@@ -102,17 +101,6 @@ class GradSimScorer:
         return self._targets @ self._project(train_items, self.loss).T
 
 
-class _Apply(nn.Module):
-    """Runs a per-example function of (model, batch) as a module, so torch.func can call it functionally."""
-
-    def __init__(self, model: nn.Module, fn: PerExample):
-        super().__init__()
-        self.model, self.fn = model, fn
-
-    def forward(self, batch: Any) -> torch.Tensor:
-        return self.fn(self.model, batch)
-
-
 def _unsqueeze(single: Any) -> Any:
     if isinstance(single, torch.Tensor):
         return single.unsqueeze(0)
@@ -144,5 +132,5 @@ class GradSimMethod(Scorer):
         )
         self.scorer.fit(prepared.target_items)
 
-    def score(self, shard_indices: Sequence[int], per_token: bool = False) -> torch.Tensor:
-        return self.scorer.score([self.prepared.train_items[i] for i in shard_indices])
+    def score(self, shard_indices: Sequence[int], per_token: TokenTargets | None = None) -> ShardScores:
+        return ShardScores(self.scorer.score([self.prepared.train_items[i] for i in shard_indices]))

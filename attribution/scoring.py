@@ -8,16 +8,18 @@ A new method is one subclass:
         methods = ("mine",)
         config_class = MyConfig
         def fit(self, prepared): ...
-        def score(self, shard_indices, per_token=None): ...
+        def score(self, shard_indices, per_token=None): ...  # -> ShardScores
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import torch
 
 if TYPE_CHECKING:
@@ -26,13 +28,31 @@ if TYPE_CHECKING:
 SCORERS: dict[str, type[Scorer]] = {}
 
 
+@dataclass(frozen=True)
+class TokenTargets:
+    """What token rows are about: row k is `weights[k] @ (influence on each target)`, named keys[k]
+    (a target group's mean, or one target)."""
+
+    keys: list[str]
+    weights: np.ndarray  # (n_keys x n_targets)
+
+
+@dataclass
+class ShardScores:
+    """One shard's scores: every (target, train item) pair, and with token targets, every predicted
+    token of every train item (the item's `ItemText` order), one row per token-target key."""
+
+    example: torch.Tensor  # (n_targets x n_shard)
+    tokens: list[np.ndarray] | None = None  # per train item of the shard: (n_keys x n_predicted_tokens)
+
+
 class Scorer(ABC):
     """One attribution method, fitted on a `Prepared` and scoring training shards by index.
 
     Class attributes a subclass declares:
     - `methods`: the method names it registers (`--method` values);
     - `config_class`: its config dataclass (user parameters; `params()` goes into run ids);
-    - `token_level`: whether it scores the segment and token levels;
+    - `token_level`: whether it scores the segment and token levels (`score` with token targets);
     - `persistent_fit`: whether `fit` leaves state in `work_dir` that another process with the same
       work_dir reuses (a sharded run fits once before fanning out).
     """
@@ -72,8 +92,9 @@ class Scorer(ABC):
         """Everything every shard shares (factors, features, target gradients)."""
 
     @abstractmethod
-    def score(self, shard_indices: Sequence[int], per_token: bool = False) -> torch.Tensor:
-        """Scores of the training items at `shard_indices` (indices into prepared.train_items)."""
+    def score(self, shard_indices: Sequence[int], per_token: TokenTargets | None = None) -> ShardScores:
+        """Scores of the training items at `shard_indices` (indices into prepared.train_items); their
+        token rows too when `per_token` names what those rows are about (token_level methods only)."""
 
 
 def scorer_class(method: str) -> type[Scorer]:

@@ -38,7 +38,7 @@ from trak.projectors import BasicProjector, ProjectionType
 from trak.utils import vectorize
 
 from attribution.lm_data import IGNORE_INDEX
-from attribution.scoring import Scorer
+from attribution.scoring import Scorer, ShardScores, TokenTargets
 
 if TYPE_CHECKING:
     from attribution.sources import Prepared
@@ -319,5 +319,5 @@ class TrakMethod(Scorer):
         checkpoints = list(self.checkpoints or [prepared.model.state_dict()])
         self.scorer.fit(prepared.train_items, prepared.target_items, checkpoints)
 
-    def score(self, shard_indices: Sequence[int], per_token: bool = False) -> torch.Tensor:
-        return self.scorer.score(shard_indices)
+    def score(self, shard_indices: Sequence[int], per_token: TokenTargets | None = None) -> ShardScores:
+        return ShardScores(self.scorer.score(shard_indices))
