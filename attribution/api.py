@@ -7,6 +7,12 @@
 
 Scores follow one sign convention: positive = helpful (upweighting the training example raises the
 target's log-likelihood / f). See attribution/tasks.py.
+
+Token level (kronfluence methods): a row is the influence of one training token's own loss term, the
+loss of *predicting* that token, `-grad f^T H^-1 grad l_t` (attribution/token_influence.py); an example's
+token rows sum to its example score (averaged like the row's target group), and a segment is the sum of
+its tokens. Prompt tokens have no loss term and no row; a response cut by max_length has rows only for
+the tokens kept.
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ class Attribution:
 
     scores: pd.DataFrame  # train_id, target_id, score
     segment_scores: pd.DataFrame | None = None  # train_id, target_id (group), segment, text, ..., score
-    token_scores: pd.DataFrame | None = None  # train_id, target_id (group), position, token_id, token, score
+    # train_id, target_id (group), position (in the response), token_id, token, char_start, char_end, score
+    token_scores: pd.DataFrame | None = None
 
     def matrix(self) -> pd.DataFrame:
         """train x target score matrix."""
@@ -72,6 +79,10 @@ def prepare(
 ) -> Prepared:
     """Build what the scorers need from either kind of input (see module docstring)."""
     if task is not None:
+        if kw.get("only_correct"):
+            raise ValueError(
+                "only_correct needs a causal LM (it generates answers); filter the targets first"
+            )
         keys = ("collate_fn", "train_ids", "target_ids", "train_tokens", "trak_output", "to_tuple")
         extra = {k: kw[k] for k in keys if k in kw}
         if "target_groups" in kw:
@@ -84,7 +95,16 @@ def prepare(
         raise ValueError(
             "a causal LM needs its tokenizer (tokenizer=...), or pass task=... for a plain module"
         )
-    keys = ("max_length", "use_chat_template", "modules", "train_reduction", "target_reduction", "group_by")
+    keys = (
+        "max_length",
+        "use_chat_template",
+        "modules",
+        "train_reduction",
+        "target_reduction",
+        "group_by",
+        "only_correct",
+        "max_new_tokens",
+    )
     return prepare_lm(
         model, tokenizer, _records(train), _records(targets), **{k: kw[k] for k in keys if k in kw}
     )
@@ -108,6 +128,7 @@ def attribute(
     work_dir: str | Path | None = None,
     seed: int = 0,
     progress: bool = False,
+    only_correct: bool = False,
     **prepare_kw: Any,
 ) -> Attribution:
     """Scores of every training example on every target (and per segment / token at those levels).
@@ -116,14 +137,28 @@ def attribute(
     `level`: example | segment | token (segment / token need a kronfluence method).
     `method_params`: fields of InfluenceConfig / TrakConfig / GradSimConfig (damping, proj_dim, ...).
     `checkpoints` (trak): state dicts or model directories to ensemble over (default: the model).
+    `only_correct` (causal LM): f covers only the targets the model answers correctly (greedy
+    generation, attribution.correctness), as Infra defines it; none correct, or no targets at all, is
+    a one-line ValueError.
     LM keywords: max_length, use_chat_template, modules ("mlp" | "all" | regexes), train_reduction,
-    target_reduction, group_by (target columns for segment/token groups, default domain).
-    Plain-module keywords: collate_fn, train_ids, target_ids, train_tokens, target_groups, trak_output.
+    target_reduction, group_by (target columns for segment/token groups, default domain),
+    max_new_tokens (only_correct's generation length).
+    Plain-module keywords: collate_fn, train_ids, target_ids, train_tokens, target_groups, trak_output;
+    segment / token levels need `train_tokens` and `FunctionTask(token_loss=...)`.
     """
     check_level(method, level)
     config = method_config(method, method_params)
     dev = pick_device(device)
-    prepared = prepare(model, train, targets, tokenizer=tokenizer, task=task, device=dev, **prepare_kw)
+    prepared = prepare(
+        model,
+        train,
+        targets,
+        tokenizer=tokenizer,
+        task=task,
+        device=dev,
+        only_correct=only_correct,
+        **prepare_kw,
+    )
     check_level(method, level, prepared)
     with tempfile.TemporaryDirectory(prefix="assay-attr-") as tmp:
         scorer = ShardScorer(

@@ -70,6 +70,27 @@ def generate(
 
 
 def correct_mask(
-    model: nn.Module, tokenizer: Any, records: Sequence[dict], max_new_tokens: int = 256
+    model: nn.Module,
+    tokenizer: Any,
+    records: Sequence[dict],
+    max_new_tokens: int = 256,
+    use_chat_template: bool | None = None,
 ) -> list[bool]:
-    return [matches(g, r) for g, r in zip(generate(model, tokenizer, records, max_new_tokens), records)]
+    generated = generate(model, tokenizer, records, max_new_tokens, use_chat_template)
+    return [matches(g, r) for g, r in zip(generated, records, strict=True)]
+
+
+def correct_targets(
+    model: nn.Module,
+    tokenizer: Any,
+    records: Sequence[dict],
+    max_new_tokens: int = 256,
+    use_chat_template: bool | None = None,
+) -> list[dict]:
+    """The records the model answers correctly; none is an error (f would be an empty sum)."""
+    records = list(records)
+    keep = correct_mask(model, tokenizer, records, max_new_tokens, use_chat_template)
+    kept = [r for r, ok in zip(records, keep, strict=True) if ok]
+    if not kept:
+        raise ValueError(f"only_correct: the model answers none of the {len(records)} targets correctly")
+    return kept

@@ -7,7 +7,6 @@ method, so a resumed run that skips finished shards ends with exactly the rows o
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,43 +16,43 @@ import numpy as np
 import pandas as pd
 import torch
 
-from attribution.ekfac import STRATEGIES, InfluenceConfig, InfluenceScorer
-from attribution.gradsim import GradSimConfig, GradSimScorer
+# The built-in methods register themselves with the scorer registry when their modules are imported.
+from attribution import ekfac, gradsim, trak_adapter  # noqa: F401
+from attribution.scoring import SCORERS, Scorer, ShardScores, TokenTargets, scorer_class
 from attribution.segments import segment_sums, split_segments, token_segments
-from attribution.sources import Prepared
-from attribution.trak_adapter import TrakConfig, TrakScorer
+from attribution.sources import ItemText, Prepared
 
-METHODS = (*STRATEGIES, "trak", "gradsim")
+METHODS = tuple(SCORERS)
 LEVELS = ("example", "segment", "token")
 
 
 def method_config(method: str, params: dict | None = None) -> Any:
     """The method's config dataclass from user params (unknown keys are the user's error)."""
-    params = dict(params or {})
-    if method in STRATEGIES:
-        return InfluenceConfig(strategy=method, **params)
-    if method == "trak":
-        return TrakConfig(**params)
-    if method == "gradsim":
-        return GradSimConfig(**params)
-    raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    return scorer_class(method).make_config(method, dict(params or {}))
 
 
 def check_level(method: str, level: str, prepared: Prepared | None = None) -> None:
     if level not in LEVELS:
         raise ValueError(f"unknown level {level!r}; use one of {', '.join(LEVELS)}")
-    if level != "example" and method not in STRATEGIES:
+    if level != "example" and not scorer_class(method).token_level:
+        token_methods = [m for m, cls in SCORERS.items() if cls.token_level]
         raise ValueError(
-            f"level {level!r} needs per-token scores: use method ekfac, kfac, diagonal or identity"
+            f"level {level!r} needs per-token scores: use method {', '.join(token_methods[:-1])} or "
+            f"{token_methods[-1]}"
         )
     if level != "example" and prepared is not None and prepared.texts is None:
         raise ValueError(
             f"level {level!r} needs the training items' tokens (train_tokens for a plain module)"
         )
+    if level != "example" and prepared is not None and prepared.token_loss is None:
+        raise ValueError(
+            f"level {level!r} needs each token's share of the training loss (FunctionTask(token_loss=...))"
+        )
 
 
 class ShardScorer:
-    """A prepared method: `score(indices, per_token)` gives (n_targets x n_shard [x seq]) scores."""
+    """A method prepared on one `Prepared`: `score(indices, per_token)` gives the shard's `ShardScores`.
+    The registered `Scorer` of the method does the work."""
 
     def __init__(
         self,
@@ -66,64 +65,17 @@ class ShardScorer:
         seed: int = 0,
         progress: bool = False,
     ):
-        self.method, self.p, self.config, self.device = method, prepared, config, device
-        self.work_dir, self.checkpoints, self.seed, self.progress = work_dir, checkpoints, seed, progress
+        self.method, self.p, self.seed = method, prepared, seed
+        self.impl: Scorer = scorer_class(method)(
+            method, config, device, work_dir, checkpoints, seed=seed, progress=progress
+        )
 
     def prepare(self) -> None:
-        p = self.p
         torch.manual_seed(self.seed)  # sampled Fisher labels: a rerun fits the same factors
-        if self.method in STRATEGIES:
-            model = copy.deepcopy(p.model)  # kronfluence wraps and freezes the model it is given
-            self.impl: Any = InfluenceScorer(
-                model,
-                p.kron_task,
-                self.work_dir / "kronfluence",
-                self.config,
-                self.device,
-                p.collate_fn,
-                p.empirical_fisher,
-                self.progress,
-                seed=self.seed,
-            )
-            self.impl.fit(p.train_items)
-        elif self.method == "trak":
-            if p.trak_output is None:
-                raise ValueError("trak on a plain module needs a traker model output (trak_output=...)")
-            checkpoints = list(self.checkpoints or [p.model.state_dict()])
-            self.impl = TrakScorer(
-                copy.deepcopy(p.model),
-                p.trak_output,
-                self.work_dir / "trak",
-                self.config,
-                self.device,
-                p.to_tuple,
-                p.collate_fn,
-                p.param_names(),
-                self.progress,
-            )
-            self.impl.fit(p.train_items, p.target_items, checkpoints)
-        else:
-            self.impl = GradSimScorer(
-                p.model,
-                p.loss,
-                p.target,
-                self.config,
-                self.device,
-                p.collate_fn,
-                p.param_names(),
-                seed=self.seed,
-            )
-            self.impl.fit(p.target_items)
+        self.impl.fit(self.p)
 
-    def score(self, indices: Sequence[int], per_token: bool = False) -> torch.Tensor:
-        items = [self.p.train_items[i] for i in indices]
-        if self.method in STRATEGIES:
-            if per_token and self.p.pad_shard is not None:
-                items = self.p.pad_shard(items)
-            return self.impl.score(self.p.target_items, items, per_token=per_token)
-        if self.method == "trak":
-            return self.impl.score(indices)
-        return self.impl.score(items)
+    def score(self, indices: Sequence[int], per_token: TokenTargets | None = None) -> ShardScores:
+        return self.impl.score(indices, per_token)
 
 
 @dataclass
@@ -134,23 +86,71 @@ class Levels:
     token_targets: str = "groups"  # "groups": the target groups (e.g. domain=math, all); "each": every target
 
 
-def _targets_for_tokens(p: Prepared, how: str) -> tuple[list[str], np.ndarray]:
-    """Keys and a (n_keys x n_targets) averaging matrix for segment / token rows."""
+def token_targets(p: Prepared, how: str) -> TokenTargets:
+    """The keys of segment / token rows and their (n_keys x n_targets) averaging matrix."""
     if how == "each":
-        return list(p.target_ids), np.eye(len(p.target_ids))
+        return TokenTargets(list(p.target_ids), np.eye(len(p.target_ids)))
+    if how != "groups":
+        raise ValueError(f"token_targets {how!r}: expected 'groups' or 'each'")
     keys = list(p.target_groups)
     mat = np.zeros((len(keys), len(p.target_ids)))
     for k, key in enumerate(keys):
         mat[k, p.target_groups[key]] = 1.0 / max(1, len(p.target_groups[key]))
-    return keys, mat
+    return TokenTargets(keys, mat)
+
+
+SEGMENT_COLUMNS = ["train_id", "target_id", "segment", "text", "char_start", "char_end", "score"]
+TOKEN_COLUMNS = ["train_id", "target_id", "position", "token_id", "token", "char_start", "char_end", "score"]
+
+
+def _segment_rows(
+    train_id: str, keys: list[str], text: ItemText, per_tok: np.ndarray, segmenter: str
+) -> list[dict]:
+    """One row per (key, segment) holding a predicted token. A response cut by max_length keeps the
+    segments (their text cut too) up to its last token: the rest has no loss term, hence no row."""
+    spans = split_segments(text.text, segmenter)
+    seg_of = token_segments(text.offsets, spans)
+    seg = segment_sums(per_tok, seg_of, len(spans))
+    cut = int(text.offsets[:, 1].max()) if len(text.offsets) else 0  # the text's end unless truncated
+    kept = [(g, spans[g][0], min(spans[g][1], cut)) for g in sorted(set(seg_of[seg_of >= 0].tolist()))]
+    return [
+        {
+            "train_id": train_id,
+            "target_id": key,
+            "segment": g,
+            "text": text.text[a:b],
+            "char_start": a,
+            "char_end": b,
+            "score": seg[k, g],
+        }
+        for k, key in enumerate(keys)
+        for g, a, b in kept
+    ]
+
+
+def _token_rows(train_id: str, keys: list[str], text: ItemText, per_tok: np.ndarray) -> pd.DataFrame:
+    n = len(text.positions)
+    return pd.DataFrame(
+        {
+            "train_id": train_id,
+            "target_id": np.repeat(keys, n),
+            "position": np.tile(text.response_index, len(keys)),
+            "token_id": np.tile(text.token_ids, len(keys)),
+            "token": np.tile(np.asarray(text.tokens, dtype=object), len(keys)),
+            "char_start": np.tile(text.offsets[:, 0], len(keys)),
+            "char_end": np.tile(text.offsets[:, 1], len(keys)),
+            "score": per_tok.reshape(-1),
+        },
+        columns=TOKEN_COLUMNS,
+    )
 
 
 def shard_frames(
-    p: Prepared, indices: Sequence[int], scores: torch.Tensor, level: str, levels: Levels
+    p: Prepared, indices: Sequence[int], scores: ShardScores, level: str, levels: Levels
 ) -> dict[str, pd.DataFrame]:
-    """Frames of one shard from its scores ((n_targets x n_shard) or per token (... x seq))."""
-    s = scores.double().numpy()
-    example = s.sum(-1) if s.ndim == 3 else s  # per-token scores sum to the example score
+    """Frames of one shard: `scores` for every (train, target) pair, and at the segment / token levels
+    one row per (train item, token-target key, segment / predicted token)."""
+    example = scores.example.double().numpy()
     train_ids = [p.train_ids[i] for i in indices]
     frames = {
         "scores": pd.DataFrame(
@@ -163,50 +163,19 @@ def shard_frames(
     }
     if level == "example":
         return frames
-    keys, avg = _targets_for_tokens(p, levels.token_targets)
+    if scores.tokens is None or p.texts is None:
+        raise ValueError(f"level {level!r}: the scorer returned no token scores")
+    keys = token_targets(p, levels.token_targets).keys
     seg_rows: list[dict] = []
     tok_parts: list[pd.DataFrame] = []
-    for j, i in enumerate(indices):
-        text = p.texts[i]
-        per_tok = avg @ s[:, j, text.positions]  # (n_keys x n_response_tokens)
-        spans = split_segments(text.text, levels.segmenter)
-        seg_of = token_segments(text.offsets, spans)
-        seg = segment_sums(per_tok, seg_of, len(spans))
-        for k, key in enumerate(keys):
-            for g, (a, b) in enumerate(spans):
-                seg_rows.append(
-                    {
-                        "train_id": p.train_ids[i],
-                        "target_id": key,
-                        "segment": g,
-                        "text": text.text[a:b],
-                        "char_start": a,
-                        "char_end": b,
-                        "score": seg[k, g],
-                    }
-                )
+    for i, per_tok in zip(indices, scores.tokens, strict=True):
+        seg_rows += _segment_rows(p.train_ids[i], keys, p.texts[i], per_tok, levels.segmenter)
         if level == "token":
-            n = len(text.positions)
-            tok_parts.append(
-                pd.DataFrame(
-                    {
-                        "train_id": p.train_ids[i],
-                        "target_id": np.repeat(keys, n),
-                        "position": np.tile(np.arange(n), len(keys)),
-                        "token_id": np.tile(text.token_ids, len(keys)),
-                        "token": np.tile(np.asarray(text.tokens, dtype=object), len(keys)),
-                        "score": per_tok.reshape(-1),
-                    }
-                )
-            )
-    frames["segment_scores"] = pd.DataFrame(
-        seg_rows, columns=["train_id", "target_id", "segment", "text", "char_start", "char_end", "score"]
-    )
+            tok_parts.append(_token_rows(p.train_ids[i], keys, p.texts[i], per_tok))
+    frames["segment_scores"] = pd.DataFrame(seg_rows, columns=SEGMENT_COLUMNS)
     if level == "token":
         frames["token_scores"] = (
-            pd.concat(tok_parts, ignore_index=True)
-            if tok_parts
-            else pd.DataFrame(columns=["train_id", "target_id", "position", "token_id", "token", "score"])
+            pd.concat(tok_parts, ignore_index=True) if tok_parts else pd.DataFrame(columns=TOKEN_COLUMNS)
         )
     return frames
 
@@ -227,8 +196,8 @@ def iter_shard_frames(
     from tqdm.auto import tqdm
 
     blocks = shards(len(scorer.p.train_items), shard_size)
+    per_token = None if level == "example" else token_targets(scorer.p, levels.token_targets)
     for k, idx in enumerate(tqdm(blocks, desc=f"attribute ({scorer.method}, {level})", disable=not progress)):
         if skip(k):
             continue
-        scores = scorer.score(idx, per_token=level != "example")
-        yield k, shard_frames(scorer.p, idx, scores, level, levels)
+        yield k, shard_frames(scorer.p, idx, scorer.score(idx, per_token), level, levels)

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from attribution.scoring import Scorer, ShardScores, TokenTargets
+from attribution.tasks import FunctionModule, PerExample
 from attribution.training import move_to_device
-from attribution.trak_adapter import _projector, use_eager_attention
+from attribution.trak_adapter import make_projector, use_eager_attention
 
-PerExample = Callable[[nn.Module, Any], torch.Tensor]
+if TYPE_CHECKING:
+    from attribution.sources import Prepared
 
 
 @dataclass
@@ -57,14 +60,14 @@ class GradSimScorer:
         self.buffers = dict(self.model.named_buffers())
         grad_dim = sum(named[k].numel() for k in self.names)
         torch.manual_seed(seed)
-        self.projector = _projector(grad_dim, config.proj_dim, device, torch.float32)
+        self.projector = make_projector(grad_dim, config.proj_dim, device, torch.float32)
         self._targets: torch.Tensor | None = None
 
     def _per_example(self, fn: PerExample, item_batch: Any) -> dict[str, torch.Tensor]:
         """Per-example gradients of fn over the selected parameters (torch.func, one vmap per batch)."""
         named = dict(self.model.named_parameters())
         params = {k: named[k].detach() for k in self.names}
-        wrapper = _Apply(self.model, fn)
+        wrapper = FunctionModule(self.model, fn)
         fixed = {f"model.{k}": v for k, v in {**self.frozen, **self.buffers}.items()}
 
         def one(p: dict, single: Any) -> torch.Tensor:
@@ -98,17 +101,6 @@ class GradSimScorer:
         return self._targets @ self._project(train_items, self.loss).T
 
 
-class _Apply(nn.Module):
-    """Runs a per-example function of (model, batch) as a module, so torch.func can call it functionally."""
-
-    def __init__(self, model: nn.Module, fn: PerExample):
-        super().__init__()
-        self.model, self.fn = model, fn
-
-    def forward(self, batch: Any) -> torch.Tensor:
-        return self.fn(self.model, batch)
-
-
 def _unsqueeze(single: Any) -> Any:
     if isinstance(single, torch.Tensor):
         return single.unsqueeze(0)
@@ -117,3 +109,28 @@ def _unsqueeze(single: Any) -> Any:
     if isinstance(single, (list, tuple)):
         return type(single)(_unsqueeze(v) for v in single)
     return single
+
+
+class GradSimMethod(Scorer):
+    """Gradient similarity: target gradients projected in `fit`, training gradients per shard; example
+    level only."""
+
+    methods = ("gradsim",)
+    config_class = GradSimConfig
+
+    def fit(self, prepared: Prepared) -> None:
+        self.prepared = prepared
+        self.scorer = GradSimScorer(
+            prepared.model,
+            prepared.loss,
+            prepared.target,
+            self.config,
+            self.device,
+            prepared.collate_fn,
+            prepared.param_names(),
+            seed=self.seed,
+        )
+        self.scorer.fit(prepared.target_items)
+
+    def score(self, shard_indices: Sequence[int], per_token: TokenTargets | None = None) -> ShardScores:
+        return ShardScores(self.scorer.score([self.prepared.train_items[i] for i in shard_indices]))

@@ -34,5 +34,16 @@ def example_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: Reductio
     return total / mask.sum(-1).clamp(min=1)
 
 
+def token_losses(logits: torch.Tensor, labels: torch.Tensor, reduction: Reduction = "mean") -> torch.Tensor:
+    """Each token's share of the per-example loss (B x T), at the token's own position: entry t is the
+    loss of *predicting* token t (from the logits at t-1), divided by the example's number of scored
+    tokens for "mean"; 0 where no token is predicted. Rows sum to `example_loss(logits, labels, reduction)`.
+    """
+    nll, mask = token_nll(logits, labels)
+    if reduction == "mean":
+        nll = nll / mask.sum(-1, keepdim=True).clamp(min=1)
+    return F.pad(nll, (1, 0))  # nothing predicts the first token
+
+
 def forward_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits

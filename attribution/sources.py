@@ -1,5 +1,6 @@
 """What the scorers consume: encoded train / target items, per-example loss and target functions,
-and for the segment and token levels, each training item's response text and token positions.
+and for the segment and token levels, each training item's per-token loss, response text and the
+positions of its predicted tokens.
 
 Two builders: `prepare_lm` (a causal LM + tokenizer + SFT records) and `prepare_module` (any nn.Module
 with a `FunctionTask`, on items the user's collate function batches).
@@ -22,13 +23,15 @@ from attribution.tasks import CausalLMTask, FunctionTask, select_modules
 
 @dataclass
 class ItemText:
-    """The response of one training item and where its tokens sit in the encoded sequence."""
+    """The response of one training item and its *predicted* tokens (those with a loss term): where
+    they sit in the encoded sequence, in the response, and in its text."""
 
     text: str
-    positions: np.ndarray  # sequence positions of the response tokens
+    positions: np.ndarray  # sequence positions of the predicted response tokens
     offsets: np.ndarray  # (n, 2) character spans of those tokens in `text`
     token_ids: np.ndarray
     tokens: list[str]
+    response_index: np.ndarray  # index of each among the response's tokens (0 = its first token)
 
 
 @dataclass
@@ -40,6 +43,9 @@ class Prepared:
     target_ids: list[str]
     collate_fn: Callable[[list[Any]], Any]
     loss: Callable[[nn.Module, Any], torch.Tensor]  # per-example training loss
+    # (B x T): each token's share of `loss`, at the sequence position of the token it predicts; rows
+    # sum to `loss`. Token and segment levels need it.
+    token_loss: Callable[[nn.Module, Any], torch.Tensor] | None
     target: Callable[[nn.Module, Any], torch.Tensor]  # per-example f, higher is better
     kron_task: Any
     tracked_modules: list[str] | None
@@ -47,8 +53,14 @@ class Prepared:
     trak_output: Any = None
     to_tuple: Callable[[Any], tuple] = tuple
     texts: list[ItemText] | None = None
-    pad_shard: Callable[[list[Any]], list[Any]] | None = None
     target_groups: dict[str, list[int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # kronfluence fails on an empty query set with a KeyError deep inside; say what is wrong instead
+        if not self.target_items:
+            raise ValueError("no target examples to attribute to (the target set is empty)")
+        if not self.train_items:
+            raise ValueError("no training examples to attribute (the training set is empty)")
 
     def param_names(self) -> list[str] | None:
         """Parameter names of the tracked modules (None: all parameters)."""
@@ -90,14 +102,15 @@ def _item_text(tokenizer: Any, record: dict, enc: dict[str, torch.Tensor]) -> It
     from attribution.lm_data import split_record
 
     _, response = split_record(record)
-    resp = (enc["labels"] != IGNORE_INDEX).numpy()
-    positions = np.nonzero(resp)[0]
+    resp = np.nonzero((enc["labels"] != IGNORE_INDEX).numpy())[0]
+    predicted = resp > 0  # a token at sequence position 0 has no loss term: nothing predicts it
+    positions, index = resp[predicted], np.arange(len(resp))[predicted]
     offsets = enc["offsets"].numpy()[positions]
     ids = enc["input_ids"].numpy()[positions]
     # A token's text is its span of the response (exact, even for partial UTF-8 byte tokens); tokens
     # outside the response (end of turn, eos) are decoded.
     tokens = [response[a:b] if b > a else tokenizer.decode([int(t)]) for (a, b), t in zip(offsets, ids)]
-    return ItemText(response, positions, offsets, ids, tokens)
+    return ItemText(response, positions, offsets, ids, tokens, index)
 
 
 def prepare_lm(
@@ -112,9 +125,21 @@ def prepare_lm(
     train_reduction: Reduction = "mean",
     target_reduction: Reduction = "mean",
     group_by: Sequence[str] | str | None = ("domain",),
+    only_correct: bool = False,
+    max_new_tokens: int = 256,
 ) -> Prepared:
+    """A causal LM on SFT records (loss on response tokens, chat template when the tokenizer has one).
+
+    `only_correct`: keep only the targets the model answers correctly (greedy generation of at most
+    `max_new_tokens`; attribution.correctness), the target f of Infra (METHODS.md).
+    """
+    from attribution.lm_loss import token_losses
     from attribution.trak_adapter import CausalLMModelOutput, lm_batch
 
+    if only_correct:
+        from attribution.correctness import correct_targets
+
+        target_records = correct_targets(model, tokenizer, target_records, max_new_tokens, use_chat_template)
     enc_train = [encode_sft(tokenizer, r, max_length, use_chat_template) for r in train_records]
     enc_target = [encode_sft(tokenizer, r, max_length, use_chat_template) for r in target_records]
     texts = [_item_text(tokenizer, r, e) for r, e in zip(train_records, enc_train)]
@@ -128,10 +153,8 @@ def prepare_lm(
     def target(m: nn.Module, b: dict) -> torch.Tensor:
         return -example_loss(forward_logits(m, b), b["labels"], target_reduction)
 
-    def pad_shard(items: list[dict]) -> list[dict]:
-        length = max(i["input_ids"].shape[0] for i in items)
-        batch = collate(items, pid)
-        return [{k: v[j] for k, v in batch.items()} for j in range(len(items))] if length else items
+    def token_loss(m: nn.Module, b: dict) -> torch.Tensor:
+        return token_losses(forward_logits(m, b), b["labels"], train_reduction)
 
     return Prepared(
         model=model,
@@ -141,13 +164,13 @@ def prepare_lm(
         target_ids=_ids(target_records, "target_"),
         collate_fn=lambda b: collate(b, pid),
         loss=loss,
+        token_loss=token_loss,
         target=target,
         kron_task=CausalLMTask(tracked, train_reduction, target_reduction),
         tracked_modules=tracked,
         trak_output=CausalLMModelOutput(),
         to_tuple=lm_batch,
         texts=texts,
-        pad_shard=pad_shard,
         target_groups=target_groups(target_records, group_by, len(target_records)),
     )
 
@@ -166,8 +189,8 @@ def prepare_module(
     trak_output: Any = None,
     to_tuple: Callable[[Any], tuple] = tuple,
 ) -> Prepared:
-    """Any nn.Module. With `train_tokens` (token strings per train item, aligned with the sequence
-    dimension the tracked layers see), the segment and token levels work too."""
+    """Any nn.Module. With `train_tokens` (token strings per train item, aligned with the T axis of
+    `task.token_loss`) and a `task.token_loss`, the segment and token levels work too."""
     texts = None
     if train_tokens is not None:
         texts = []
@@ -185,6 +208,7 @@ def prepare_module(
                     offsets.astype(np.int64),
                     np.full(len(toks), -1),
                     list(toks),
+                    np.arange(len(toks)),
                 )
             )
     n_targets = len(target_items)
@@ -196,6 +220,7 @@ def prepare_module(
         target_ids=[str(i) for i in (target_ids if target_ids is not None else range(n_targets))],
         collate_fn=collate_fn or torch.utils.data.default_collate,
         loss=task.loss,
+        token_loss=task.token_loss,
         target=task.target,
         kron_task=task,
         tracked_modules=task.tracked_modules,

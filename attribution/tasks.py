@@ -27,7 +27,20 @@ MLP_PATTERNS = (
     r"\.(fc1|fc2)$",
 )
 
-PerExample = Callable[[nn.Module, Any], torch.Tensor]
+PerExample = Callable[[nn.Module, Any], torch.Tensor]  # (model, batch) -> (B,)
+PerToken = Callable[[nn.Module, Any], torch.Tensor]  # (model, batch) -> (B x T)
+
+
+class FunctionModule(nn.Module):
+    """Runs a function of (model, batch) as a module, so torch.func can call it with other parameters
+    (`functional_call(FunctionModule(model, fn), {"model." + name: tensor}, (batch,))`)."""
+
+    def __init__(self, model: nn.Module, fn: Callable[[nn.Module, Any], torch.Tensor]):
+        super().__init__()
+        self.model, self.fn = model, fn
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        return self.fn(self.model, batch)
 
 
 def select_modules(model: nn.Module, patterns: Sequence[str] | str | None = "mlp") -> list[str] | None:
@@ -97,6 +110,8 @@ class FunctionTask(Task):
     `loss` is the training loss (lower is better); `target` the quantity f whose influence we measure
     (higher is better, e.g. log-probability of the correct label). `sample_loss`, when given, is the
     loss with labels sampled from the model (true Fisher); without it factors use the empirical Fisher.
+    `token_loss`, for the segment and token levels, is each token's share of `loss`: (model, batch) ->
+    (B x T) whose rows sum to `loss(model, batch)` (e.g. per-token cross-entropy / T for a mean).
     """
 
     def __init__(
@@ -106,8 +121,9 @@ class FunctionTask(Task):
         tracked_modules: list[str] | None = None,
         sample_loss: PerExample | None = None,
         attention_mask: Callable[[Any], Any] | None = None,
+        token_loss: PerToken | None = None,
     ):
-        self.loss, self.target, self.sample_loss = loss, target, sample_loss
+        self.loss, self.target, self.sample_loss, self.token_loss = loss, target, sample_loss, token_loss
         self.tracked_modules, self.attention_mask = tracked_modules, attention_mask
 
     @property

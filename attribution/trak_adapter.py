@@ -27,7 +27,7 @@ import shutil
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,9 +38,13 @@ from trak.projectors import BasicProjector, ProjectionType
 from trak.utils import vectorize
 
 from attribution.lm_data import IGNORE_INDEX
+from attribution.scoring import Scorer, ShardScores, TokenTargets
+
+if TYPE_CHECKING:
+    from attribution.sources import Prepared
 
 
-def _token_logps(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def token_logps(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """log p and log(1 - p) of each next token (..., T-1), and the mask of scored positions."""
     logits = logits[..., :-1, :].float()
     targets = labels[..., 1:]
@@ -71,7 +75,7 @@ class CausalLMModelOutput(AbstractModelOutput):
     ) -> Tensor:
         kwargs = {"input_ids": input_ids.unsqueeze(0), "attention_mask": attention_mask.unsqueeze(0)}
         logits = torch.func.functional_call(model, (weights, buffers), args=(), kwargs=kwargs).logits
-        logp, log_rest, mask = _token_logps(logits, labels.unsqueeze(0))
+        logp, log_rest, mask = token_logps(logits, labels.unsqueeze(0))
         margins = (logp - log_rest) * mask
         return margins.sum() / mask.sum().clamp(min=1)
 
@@ -85,7 +89,7 @@ class CausalLMModelOutput(AbstractModelOutput):
             args=(),
             kwargs={"input_ids": input_ids, "attention_mask": attention_mask},
         ).logits
-        logp, _, mask = _token_logps(logits, labels)
+        logp, _, mask = token_logps(logits, labels)
         one_minus_p = (1 - logp.exp()) * mask
         return (one_minus_p.sum(-1) / mask.sum(-1).clamp(min=1)).detach().unsqueeze(-1)
 
@@ -153,7 +157,7 @@ class CachedProjector(BasicProjector):
         return grads @ self._matrix(model_id)
 
 
-def _projector(
+def make_projector(
     grad_dim: int, proj_dim: int, device: torch.device, dtype: torch.dtype, cache_mb: int = 1024
 ) -> Any:
     if device.type == "cuda":
@@ -260,7 +264,7 @@ class TrakScorer:
             proj_dim=cfg.proj_dim,
             use_half_precision=half,
             lambda_reg=lam,
-            projector=_projector(grad_dim, cfg.proj_dim, self.device, dtype, cfg.projection_cache_mb),
+            projector=make_projector(grad_dim, cfg.proj_dim, self.device, dtype, cfg.projection_cache_mb),
             grad_wrt=self.grad_wrt,
             logging_level=logging.WARNING,
         )
@@ -287,3 +291,33 @@ class TrakScorer:
         idx = np.asarray(train_indices)
         parts = [np.asarray(mat[idx], dtype=np.float32).T for _, mat in self._scores]
         return torch.from_numpy(np.concatenate(parts, axis=0))
+
+
+class TrakMethod(Scorer):
+    """TRAK (traker): features and scores of every target computed in `fit`, averaged over
+    `checkpoints` (default: the model); example level only."""
+
+    methods = ("trak",)
+    config_class = TrakConfig
+
+    def fit(self, prepared: Prepared) -> None:
+        import copy
+
+        if prepared.trak_output is None:
+            raise ValueError("trak on a plain module needs a traker model output (trak_output=...)")
+        self.scorer = TrakScorer(
+            copy.deepcopy(prepared.model),
+            prepared.trak_output,
+            self.work_dir / "trak",
+            self.config,
+            self.device,
+            prepared.to_tuple,
+            prepared.collate_fn,
+            prepared.param_names(),
+            self.progress,
+        )
+        checkpoints = list(self.checkpoints or [prepared.model.state_dict()])
+        self.scorer.fit(prepared.train_items, prepared.target_items, checkpoints)
+
+    def score(self, shard_indices: Sequence[int], per_token: TokenTargets | None = None) -> ShardScores:
+        return ShardScores(self.scorer.score(shard_indices))

@@ -6,6 +6,9 @@
    measured in the same run.
    Each path's matrix-multiply FLOPs are counted (torch.utils.flop_counter) and set against the
    machine's matmul peak, measured in the same run (`matmul_peak`).
+   The token level (exact per-token influence: example scores plus one forward-mode pass per training
+   batch and independent target-group direction) against the example level of the same path, in the
+   same run: the bar is at most 2x.
 2. LDS (linear datamodeling score) of ekfac, trak (1 model and an ensemble) and gradsim: retrain the
    reference model's recipe on random 50% subsets, Spearman per target of predicted vs measured mean
    log-likelihood, mean over targets.
@@ -105,7 +108,7 @@ def _peer_inputs(spec: dict) -> tuple[Any, list[dict], list[dict], int]:
     )
 
 
-def _ours(method: str, spec: dict) -> None:
+def _ours(method: str, spec: dict, level: str = "example") -> None:
     from attribution.api import attribute, load_causal_lm
 
     model, tok = load_causal_lm(spec["model_dir"], _device(spec))
@@ -125,6 +128,7 @@ def _ours(method: str, spec: dict) -> None:
         method_params=params,
         max_length=spec["max_length"],
         device=spec.get("device", "cpu"),
+        level=level,
     )  # per-shard target cost included
     _report(start, yield_point, spec)
 
@@ -222,7 +226,7 @@ def _dattri(spec: dict, algo: str) -> None:
     from torch.utils.data import DataLoader
 
     from attribution.lm_data import collate
-    from attribution.trak_adapter import _token_logps, lm_batch
+    from attribution.trak_adapter import lm_batch, token_logps
 
     model, train, targets, pid = _peer_inputs(spec)
     # dattri batches tuples; pad every item to one length so its default loaders can stack them
@@ -259,14 +263,14 @@ def _dattri(spec: dict, algo: str) -> None:
 
         def margin(params: dict, data: tuple) -> torch.Tensor:
             ids, mask, labels = data
-            logp, rest, m = _token_logps(
+            logp, rest, m = token_logps(
                 call(params, ids.unsqueeze(0), mask.unsqueeze(0)), labels.unsqueeze(0)
             )
             return ((logp - rest) * m).sum() / m.sum().clamp(min=1)
 
         def prob(params: dict, data: tuple) -> torch.Tensor:
             ids, mask, labels = data
-            logp, _, m = _token_logps(call(params, ids.unsqueeze(0), mask.unsqueeze(0)), labels.unsqueeze(0))
+            logp, _, m = token_logps(call(params, ids.unsqueeze(0), mask.unsqueeze(0)), labels.unsqueeze(0))
             return ((logp * m).sum() / m.sum().clamp(min=1)).exp()
 
         task = AttributionTask(loss_func=margin, model=model, checkpoints=model.state_dict())
@@ -365,8 +369,10 @@ def matmul_peak(
     return {**best, "device": device, "dtype": dtype, "threads": torch.get_num_threads()}
 
 
+TOKEN_PATH = "assay ekfac, token level"
 WORKERS = {
     "assay ekfac": lambda s: _ours("ekfac", s),
+    TOKEN_PATH: lambda s: _ours("ekfac", s, level="token"),
     "kronfluence": _kronfluence,
     "dattri ekfac": lambda s: _dattri(s, "ekfac"),
     "assay trak": lambda s: _ours("trak", s),
@@ -609,6 +615,43 @@ def peak_share_table(
     }
 
 
+def token_cost_table(ctx: dict, results: dict[str, dict], device: str = "cpu") -> dict:
+    """The token level's time over the example level's, both our ekfac path in the same run."""
+    clock = "seconds" if device == "cuda" else "cpu_seconds"
+    example, token = (
+        results.get("assay ekfac", {"error": "not run"}),
+        results.get(TOKEN_PATH, {"error": "not run"}),
+    )
+    rows = []
+    for name, res in (("example", example), ("token", token)):
+        if "error" in res:
+            rows.append([name, None, None, res["error"]])
+            continue
+        ratio = None if "error" in example else round(res[clock] / example[clock], 3)
+        rows.append([name, round(res[clock], 2), ratio, ", ".join(f"{t:.1f}" for t in res["all_seconds"])])
+    ratio = rows[1][2]
+    verdict = "not measured" if ratio is None else ("within" if ratio <= 2 else "NOT within")
+    return {
+        "title": f"Token-level cost against example level (ekfac, reference LM, {device.upper()})",
+        "columns": [
+            "level",
+            "CPU seconds" if device != "cuda" else "seconds",
+            "time / example level",
+            "per run",
+        ],
+        "rows": rows,
+        "notes": (
+            f"Our ekfac path (attribution.api.attribute) on the throughput table's data and settings, level "
+            "example vs token, each run as the throughput rows are. The token level computes the same "
+            "example scores, then per target-group key (all, domain=math, domain=code; 'all' is a mix of "
+            "the domain groups, so 2 directions) kronfluence's preconditioned query gradient v once, and "
+            "per training batch one forward-mode pass of the per-token losses along the directions "
+            "(attribution/token_influence.py). Bar: at most 2x the example level; measured "
+            f"{ratio if ratio is not None else '-'}x ({verdict})."
+        ),
+    }
+
+
 def throughput_tables(ctx: dict, device: str = "cpu", names: list[str] | None = None) -> list[dict]:
     if device == "cuda":
         peaks = {
@@ -617,7 +660,11 @@ def throughput_tables(ctx: dict, device: str = "cpu", names: list[str] | None = 
     else:
         peaks = {"float32": _one_thread_peak()}
     results = measure_paths(ctx, device, names)
-    return [throughput_table(ctx, results, device), peak_share_table(ctx, results, peaks, device)]
+    peers = {k: v for k, v in results.items() if k != TOKEN_PATH}
+    tables = [throughput_table(ctx, peers, device), peak_share_table(ctx, peers, peaks, device)]
+    if TOKEN_PATH in results:
+        tables.append(token_cost_table(ctx, results, device))
+    return tables
 
 
 def _one_thread_peak() -> dict:

@@ -243,8 +243,12 @@ def token_heatmaps(data: AttributionData) -> h.Section | None:
     section = h.Section("Token heatmaps: training text coloured by each token's influence")
     section.add(
         h.note(
-            "Each token's background is its influence on the target group (hover for the value). "
-            "A training example's token scores sum to its example score."
+            "Each token's background is the influence of that token's own loss term (the loss of "
+            "predicting it) on the target group's mean score, -grad f . H^-1 grad l_t (hover for the "
+            "value); positive helps. A training example's token scores add up to its example score "
+            "averaged over the group's targets (to bfloat16 rounding on CUDA). Prompt and chat-template "
+            "tokens have no loss term and are not shown; a response cut by max_length ends at its last "
+            "kept token."
         )
     )
     for key in _keys(totals):
@@ -279,6 +283,12 @@ def top_segments(data: AttributionData, k: int = 8) -> h.Section | None:
     if segments.empty:
         return None
     section = h.Section("Top segments (reasoning steps / lines of training responses)")
+    section.add(
+        h.note(
+            "A segment's score is the sum of its tokens' scores on the target group (positive helps); "
+            "a response cut by max_length has segments only up to its last kept token."
+        )
+    )
     for key in _keys(segments):
         own = segments[segments["target_id"] == key]
         for title, picked in (

@@ -46,17 +46,15 @@ def test_token_level_is_consistent_with_segments_and_examples(token_run, trained
         "position"
     )
     assert "".join(toks.token).startswith(rec["response"])
-    # a segment's score is the sum of its tokens' scores
+    # a segment's score is the sum of its tokens' scores (tokens placed by their character spans)
     spans = split_segments(rec["response"], "lines")
     segs = res.segment_scores.query("train_id == @rec['example_id'] and target_id == 'all'").sort_values(
         "segment"
     )
     assert list(segs.text) == [rec["response"][a:b] for a, b in spans]
-    offsets, pos = [], 0
-    for t in toks.token:
-        offsets.append((pos, pos + len(t)))
-        pos += len(t)
-    seg_of = token_segments(np.array(offsets[: len(toks)]), spans)
+    seg_of = token_segments(toks[["char_start", "char_end"]].to_numpy(), spans)
+    outside = toks[seg_of < 0]  # only line breaks and the end-of-sequence token belong to no segment
+    assert ((outside.token.str.strip() == "") | (outside.char_start == len(rec["response"]))).all()
     for g in range(len(spans)):
         assert segs.score.iloc[g] == pytest.approx(
             toks.score.to_numpy()[seg_of == g].sum(), rel=1e-6, abs=1e-6
@@ -154,8 +152,9 @@ def test_plain_mlp_same_class_examples_help_most(mlp_setup, method):
     assert mat[same].mean() > mat[~same].mean()
 
 
-class BagOfTokens(torch.nn.Module):
-    """A sequence model whose Linear layers see (batch, seq, dim): per-token influence applies."""
+class Tagger(torch.nn.Module):
+    """A sequence tagger: one label per token from the token and the mean of the tokens before it, so a
+    token's loss depends on its neighbours (per-token influence is not a per-position split)."""
 
     def __init__(self, vocab=12, dim=8):
         super().__init__()
@@ -164,7 +163,15 @@ class BagOfTokens(torch.nn.Module):
         self.head = torch.nn.Linear(dim, 2)
 
     def forward(self, ids):
-        return self.head(torch.tanh(self.mix(self.emb(ids))).mean(1))
+        h = torch.tanh(self.mix(self.emb(ids)))
+        context = h.cumsum(1) / torch.arange(1, ids.shape[1] + 1).view(1, -1, 1)
+        return self.head(h + context)
+
+
+def _tag_losses(model, batch):
+    ids, y = batch
+    logits = model(ids)
+    return torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none")  # (B x T)
 
 
 def test_plain_sequence_module_token_and_segment_levels():
@@ -172,25 +179,24 @@ def test_plain_sequence_module_token_and_segment_levels():
     vocab = ["a", "b", "c", ".", "\n", "x", "y", "z", "!", " ", "q", "r"]
     rng = np.random.default_rng(0)
     ids = rng.integers(0, len(vocab), size=(12, 6))
-    labels = (ids == 0).sum(1) > (ids == 1).sum(1)
-    items = [(torch.tensor(i), torch.tensor(int(lab))) for i, lab in zip(ids, labels)]
-    model = BagOfTokens()
-    # only `mix` sees the sequence dimension; the head sees pooled vectors and has no per-token scores
-    res = attribute(
-        model,
-        items,
-        items[:3],
-        task=classification_task(["mix"]),
-        method="ekfac",
-        level="token",
-        train_tokens=[[vocab[t] for t in row] for row in ids],
-        method_params={"fisher_samples": 3},
+    labels = np.cumsum(ids == 0, 1) > np.cumsum(ids == 1, 1)  # more a's than b's so far
+    items = [(torch.tensor(i), torch.tensor(lab.astype(np.int64))) for i, lab in zip(ids, labels)]
+    task = FunctionTask(
+        loss=lambda m, b: _tag_losses(m, b).mean(1),
+        target=lambda m, b: -_tag_losses(m, b).mean(1),
+        tracked_modules=["mix", "head"],
+        token_loss=lambda m, b: _tag_losses(m, b) / b[0].shape[1],  # each token's share of the mean
     )
+    tokens = [[vocab[t] for t in row] for row in ids]
+    res = attribute(Tagger(), items, items[:3], task=task, method="ekfac", level="token", train_tokens=tokens)
     tok = res.token_scores.query("target_id == 'all'").groupby("train_id").score.sum()
     ex = res.scores.groupby("train_id").score.mean()
     pd.testing.assert_series_equal(tok.sort_index(), ex.sort_index(), check_names=False, rtol=1e-4, atol=1e-6)
     assert len(res.token_scores.query("target_id == 'all'")) == 12 * 6
     assert res.segment_scores is not None and len(res.segment_scores) > 0
+    # a classifier's loss has no per-token terms: no token level without a token_loss
+    with pytest.raises(ValueError, match="token_loss"):
+        attribute(Tagger(), items, items[:3], task=classification_task(), level="token", train_tokens=tokens)
 
 
 def test_function_task_for_any_module(mlp_setup):

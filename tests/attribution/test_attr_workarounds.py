@@ -11,20 +11,22 @@ from kronfluence.analyzer import Analyzer, prepare_model
 from kronfluence.arguments import ScoreArguments
 from kronfluence.utils.dataset import DataLoaderKwargs
 from safetensors import SafetensorError
+from tiny_lm import make_records
 from trak import TRAKer
 from trak.modelout_functions import TASK_TO_MODELOUT
 from transformers import AutoModelForCausalLM
 
 from attribution.ekfac import InfluenceConfig, InfluenceScorer
 from attribution.lm_data import collate, encode_sft
-from attribution.sources import prepare_lm
+from attribution.lm_loss import forward_logits, token_losses
 from attribution.tasks import CausalLMTask, classification_task, select_modules
+from attribution.token_influence import parameter_tangents, token_influence
 from attribution.trak_adapter import (
     CausalLMModelOutput,
     TrakConfig,
     TrakScorer,
-    _projector,
     lm_batch,
+    make_projector,
     use_eager_attention,
 )
 
@@ -116,46 +118,51 @@ def test_partial_factor_files_are_refitted(lm):
         torch.testing.assert_close(ours.score(items[:2], items), good)
 
 
-def test_per_token_scores_need_one_length_per_shard(lm):
-    """Why: kronfluence concatenates per-token scores of train batches along the token axis, which
-    fails when batches have different lengths. Ours pads each shard to its longest item."""
+def test_kronfluence_per_token_scores_are_per_position(lm):
+    """Why: kronfluence's per-token scores split the parameter gradient by sequence position; position p
+    mostly carries the loss of predicting token p+1, and the last prompt position carries the first
+    response token's loss, so the response positions' scores do not add up to the example score. Ours
+    takes kronfluence's preconditioned query gradient v and differentiates each token's own loss along
+    it (forward mode): the tokens' rows add up to the example score."""
     import copy
 
-    model, items, tok = lm
-    varied = sorted(items, key=lambda i: i["input_ids"].shape[0])
-    assert varied[0]["input_ids"].shape[0] != varied[-1]["input_ids"].shape[0]
+    model, _, tok = lm
+    records = make_records(6, seed=3)
+    # one length for every item: kronfluence concatenates per-token scores across train batches
+    items = [
+        {k: v for k, v in encode_sft(tok, r, 48, pad_to_max_length=True).items() if k != "offsets"}
+        for r in records
+    ]
+    response = torch.stack([i["labels"] != -100 for i in items])
     with tempfile.TemporaryDirectory() as tmp:
-        an = _analyzer(copy.deepcopy(model), tok, tmp)
-        an.fit_all_factors("f", dataset=varied, per_device_batch_size=4)
-        with pytest.raises(RuntimeError):
-            an.compute_pairwise_scores(
-                "s",
-                "f",
-                query_dataset=varied[:2],
-                train_dataset=varied,
-                per_device_query_batch_size=2,
-                per_device_train_batch_size=4,
-                score_args=ScoreArguments(compute_per_token_scores=True),
-            )
-    prepared = prepare_lm(
-        copy.deepcopy(model),
-        tok,
-        [{"prompt": "p", "response": "r" * n} for n in (2, 9, 30)],
-        [{"prompt": "p", "response": "rr"}],
-        max_length=64,
+        ours = _scorer(copy.deepcopy(model), tok, tmp)
+        ours.fit(items)
+        example = ours.score(items[:2], items)
+        per_position = _per_position(ours, items[:2], items)
+        theirs = (per_position * response).sum(-1)
+        assert ((theirs - example).abs() / example.abs()).max() > 0.01
+        v = ours.preconditioned_gradients(items[:2], np.eye(2))
+        tangents = parameter_tangents(ours.analyzer.model, v)
+
+        def losses(m, b):
+            return token_losses(forward_logits(m, b), b["labels"], "mean")
+
+        rows = token_influence(ours.analyzer.model, losses, collate(items, tok.pad_token_id), tangents)
+    torch.testing.assert_close(rows.sum(-1), example, rtol=1e-4, atol=0)
+
+
+def _per_position(scorer, query, train):
+    name = "per_position"
+    scorer.analyzer.compute_pairwise_scores(
+        scores_name=name,
+        factors_name=scorer.factors_name,
+        query_dataset=query,
+        train_dataset=train,
+        per_device_query_batch_size=len(query),
+        per_device_train_batch_size=4,
+        score_args=ScoreArguments(compute_per_token_scores=True),
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        ours = InfluenceScorer(
-            prepared.model,
-            prepared.kron_task,
-            tmp,
-            InfluenceConfig(train_batch_size=1),
-            torch.device("cpu"),
-            prepared.collate_fn,
-        )
-        ours.fit(prepared.train_items)
-        padded = prepared.pad_shard(prepared.train_items)
-        assert ours.score(prepared.target_items, padded, per_token=True).shape[:2] == (1, 3)
+    return scorer.analyzer.load_pairwise_scores(name)["all_modules"]
 
 
 def test_root_linear_model_is_wrapped():
@@ -232,7 +239,7 @@ def test_traker_kernel_needs_ridge_with_few_examples(lm):
             proj_dim=64,
             use_half_precision=False,
             lambda_reg=0.0,
-            projector=_projector(grad_dim, 64, torch.device("cpu"), torch.float32),
+            projector=make_projector(grad_dim, 64, torch.device("cpu"), torch.float32),
             logging_level=logging.ERROR,
         )
         raw.load_checkpoint(model.state_dict(), model_id=0)
@@ -292,7 +299,7 @@ def test_basic_projector_single_block_breaks_after_finalize():
     one_block.free_memory()
     with pytest.raises(AttributeError):
         one_block.project(grads, model_id=0)
-    ours = _projector(500, 64, torch.device("cpu"), torch.float32)
+    ours = make_projector(500, 64, torch.device("cpu"), torch.float32)
     before = ours.project(grads, model_id=0)
     ours.free_memory()
     torch.testing.assert_close(ours.project(grads, model_id=0), before)
@@ -330,7 +337,7 @@ def test_cached_projector_projects_as_basic_projector_without_regenerating():
     assert not BasicProjector(**kw).project(grads, 1).allclose(expected)  # another model id, another matrix
 
 
-def test_cached_projector_over_budget_regenerates_like_basic_projector():
+def test_cached_projector_over_budget_regenerates_like_basicmake_projector():
     from trak.projectors import ProjectionType
 
     from attribution.trak_adapter import CachedProjector

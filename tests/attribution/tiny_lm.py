@@ -133,3 +133,14 @@ def trained_dir(tmp_path_factory, tokenizer, records) -> str:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def chat_lm(chat_tokenizer, records) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+    """A tiny Llama fine-tuned on `records` through the chat template (prompt turn, then the response)."""
+    from attribution.training import finetune_causal_lm
+
+    torch.set_num_threads(1)
+    model = make_model(chat_tokenizer, seed=1)
+    finetune_causal_lm(model, chat_tokenizer, records, epochs=3, lr=3e-3, batch_size=8, max_length=96)
+    return model.eval(), chat_tokenizer
