@@ -63,8 +63,10 @@ register_table(
             ("train_id", pa.string()),
             ("target_id", pa.string()),
             ("position", pa.int32()),  # index among the response tokens
-            ("token_id", pa.int64()),
+            ("token_id", pa.int64()),  # the predicted token: the row is the influence of its loss term
             ("token", pa.string()),  # decoded text, so SQL can group by token
+            ("char_start", pa.int32()),  # its span in the response text
+            ("char_end", pa.int32()),
             ("score", pa.float64()),
         ]
     ),

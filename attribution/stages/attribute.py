@@ -208,6 +208,8 @@ class Attribute(Stage):
             if not (Path(ckpt) / "config.json").is_file():
                 raise UserError(f"--checkpoint {ckpt}: not a Hugging Face model directory (no config.json)")
         targets = (p.targets, ctx.lake.dataset_version(p.targets))
+        if examples_of(ctx.lake, *train).empty or examples_of(ctx.lake, *targets).empty:
+            raise UserError(f"stage attribute: {train[0]} or {p.targets} has no examples to attribute")
         overlap = overlapping_targets(ctx.lake, train, targets)
         if overlap and not ctx.quiet:
             print(
@@ -251,25 +253,19 @@ class Attribute(Stage):
         train = records(examples_of(lake, *spec.context["train"]))
         target_name, target_version = spec.context["targets"]
         targets = records(examples_of(lake, target_name, target_version))
-        if p.only_correct:
-            from attribution.correctness import correct_mask
-
-            targets = [
-                t for t, ok in zip(targets, correct_mask(model, tokenizer, targets), strict=True) if ok
-            ]
-            if not targets:
-                raise UserError(
-                    f"--only-correct: the model answers none of {target_name}'s targets correctly"
-                )
-        prepared = prepare_lm(
-            model,
-            tokenizer,
-            train,
-            targets,
-            max_length=p.max_length,
-            modules=p.modules,
-            group_by=list(p.group_by),
-        )
+        try:
+            prepared = prepare_lm(
+                model,
+                tokenizer,
+                train,
+                targets,
+                max_length=p.max_length,
+                modules=p.modules,
+                group_by=list(p.group_by),
+                only_correct=p.only_correct,
+            )
+        except ValueError as exc:  # e.g. the model answers none of the targets correctly
+            raise UserError(f"stage attribute: {exc}") from None
         scorer = ShardScorer(
             p.method,
             prepared,
@@ -312,8 +308,10 @@ class Attribute(Stage):
         n_shards = len(shards(len(examples_of(ctx.lake, *spec.context["train"])), self.params.shard_size))
         todo = [k for k in range(n_shards) if not run.has_shard("scores", k)]
         if todo:
-            if self.params.method in KRONFLUENCE:
-                self.scorer(ctx, spec, progress=not ctx.quiet)  # fits the factors into the work folder once
+            from attribution.scoring import scorer_class
+
+            if scorer_class(self.params.method).persistent_fit:  # fit once here; the workers reuse it
+                self.scorer(ctx, spec, progress=not ctx.quiet)
             n_groups = max(1, min(len(todo), ctx.workers or 2))
             groups = [todo[i::n_groups] for i in range(n_groups)]
             gpu = ctx.resolved_device().startswith("cuda")

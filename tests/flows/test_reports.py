@@ -110,6 +110,7 @@ def build_synthetic_lake(root: Path) -> dict[str, str]:
                             "score": rng.normal(),
                         }
                     )
+                start = 0
                 for p, tok in enumerate(_tokens(t["response"])):
                     value = 3.0 if t["id"] == "t3" and key == "all" else rng.normal()
                     tokens.append(
@@ -119,9 +120,12 @@ def build_synthetic_lake(root: Path) -> dict[str, str]:
                             "position": p,
                             "token_id": p,
                             "token": tok,
+                            "char_start": start,
+                            "char_end": start + len(tok),
                             "score": value,
                         }
                     )
+                    start += len(tok)
         run.write("segment_scores", pd.DataFrame(segments))
         run.write("token_scores", pd.DataFrame(tokens))
         ids["attribute"] = run.run_id

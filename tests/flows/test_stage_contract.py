@@ -120,6 +120,17 @@ def test_unknown_and_missing_parameters_are_refused(name: str) -> None:
                 cls(params)
 
 
+def test_the_attribute_stage_offers_the_engines_methods() -> None:
+    """The stage keeps the method names as constants (building it must not import torch): they must be the
+    scorer registry's."""
+    from attribution.engine import LEVELS, METHODS
+    from attribution.scoring import SCORERS
+    from attribution.stages import attribute
+
+    assert set(attribute.METHODS) == set(METHODS) == set(SCORERS) and attribute.LEVELS == LEVELS
+    assert {m for m in METHODS if SCORERS[m].token_level} == set(attribute.KRONFLUENCE)
+
+
 def test_absurd_sizes_are_refused_before_any_run() -> None:
     for name, params in [
         ("mix", {"batch_size": 10**20}),
