@@ -1,7 +1,9 @@
 """The sandbox contains hostile programs: loops, fork bombs, memory hogs, writes outside its directory,
 network connections, shell escapes, background processes and floods of output.
 
-Fork bombs run with a process limit of 4 and a short wall clock, so they cannot hurt a shared machine.
+Fork bombs run with a process limit of 4 and a CPU limit, so they cannot hurt a shared machine. Wall clocks
+are safety nets (long, so that a busy machine changes no outcome) except where a test is about the wall
+clock itself.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pytest
 from curation.verify.sandbox import Limits, isolation_support, run_command, run_python
 
 TIGHT = Limits(
-    wall_s=4.0, cpu_s=2.0, memory_mb=256, max_procs=4, max_output_bytes=4096, kill_output_bytes=200_000
+    wall_s=120.0, cpu_s=2.0, memory_mb=256, max_procs=4, max_output_bytes=4096, kill_output_bytes=200_000
 )
 
 
