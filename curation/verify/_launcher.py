@@ -533,6 +533,8 @@ def supervise(cfg: dict, report: dict) -> dict:
         send(status_fd, {"setup_error": repr(e)})
         os._exit(126)
     send(status_fd, {"supervisor": report})
+    for module in cfg.get("preload", ()):  # imported once here instead of once per program
+        __import__(module)
     fds: list[dict[int, int]] = [{}]
     if len(cfg["programs"]) > 1:
         # fd 3: the checker's requests (checker writes, candidate reads); fd 4: the replies

@@ -122,6 +122,7 @@ def check_program(
         },
         limits=limits,
         site_packages=site_packages,
+        preload=("json", "traceback"),
     )
     return verdict_of(result, limits)
 

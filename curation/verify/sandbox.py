@@ -376,6 +376,7 @@ def run_pair(
     limits: Limits | None = None,
     env: Mapping[str, str] | None = None,
     site_packages: bool = False,
+    preload: Sequence[str] = (),
 ) -> SandboxResult:
     """Run a trusted `checker` and an untrusted `candidate` (Python sources, each `main.py` in a
     directory of its own with its files) side by side in one sandbox.
@@ -386,13 +387,14 @@ def run_pair(
     other's directory, signals the other or opens its /proc entries; the checker is not dumpable)
     and, as root with throwaway uids, its own uid. The result is the checker's; `companion` says
     how the candidate ended and `companion_isolation` what confined it. Limits apply to each
-    process. Ends when the checker does (the candidate is then stopped).
+    process. Ends when the checker does (the candidate is then stopped). `preload` names stdlib
+    modules both import: the supervisor imports them once before it starts the two.
     """
     programs = [
         _Program(["main.py"], {**(checker_files or {}), "main.py": checker}, "checker"),
         _Program(["main.py"], {**(candidate_files or {}), "main.py": candidate}, "candidate"),
     ]
-    return _run("python", programs, limits or Limits(), None, env, site_packages, ())
+    return _run("python", programs, limits or Limits(), None, env, site_packages, (), tuple(preload))
 
 
 def run_command(
@@ -468,6 +470,7 @@ def _run(
     env,
     site: bool,
     extra_read_paths: Sequence[str] = (),
+    preload: tuple[str, ...] = (),
 ) -> SandboxResult:
     as_root = os.geteuid() == 0
     workdir = Path(tempfile.mkdtemp(prefix="assay-sandbox-"))
@@ -494,6 +497,7 @@ def _run(
             "write_files": ["/dev/null"],
             "read_paths": [*read_paths(), *map(str, extra_read_paths)],
             "landlock": LANDLOCK_ENABLED,
+            "preload": list(preload),
         }
         start = time.monotonic()
         with open(stdin_path, "rb") as stdin_file:
