@@ -89,7 +89,7 @@ _CHECK = re.compile(
     r"^(?:check|checking|verify|verification|sanity check|as a check|indeed)\b|✓|✔", re.IGNORECASE
 )
 _RECONSIDER = re.compile(
-    r"\b(?:wait|actually|hmm+|let me (?:re|double|check|verify|recount|redo)|re-?examine|i made (?:a|an) "
+    r"\b(?:wait|actually|hmm+|let me (?:re|double|recount|redo)|re-?examine|i made (?:a|an) "
     r"(?:mistake|error)|that'?s (?:not right|wrong)|redo(?:ing)?|on second thought|let'?s double)\b",
     re.IGNORECASE,
 )
@@ -136,15 +136,19 @@ def _line_of(text: str, pos: int, window: int = 2 * MAX_ANSWER_CHARS) -> tuple[i
     return start, min(len(text), pos + window) if end < 0 else end
 
 
+_RESULT_WORDS = r"so|thus|hence|therefore|which|i\.e\.|giving|yielding"
+_CONDITION_WORDS = r"attained|achieved|reached|obtained|occurring|when|where|since|because|as|if|provided"
 _UNIT_BREAK = re.compile(
-    r"(?<=[.!?])\s+(?=\S)|;\s+|,\s+(?=(?:so|thus|hence|therefore|which|i\.e\.)\b)", re.IGNORECASE
+    rf"(?<=[.!?])\s+(?=\S)|;\s+|,\s+(?=(?:{_RESULT_WORDS}|{_CONDITION_WORDS})\b)", re.IGNORECASE
 )
+_CONDITION = re.compile(rf"^(?:{_CONDITION_WORDS})\b", re.IGNORECASE)
 
 
 def _units(text: str) -> list[tuple[int, int, str]]:
     """Sentences, clauses and lines (start, end, text): line breaks end a unit; '.', '!' or '?'
-    followed by a space end a sentence (a decimal point does not); ', so', ', which', ... and ';'
-    start a new clause (the conclusion of 'A, so B' is B)."""
+    followed by a space end a sentence (a decimal point does not); ';' and a comma before a result
+    word (', so', ', which', ', giving') or a condition word (', attained at', ', since', ', when')
+    start a new clause: the conclusion of 'A, so B' is B, and of 'A, attained at B' is A."""
     out = []
     for line in re.finditer(r"[^\n]+", text):
         start = line.start()
@@ -205,7 +209,8 @@ def _closing_claim(text: str) -> tuple[int, int, str | None, bool] | None:
     claim or None when ambiguous, whether a conclusion word leads it)."""
     skipped = 0
     for start, end, unit in reversed(_units(text)):
-        if len(unit) > MAX_UNIT_CHARS or _CHECK.search(unit):
+        after_comma = text[max(0, start - 2) : start].startswith(",")
+        if len(unit) > MAX_UNIT_CHARS or _CHECK.search(unit) or (after_comma and _CONDITION.match(unit)):
             skipped += 1
         else:
             value = _claim(unit)
@@ -286,7 +291,7 @@ _UNICODE = str.maketrans(
         "≈": "\\approx ",
     }
 )
-_NUMBER = r"-?\$?\d[\d,]*(?:\.\d+)?(?:/\d+|:\d+)?(?:\^\{?-?\d+\}?)?%?|-?\.\d+"
+_NUMBER = r"-?\\frac\{-?\d+\}\{\d+\}|-?\$?\d(?:[\d,]*\d)?(?:\.\d+)?(?:/\d+|:\d+)?(?:\^\{?-?\d+\}?)?%?|-?\.\d+"
 _CONSTANT = r"\\pi\b|\\sqrt\s*\{?\d+\}?|\\sqrt\b|\\infty\b"
 _VALUE_TOKEN = re.compile(rf"(?<![\w.])(?:{_NUMBER})(?:\s*(?:{_CONSTANT}))?|{_CONSTANT}|√|\b[a-z]\s*=")
 _VERBS = re.compile(
@@ -299,8 +304,10 @@ _NONE_PHRASE = re.compile(
     r"no such \w+|does not exist|is impossible|not possible)",
     re.IGNORECASE,
 )
-_ASIDE = re.compile(
-    r"\s*\((?:about|approximately|approx\.?|roughly|i\.e\.|or|which is|\\approx)[^()]*\)\s*$", re.IGNORECASE
+_ASIDE = re.compile(  # "9π (about 28.27)", "1/6, or about 16.7%": an approximation beside the value
+    r"\s*\((?:about|approximately|approx\.?|roughly|i\.e\.|or|which is|\\approx)[^()]*\)\s*$|"
+    r",\s*(?:or\s+)?(?:about|approximately|approx\.?|roughly|\\approx)\s[^,]*$",
+    re.IGNORECASE,
 )
 _PREPOSITION = re.compile(
     r"^(?:of|in|for|after|per|out of|from|over|at|within|during|when|if|since|because|as|by|to|on)\b",

@@ -143,6 +143,13 @@ def test_different_answers_do_not_match(gold: str, pred: str) -> None:
         ),
         ("<think>\nmaybe 7? no, 12.\n</think>\n\nSo $f'(2) = 12$.", "12"),
         ("Area = \u03c0r\u00b2 = 9\u03c0 square units (about 28.27 square units).", "9\\pi"),
+        ("So the probability is $\\frac{1}{6}$, or about 16.7%.", "\\frac{1}{6}"),
+        ("Hence the minimum is $-\\frac{9}{4}$, attained at $x = \\frac{3}{2}$.", "-\\frac{9}{4}"),
+        ("So the maximum is reached when x = 2, giving a maximum value of 10.", "10"),
+        ("The smallest such n is 7, since 6 fails.", "7"),
+        ("Since 3^4 = 81, log base 3 of 81 is 4.", "4"),
+        ("The number of solutions is $\\boxed{3}$. Let me verify: x=1, x=2, x=3 all work.", "3"),
+        ("A car goes 180 km in 2.25 h, so its speed is 80 km/h.", "80"),
     ],
 )
 def test_final_answer_extraction(text: str, expected: str | None) -> None:
