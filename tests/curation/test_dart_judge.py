@@ -154,10 +154,12 @@ def test_judge_verdicts_through_a_stub_server(stub: JudgeStub) -> None:
     assert [v.correct for v in verdicts] == [True, False, True, False, False, False, False]
     assert "unreadable reply" in verdicts[4].message and "cut off" in verdicts[5].message
     assert len(stub.requests) == 6
-    sent = stub.requests[0]
+    # requests run concurrently: find the first response's by its content
+    sent = next(r for r in stub.requests if "order 4." in fenced_response(r["messages"][-1]["content"]))
     assert sent["model"] == "judge-model" and sent["temperature"] == 0.0 and sent["n"] == 1
+    assert all(r["temperature"] == 0.0 and r["model"] == "judge-model" for r in stub.requests)
     content = sent["messages"][-1]["content"]
-    assert "Reference answer:\ncyclic" in content and "cyclic group of order 4." in fenced_response(content)
+    assert "Reference answer:\ncyclic" in content and "powers of i" in fenced_response(content)
     assert verifier.describe()["math_verifier"] == "judge"
 
 
