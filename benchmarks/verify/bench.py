@@ -363,7 +363,14 @@ def bench_overhead(quick: bool) -> dict:
 
 
 def run(quick: bool = True) -> list[dict]:
-    return [bench_math_accuracy(quick), bench_math(quick), bench_overhead(quick), bench_code(quick)]
+    import os
+
+    before = os.getloadavg()[0]
+    tables = [bench_math_accuracy(quick), bench_math(quick), bench_overhead(quick), bench_code(quick)]
+    load = f" Load average (1 min) at the start / end of the run: {before:.1f} / {os.getloadavg()[0]:.1f}."
+    for table in tables[1:]:  # timings: say how busy the machine was
+        table["notes"] += load
+    return tables
 
 
 if __name__ == "__main__":
