@@ -275,11 +275,14 @@ def readonly_root(write_dirs: list[str], report: dict) -> None:
     report["readonly_root"] = True
 
 
-def nproc_limit(cfg: dict, report: dict) -> int:
-    """RLIMIT_NPROC counts every task of the real uid. In a fresh user namespace (or under a fresh
-    throwaway uid) that is only the sandbox's own; otherwise add what the user already runs."""
-    if cfg["as_root"] or report.get("user_namespace"):
+def nproc_limit(cfg: dict, report: dict, user_namespace: bool) -> int:
+    """RLIMIT_NPROC counts every task of the real uid. Under a fresh throwaway uid that is only the
+    program's own; in a fresh user namespace the launcher, the supervisor and the other program run
+    under the same uid too; otherwise add what the user already runs."""
+    if cfg["as_root"]:
         return int(cfg["max_procs"])
+    if user_namespace:
+        return int(cfg["max_procs"]) + 1 + len(cfg["programs"])
     uid, tasks = os.getuid(), 0
     for pid in os.listdir("/proc"):
         if pid.isdigit():
@@ -297,7 +300,7 @@ def cpu_limit(cfg: dict) -> int:
     return max(1, int(cfg["cpu_s"] + 0.999))
 
 
-def set_limits(cfg: dict, report: dict) -> None:
+def set_limits(cfg: dict, report: dict, user_namespace: bool) -> None:
     mb = 1024 * 1024
     cpu = cpu_limit(cfg)
     limits = [
@@ -312,7 +315,7 @@ def set_limits(cfg: dict, report: dict) -> None:
         (resource.RLIMIT_FSIZE, int(cfg["file_size_mb"] * mb), int(cfg["file_size_mb"] * mb)),
         (resource.RLIMIT_NOFILE, int(cfg["max_open_files"]), int(cfg["max_open_files"])),
     ]
-    nproc = nproc_limit(cfg, report)
+    nproc = nproc_limit(cfg, report, user_namespace)
     limits.append((resource.RLIMIT_NPROC, nproc, nproc))
     for which, soft, hard in limits:
         try:
@@ -459,19 +462,21 @@ def place_fds(fds: dict[int, int], keep: int) -> None:
     os.closerange(keep + 1, 1 << 20)
 
 
-def confine_program(cfg: dict, program: dict, status_fd: int, key: str, supervisor: int) -> None:
+def confine_program(
+    cfg: dict, program: dict, status_fd: int, key: str, supervisor: int, user_namespace: bool
+) -> None:
     """Runs in a program's own process, forked by the supervisor."""
     report: dict = {}
     libc.prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)
     os.chdir(program["dir"])
-    if program.get("role") == "candidate":
+    if program.get("role") == "candidate" and cfg["as_root"]:
         # the OOM killer takes the candidate before the checker; raising one's own score needs no privilege
         try:
             with open("/proc/self/oom_score_adj", "w") as f:
                 f.write("1000")
         except OSError as e:
             report.setdefault("problems", []).append(f"oom_score_adj: {e.strerror}")
-    set_limits(cfg, report)
+    set_limits(cfg, report, user_namespace)
     if cfg["as_root"]:
         drop_root(program.get("uid"), report)
         libc.prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)  # a uid change clears it
@@ -487,7 +492,7 @@ def confine_program(cfg: dict, program: dict, status_fd: int, key: str, supervis
     os.close(status_fd)
 
 
-def start_program(cfg: dict, index: int, fds: dict[int, int], status_fd: int) -> int:
+def start_program(cfg: dict, index: int, fds: dict[int, int], status_fd: int, user_namespace: bool) -> int:
     """Fork a program's process; in the child confine it and return -1 (the caller then runs it)."""
     program = cfg["programs"][index]
     key = "setup" if index == 0 else "companion_setup"
@@ -497,7 +502,7 @@ def start_program(cfg: dict, index: int, fds: dict[int, int], status_fd: int) ->
         return pid
     try:
         place_fds(fds, status_fd)
-        confine_program(cfg, program, status_fd, key, supervisor)
+        confine_program(cfg, program, status_fd, key, supervisor, user_namespace)
     except BaseException as e:  # noqa: BLE001 - any failed confinement step must stop the program
         send(status_fd, {key + "_error": repr(e)})
         os._exit(126)
@@ -543,7 +548,7 @@ def supervise(cfg: dict, report: dict) -> dict:
         fds = [{3: requests_w, 4: replies_r}, {1: 2, 3: requests_r, 4: replies_w}]
     pids = []
     for index in range(len(cfg["programs"])):
-        pid = start_program(cfg, index, fds[index], status_fd)
+        pid = start_program(cfg, index, fds[index], status_fd, bool(report.get("user_namespace")))
         if pid < 0:
             return cfg["programs"][index]
         pids.append(pid)
