@@ -58,10 +58,11 @@ def _latex_pair(i: int) -> tuple[str, str]:
     return f"x^2 - {k * k}", f"(x-{k})(x+{k})" if right else f"(x-{k})^2"
 
 
-def _pairs(kind: str, n: int) -> list[tuple[str, str]]:
-    """(response, gold) pairs, about half right."""
+def _pairs(kind: str, n: int, first: int = 0) -> list[tuple[str, str]]:
+    """(response, gold) pairs, about half right; pairs from different `first` never repeat (no
+    cache of math-verify's or sympy's can favour a path timed later)."""
     out = []
-    for i in range(n):
+    for i in range(first, first + n):
         if kind == "numbers":
             gold = str(17 * i + 3)
             said = gold if i % 2 == 0 else str(17 * i + 4)
@@ -187,42 +188,43 @@ def bench_math(quick: bool) -> dict:
         calls["count"] += 1
         return bounded(*args, **kwargs)
 
+    def alone(answers):
+        return [bool(verify(parse(f"${gold}$"), parse(f"${answer}$"))) for answer, gold in answers]
+
+    def wrapper(answers):
+        return [bounded(answer, gold, 5.0, None) is True for answer, gold in answers]
+
+    paths = {
+        "assay check_answer, 1 worker(s)": lambda pairs: [v.correct for v in check_many(pairs, workers=1)],
+        "assay check_answer, 2 worker(s)": lambda pairs: [v.correct for v in check_many(pairs, workers=2)],
+        "assay time-bounded math-verify wrapper, every pair": wrapper,
+        "math-verify alone (parse + verify)": alone,
+    }
     math_module._bounded_symbolic = counted
     rows = []
     try:
         for kind in ("numbers", "latex"):
-            pairs = _pairs(kind, n)
-            answers = [(extract_answer(resp), gold) for resp, gold in pairs]
-            check_many(_pairs(kind, 2), workers=2)  # imports warmed and helpers started outside the clock
-            for answer, gold in answers[:2]:
-                bounded(answer, gold, 5.0, None)
-            timings = {}
-            for workers in (1, 2):
+            warm = _pairs(kind, 4, first=10 * n)  # imports and helper processes outside the clock
+            check_many(warm, workers=2)
+            alone([(extract_answer(r), g) for r, g in warm])
+            timed = {}
+            for j, (name, fn) in enumerate(paths.items()):
+                pairs = _pairs(kind, n, first=j * n)  # each path its own pairs, of the same kinds
+                inputs = (
+                    pairs
+                    if name.startswith("assay check_answer")
+                    else [(extract_answer(r), g) for r, g in pairs]
+                )
                 calls["count"] = 0
                 start = time.perf_counter()
-                verdicts = check_many(pairs, workers=workers)
-                timings[f"assay check_answer, {workers} worker(s)"] = (
-                    time.perf_counter() - start,
-                    calls["count"],
-                    [v.correct for v in verdicts],
-                )
-            start = time.perf_counter()
-            wrapped = [bounded(answer, gold, 5.0, None) is True for answer, gold in answers]
-            timings["assay time-bounded math-verify wrapper, every pair"] = (
-                time.perf_counter() - start,
-                n,
-                wrapped,
-            )
-            start = time.perf_counter()
-            alone = [bool(verify(parse(f"${gold}$"), parse(f"${answer}$"))) for answer, gold in answers]
-            timings["math-verify alone (parse + verify), same strings"] = (
-                time.perf_counter() - start,
-                n,
-                alone,
-            )
-            peer = timings["math-verify alone (parse + verify), same strings"][0]
-            for name, (seconds, reached, verdicts) in timings.items():
-                agree = sum(a == b for a, b in zip(verdicts, alone, strict=True)) / n
+                verdicts = fn(inputs)
+                seconds = time.perf_counter() - start
+                reached = n if name.startswith(("assay time", "math-verify")) else calls["count"]
+                timed[name] = (seconds, reached, verdicts, pairs)
+            peer = timed["math-verify alone (parse + verify)"][0]
+            for name, (seconds, reached, verdicts, pairs) in timed.items():
+                reference = alone([(extract_answer(r), g) for r, g in pairs])  # untimed
+                agree = sum(a == b for a, b in zip(verdicts, reference, strict=True)) / n
                 rows.append(
                     [
                         kind,
@@ -250,11 +252,12 @@ def bench_math(quick: bool) -> dict:
         "rows": rows,
         "notes": (
             "Each pair: a response's extracted final answer against a gold answer (extraction is "
-            "outside the clock for the last two rows). 'numbers': plain numbers, which assay decides "
+            "outside the clock for the last two rows). Every path gets its own pairs of the same kinds, "
+            "so no parse cache favours a path timed later. 'numbers': plain numbers, which assay decides "
             "as exact fractions without math-verify (0 pairs through it), so its rows compare "
             "different algorithms; the like-for-like comparison is assay's time-bounded wrapper "
             "(an interval timer on the main thread, a helper process elsewhere) against math-verify "
-            "alone on the same strings. 'latex': fractions, roots, sets, intervals, percentages, "
+            "alone on pairs of the same kinds. 'latex': fractions, roots, sets, intervals, percentages, "
             "polynomials, which go through math-verify. 2 workers = 2 threads, each with its own "
             "helper process. Verdicts differ where the two disagree by design: assay compares numbers "
             "within relative 1e-9 where math-verify rounds to 6 decimals, and reads '5%' as 5 or 0.05."
