@@ -88,7 +88,7 @@ class LLMJudge:
         max_tokens: int = 32,
         concurrency: int = 4,
         retries: int = 3,
-        timeout_s: float = 120.0,
+        request_timeout_s: float = 120.0,
         api_key_env: str | None = "OPENAI_API_KEY",
         max_response_chars: int = 4000,
     ) -> None:
@@ -102,7 +102,7 @@ class LLMJudge:
             concurrency=concurrency,
             n_per_request=1,
             retries=retries,
-            timeout_s=timeout_s,
+            timeout_s=request_timeout_s,
             api_key_env=api_key_env,
         )
         self.max_response_chars = max_response_chars

@@ -85,8 +85,9 @@ def build_math_verifier(
 ) -> RuleMathVerifier | JudgeMathVerifier:
     """A math verifier by name. `judge` and `rule+judge` need `endpoint` (an OpenAI-compatible URL)
     and `model` (the served model's name); `judge_options` go to `LLMJudge` (max_tokens,
-    concurrency, retries, timeout_s, api_key_env, max_response_chars). With `check`, an endpoint
-    that does not answer is a UserError here, before any sampling."""
+    concurrency, retries, request_timeout_s, api_key_env, max_response_chars). `timeout_s` bounds
+    each rule-based comparison. With `check`, an endpoint that does not answer is a UserError here,
+    before any sampling."""
     from storage import UserError
 
     if kind not in MATH_VERIFIERS:

@@ -202,3 +202,11 @@ def test_verifier_choices_and_endpoint_problems_are_user_errors() -> None:
         build_math_verifier("judge", endpoint="http://127.0.0.1:9", model="m", timeout_s=2.0)
     with pytest.raises(UserError, match="bad judge options"):
         build_math_verifier("judge", endpoint="http://127.0.0.1:9", model="m", colour="blue")
+
+
+def test_judge_options_reach_the_client(stub: JudgeStub) -> None:
+    verifier = build_math_verifier(
+        "judge", endpoint=stub.url, model="m", max_tokens=512, request_timeout_s=7.0, concurrency=1
+    )
+    assert verifier.judge.client.max_new_tokens == 512 and verifier.judge.client.concurrency == 1
+    assert verifier.judge.client.client.timeout.read == 7.0
