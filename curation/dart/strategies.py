@@ -9,7 +9,9 @@
   `difficulty` divided by the largest one). The n_d difficulty samples are trials like any other
   and their correct responses count toward the target (ours: `reuse_difficulty_samples`).
 Queries are sampled in rounds of at most `batch` per query. Every trial is recorded; a query left
-with zero correct responses is uncovered (reported, not kept). Pure logic: no lake.
+with zero correct responses is uncovered (reported, not kept). Only a `pass` verdict is correct: a
+verifier's `unknown` (it could not tell) counts as not correct, in the fail rate too, and is counted
+per query as `abstained` (`DartResult.summary()` has the totals). Pure logic: no lake.
 """
 
 from __future__ import annotations
@@ -52,11 +54,32 @@ class Verifier:
         ]
 
 
+ABSTAINED = "unknown"  # the verdict of a verifier that could not tell
+
+
 @dataclass
 class DartResult:
     trials: pd.DataFrame  # one row per generated response (TRIAL_COLUMNS)
-    queries: pd.DataFrame  # one row per query: difficulty, target, trials, correct, kept, covered, exhausted
+    # one row per query: difficulty, target, trials, correct, abstained, kept, covered, exhausted
+    queries: pd.DataFrame
     strategy: dict = field(default_factory=dict)
+
+    def summary(self) -> dict[str, int]:
+        """Totals for the run's metrics: queries, covered, trials, correct, kept, abstained (verdict
+        `unknown`: not counted as correct), truncated, and the count of every verdict as
+        `verdict_<name>`."""
+        out = {
+            "queries": len(self.queries),
+            "covered": int(self.queries["covered"].sum()),
+            "trials": len(self.trials),
+            "correct": int(self.trials["correct"].sum()),
+            "kept": int(self.trials["kept"].sum()),
+            "abstained": int((self.trials["verdict"] == ABSTAINED).sum()),
+            "truncated": int(self.trials["truncated"].sum()),
+        }
+        for verdict, count in self.trials["verdict"].value_counts().sort_index().items():
+            out[f"verdict_{verdict}"] = int(count)
+        return out
 
     @property
     def kept(self) -> pd.DataFrame:
@@ -84,6 +107,7 @@ class _Sampler:
         m = len(self.queries)
         self.trials = [0] * m
         self.correct = [0] * m
+        self.abstained = [0] * m
         self.kept = [0] * m
         self.exhausted = [False] * m
         self.target: list[int | None] = [None] * m
@@ -108,7 +132,8 @@ class _Sampler:
                 self.exhausted[i] = True  # the generator ran out (replay): stop asking
         for (i, response), verdict in zip(flat, verdicts, strict=True):
             query = self.queries[i]
-            keep = verdict.correct and (self.target[i] is None or self.kept[i] < self.target[i])
+            correct = bool(verdict.correct) and verdict.verdict == "pass"  # never an abstention
+            keep = correct and (self.target[i] is None or self.kept[i] < self.target[i])
             self.rows.append(
                 {
                     "query_id": query.query_id,
@@ -116,7 +141,7 @@ class _Sampler:
                     "trial": self.trials[i],
                     "phase": phase,
                     "response": response.text,
-                    "correct": bool(verdict.correct),
+                    "correct": correct,
                     "verdict": verdict.verdict,
                     "message": verdict.message,
                     "truncated": bool(response.truncated),
@@ -124,7 +149,8 @@ class _Sampler:
                 }
             )
             self.trials[i] += 1
-            self.correct[i] += int(verdict.correct)
+            self.correct[i] += int(correct)
+            self.abstained[i] += int(verdict.verdict == ABSTAINED)
             self.kept[i] += int(keep)
         if self.on_round is not None:
             self.on_round(self.rounds, len(pairs), len(self.rows))
@@ -166,6 +192,7 @@ class _Sampler:
                 "target": [t if t is not None else pd.NA for t in self.target],
                 "trials": self.trials,
                 "correct": self.correct,
+                "abstained": self.abstained,
                 "kept": self.kept,
             }
         )

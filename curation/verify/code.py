@@ -1,94 +1,54 @@
-"""Code verifier: a candidate program run against a problem's tests in the sandbox (HumanEval style).
+"""Code verifier: a candidate program run against a problem's tests (HumanEval style), with the
+verdict decided outside the candidate's process.
 
-The program is `candidate + tests + check(entry_point)`. Verdicts:
-- `pass`: every test ran and held;
-- `fail`: the tests ran and one failed (an assertion, or the candidate raised while being tested);
-- `timeout`: the wall-clock or CPU limit was hit;
+`run_pair` starts two sandboxed processes: the checker (trusted: `_checker.py`, the problem's prompt
+and tests) and the candidate (`_candidate.py` running the candidate's code). The tests call a proxy
+for the entry point; each call's arguments and the candidate's return value cross between the two
+as plain data in a strict, type-checked encoding (`wire.py`: builtin types only), so an object
+whose `__eq__` is always True, an int subclass, patched builtins, a swapped report function or a
+forged output line cannot reach the checker: a value of a user class is a `fail`, and the checker
+alone writes the report, on a pipe the candidate does not hold. The candidate cannot read the
+checker's files (the tests), signal it or open its /proc entries (its own Landlock domain, and uid
+where root can give one; the checker is not dumpable). See SECURITY.md for what each host enforces.
+
+Verdicts:
+- `pass`: the tests ran, called the candidate and held;
+- `fail`: the tests ran and one failed (an assertion, or the candidate raised while being tested,
+  or returned something that is not plain data);
+- `timeout`: the candidate used up its CPU limit (decided from the limit and its CPU accounting,
+  not from the machine's load), or the wall-clock safety net ran out;
 - `error`: nothing meaningful was tested: the candidate does not compile, raises while being
-  defined, lacks the entry point, ran out of memory, flooded the output, or left early.
-A random nonce printed by the harness after the tests separates a real pass from a candidate that
-exits early with status 0 (it guards against accidents and early exits, not against code written to
-read the harness and forge the line).
+  defined, lacks the entry point, ran out of memory, flooded the output, broke the protocol, or
+  ended before answering; or the tests themselves could not run. A malformed report is an `error`
+  with a message, never an exception.
+The candidate's arguments are copies: a test that relies on the candidate mutating an argument in
+place does not see the change.
 """
 
 from __future__ import annotations
 
-import ast
+import json
 import re
-import secrets
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 
-from curation.verify.sandbox import Limits, SandboxResult, run_python
+from curation.verify.sandbox import Limits, SandboxResult, run_pair
 
 VERDICTS = ("pass", "fail", "timeout", "error")
-DEFAULT_LIMITS = Limits(wall_s=6.0, cpu_s=3.0, memory_mb=1024, max_procs=8)
-
-# The harness imports nothing it does not need (json, traceback pull in `re`: milliseconds per run);
-# the report is a Python literal that the parent reads with ast.literal_eval.
-_HARNESS = r"""
-import sys as _sys
-
-_NONCE = {nonce!r}
-_ENTRY = {entry_point!r}
+# CPU per process (whole seconds); the wall clock is only a safety net for candidates that sleep or block
+DEFAULT_LIMITS = Limits(wall_s=30.0, cpu_s=3.0, memory_mb=1024, max_procs=8)
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # one call's return value, encoded
+_REPORT_VERDICTS = ("pass", "fail", "error", "candidate_gone")
+_HERE = Path(__file__).resolve().parent
 
 
-def _report(verdict, message=""):
-    try:
-        _sys.stdout.flush()
-    except Exception:
-        pass
-    _sys.__stdout__.write("\n" + _NONCE + repr((verdict, message[:2000])) + "\n")
-    _sys.__stdout__.flush()
+@cache
+def _harness_sources() -> tuple[str, str, str]:
+    return tuple((_HERE / name).read_text() for name in ("_checker.py", "_candidate.py", "wire.py"))
 
-
-def _describe(exc, source_name=None, source=""):
-    import traceback as _traceback
-
-    text = "".join(_traceback.format_exception_only(type(exc), exc)).strip()
-    if source_name:
-        lines = source.splitlines()
-        frames = [f for f in _traceback.extract_tb(exc.__traceback__) if f.filename == source_name]
-        if frames and 0 < (frames[-1].lineno or 0) <= len(lines):
-            text += " at " + source_name + ":" + str(frames[-1].lineno) + ": " + lines[frames[-1].lineno - 1].strip()
-    return text
-
-
-def _main():
-    with open("candidate.py") as f:
-        candidate = f.read()
-    with open("tests.py") as f:
-        tests = f.read()
-    namespace = {{"__name__": "__candidate__"}}
-    try:
-        code = compile(candidate, "candidate.py", "exec")
-    except (SyntaxError, ValueError) as e:
-        return _report("error", _describe(e))
-    try:
-        exec(code, namespace)
-    except MemoryError:
-        return _report("error", "MemoryError while defining the candidate")
-    except BaseException as e:
-        return _report("error", "while defining the candidate: " + _describe(e, "candidate.py", candidate))
-    if _ENTRY not in namespace:
-        return _report("error", "the candidate defines no " + repr(_ENTRY))
-    try:
-        test_code = compile(tests, "tests.py", "exec")
-    except (SyntaxError, ValueError) as e:
-        return _report("error", "the tests do not compile: " + _describe(e))
-    try:
-        exec(test_code, namespace)
-        namespace["check"](namespace[_ENTRY])
-    except MemoryError:
-        return _report("error", "MemoryError while testing")
-    except BaseException as e:
-        return _report("fail", _describe(e, "tests.py", tests))
-    _report("pass")
-
-
-_main()
-"""
 
 _FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
 
@@ -132,49 +92,105 @@ def build_candidate(prompt: str, response: str, entry_point: str) -> str:
 
 
 def check_program(
-    candidate: str, test: str, entry_point: str, limits: Limits | None = None, site_packages: bool = False
+    candidate: str,
+    test: str,
+    entry_point: str,
+    limits: Limits | None = None,
+    site_packages: bool = False,
+    prompt: str = "",
 ) -> CodeVerdict:
-    """Run `candidate` (full source) against `test` (defining `check(candidate)`) in the sandbox.
-    `site_packages=True` lets the candidate import installed packages (numpy, ...), not only the stdlib."""
-    nonce = "@@assay-" + secrets.token_hex(8) + "@@"
-    harness = _HARNESS.format(nonce=nonce, entry_point=entry_point)
-    result = run_python(
-        harness,
-        limits=limits or DEFAULT_LIMITS,
-        files={"candidate.py": candidate, "tests.py": test},
+    """Run `candidate` (full source) against `test` (defining `check(candidate)`, or calling the entry
+    point by name) in the sandbox. `prompt` is run on the checker's side first, for helpers the tests
+    use (HumanEval's `poly`, `encode_cyclic`). `site_packages=True` lets the candidate import
+    installed packages (numpy, ...), not only the stdlib."""
+    limits = limits or DEFAULT_LIMITS
+    checker, runner, wire_source = _harness_sources()
+    config = {"entry_point": entry_point, "max_message": MAX_MESSAGE_BYTES}
+    result = run_pair(
+        checker,
+        runner,
+        checker_files={
+            "wire.py": wire_source,
+            "tests.py": test,
+            "prompt.py": prompt,
+            "check.json": json.dumps(config),
+        },
+        candidate_files={
+            "wire.py": wire_source,
+            "candidate.py": candidate,
+            "run.json": json.dumps({"entry_point": entry_point}),
+        },
+        limits=limits,
         site_packages=site_packages,
+        preload=("json", "traceback"),
     )
-    return _verdict(result, nonce, limits or DEFAULT_LIMITS)
+    return verdict_of(result, limits)
 
 
 def check_response(
     problem: Mapping[str, str], response: str, limits: Limits | None = None, site_packages: bool = False
 ) -> CodeVerdict:
     """`problem` has `prompt`, `test` and `entry_point` (HumanEval's fields)."""
-    candidate = build_candidate(problem.get("prompt", ""), response, problem["entry_point"])
-    return check_program(candidate, problem["test"], problem["entry_point"], limits, site_packages)
+    prompt = problem.get("prompt", "") or ""
+    candidate = build_candidate(prompt, response, problem["entry_point"])
+    return check_program(candidate, problem["test"], problem["entry_point"], limits, site_packages, prompt)
 
 
-def _verdict(result: SandboxResult, nonce: str, limits: Limits) -> CodeVerdict:
+def parse_report(stdout: str) -> tuple[tuple[str, str] | None, str]:
+    """The checker's report: exactly one line of JSON {"verdict": ..., "message": ...}. Returns
+    ((verdict, message), "") or (None, what is wrong with it); never raises."""
+    if not stdout.endswith("\n") or stdout.count("\n") != 1:
+        return None, f"expected one report line, got {stdout.count(chr(10))} lines"
+    try:
+        report = json.loads(stdout)
+    except (ValueError, RecursionError) as e:
+        return None, f"the report is not JSON ({str(e)[:200]})"
+    if type(report) is not dict or set(report) != {"verdict", "message"}:
+        return None, "the report has other fields than verdict and message"
+    verdict, message = report["verdict"], report["message"]
+    if type(verdict) is not str or verdict not in _REPORT_VERDICTS or type(message) is not str:
+        return None, f"the report's verdict is not one of {', '.join(_REPORT_VERDICTS)}"
+    return (verdict, message), ""
+
+
+def verdict_of(result: SandboxResult, limits: Limits) -> CodeVerdict:
+    """The verdict of a checked run, from the checker's report and how each process ended."""
     wall = result.wall_s
     if result.status == "timeout":
-        hit_cpu = result.cpu_s is not None and result.cpu_s >= limits.cpu_s - 0.05
-        which = f"CPU limit {limits.cpu_s:g}s" if hit_cpu else f"wall-clock limit {limits.wall_s:g}s"
-        return CodeVerdict("timeout", which, wall)
+        if result.timeout_reason == "cpu":
+            return CodeVerdict(
+                "timeout", f"the tests used up the checker's CPU limit ({limits.cpu_s:g}s)", wall
+            )
+        return CodeVerdict("timeout", f"wall-clock safety net ({limits.wall_s:g}s)", wall)
     if result.status == "output_limit":
         return CodeVerdict("error", f"output limit exceeded ({limits.kill_output_bytes} bytes)", wall)
-    reports = [line[len(nonce) :] for line in result.stdout.splitlines() if line.startswith(nonce)]
-    if reports:
-        verdict, message = ast.literal_eval(reports[-1])
+    report, problem = parse_report(result.stdout)
+    if report is not None and result.ok:
+        verdict, message = report
+        if verdict == "candidate_gone":
+            return _candidate_ended(result, message, limits)
         return CodeVerdict(verdict, message, wall)
     if result.oom_killed:
         return CodeVerdict("error", f"memory limit {limits.memory_mb} MB", wall)
-    if result.status == "signaled":
-        return CodeVerdict("error", f"killed by {result.signal}", wall)
     if result.status == "setup_error":
         return CodeVerdict("error", "sandbox setup failed: " + result.stderr.strip()[-500:], wall)
-    tail = result.stderr.strip().splitlines()[-1:] or [f"exit status {result.returncode}"]
-    return CodeVerdict("error", "the program ended before the tests finished: " + tail[0][:500], wall)
+    if result.status == "signaled":
+        return CodeVerdict("error", f"the checker was killed by {result.signal}", wall)
+    return CodeVerdict("error", f"no valid report from the checker: {problem}", wall)
+
+
+def _candidate_ended(result: SandboxResult, message: str, limits: Limits) -> CodeVerdict:
+    end, wall = result.companion, result.wall_s
+    if end is not None and end.hit_cpu_limit:
+        return CodeVerdict("timeout", f"the candidate used up its CPU limit ({end.cpu_limit_s}s)", wall)
+    if result.oom_killed:
+        return CodeVerdict("error", f"memory limit {limits.memory_mb} MB: {message}", wall)
+    if end is None:
+        return CodeVerdict("error", message, wall)
+    how = f"killed by {end.signal}" if end.signal else f"exited with status {end.exit}"
+    tail = result.stderr.strip().splitlines()[-1:]
+    detail = f" ({tail[0][:300]})" if tail else ""
+    return CodeVerdict("error", f"{message}: the candidate {how}{detail}", wall)
 
 
 class CodeVerifier:

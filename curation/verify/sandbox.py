@@ -22,6 +22,15 @@ process tree is killed on timeout. Where the kernel allows it (see `_launcher.py
 `SandboxResult.isolation` says which of these were in effect for that execution;
 `isolation_support()` probes the host once.
 
+`run_pair` runs two programs side by side: a trusted checker (the main program, holding stdout) and
+an untrusted candidate, each in its own directory and Landlock domain (and uid, when root can give
+throwaway uids), talking only through two pipes; the code verifier decides verdicts that way.
+
+CPU time is limited per process in whole seconds (SIGXCPU at the limit; SIGKILL at 2 x limit + 1 s
+for a program that ignores it); a program that dies of that is a `timeout` whatever the machine's
+load, decided from the signal, the limit and the CPU time the supervisor measured. The wall clock
+is a safety net for programs that sleep or block.
+
 Safe to call from many threads (no preexec_fn, no signals) and from worker processes.
 """
 
@@ -75,14 +84,41 @@ SYSTEM_READ_PATHS = (
 
 @dataclass(frozen=True)
 class Limits:
-    wall_s: float = 10.0
-    cpu_s: float = 5.0
+    wall_s: float = 30.0  # a safety net for programs that sleep or block; CPU use is bounded by cpu_s
+    cpu_s: float = 5.0  # per process, rounded up to whole seconds
     memory_mb: int = 1024  # per-process address space; also the whole tree's memory under a cgroup
     file_size_mb: int = 16
     max_procs: int = 8  # tasks (processes and threads) the program may run at once
     max_open_files: int = 256
     max_output_bytes: int = 64_000  # kept per stream: half from the head, half from the tail
     kill_output_bytes: int = 4_000_000  # total output past which the program is killed
+
+
+@dataclass(frozen=True)
+class ProgramEnd:
+    """How one program's process ended, as its supervisor saw it."""
+
+    exit: int | None
+    signal: str | None
+    cpu_s: float | None
+    cpu_limit_s: int | None
+    stopped: bool = False  # killed by the supervisor because the main program had ended
+
+    @property
+    def hit_cpu_limit(self) -> bool:
+        """Killed at the CPU limit: SIGXCPU (sent only at the soft limit), or SIGKILL (not the
+        supervisor's) after at least the soft limit's CPU time, which is what the hard limit
+        (2 x soft + 1 s, in the kernel's sampled ticks) leaves. Decided by the limits and the CPU
+        accounting, so it does not depend on how busy the machine was."""
+        if self.signal == "SIGXCPU":
+            return True
+        return (
+            self.signal == "SIGKILL"
+            and not self.stopped
+            and self.cpu_s is not None
+            and self.cpu_limit_s is not None
+            and self.cpu_s >= self.cpu_limit_s
+        )
 
 
 @dataclass
@@ -98,6 +134,9 @@ class SandboxResult:
     cpu_s: float | None
     oom_killed: bool = False
     isolation: dict = field(default_factory=dict)
+    timeout_reason: str | None = None  # cpu | wall, when status is timeout
+    companion: ProgramEnd | None = None  # run_pair: how the candidate ended
+    companion_isolation: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -180,7 +219,7 @@ def _remove_stale_cgroups() -> None:
 
 
 class _Cgroups:
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, programs: int = 1) -> None:
         _remove_stale_cgroups()
         self.dirs: dict[str, Path] = {}
         name = f"assay-sandbox-{os.getpid()}-{secrets.token_hex(4)}"
@@ -189,8 +228,9 @@ class _Cgroups:
             try:
                 path.mkdir()
                 if controller == "pids":
-                    # +1: the launcher that waits for the program lives in the same group
-                    (path / "pids.max").write_text(str(limits.max_procs + 1))
+                    # the launcher and the supervisor live in the same group, and a checker beside
+                    # its candidate takes one task
+                    (path / "pids.max").write_text(str(limits.max_procs + 1 + programs))
                 else:
                     limit = str(limits.memory_mb * 1024 * 1024)
                     v1 = (path / "memory.limit_in_bytes").exists()
@@ -323,8 +363,38 @@ def run_python(
     Packages installed in editable mode outside the interpreter's prefix are not readable there
     (the project's own source among them); `extra_read_paths` grants read access to more paths.
     """
-    files = {**(files or {}), "main.py": source}
-    return _run("python", ["main.py"], limits or Limits(), files, stdin, env, site_packages, extra_read_paths)
+    program = _Program(["main.py"], {**(files or {}), "main.py": source}, "main")
+    return _run("python", [program], limits or Limits(), stdin, env, site_packages, extra_read_paths)
+
+
+def run_pair(
+    checker: str,
+    candidate: str,
+    *,
+    checker_files: Mapping[str, str | bytes] | None = None,
+    candidate_files: Mapping[str, str | bytes] | None = None,
+    limits: Limits | None = None,
+    env: Mapping[str, str] | None = None,
+    site_packages: bool = False,
+    preload: Sequence[str] = (),
+) -> SandboxResult:
+    """Run a trusted `checker` and an untrusted `candidate` (Python sources, each `main.py` in a
+    directory of its own with its files) side by side in one sandbox.
+
+    The checker writes requests on fd 3 and reads replies on fd 4; the candidate reads requests on
+    fd 3 and writes replies on fd 4. Only the checker holds the sandbox's stdout (its report); the
+    candidate's stdout goes to the shared stderr. Each has its own Landlock domain (neither reads the
+    other's directory, signals the other or opens its /proc entries; the checker is not dumpable)
+    and, as root with throwaway uids, its own uid. The result is the checker's; `companion` says
+    how the candidate ended and `companion_isolation` what confined it. Limits apply to each
+    process. Ends when the checker does (the candidate is then stopped). `preload` names stdlib
+    modules both import: the supervisor imports them once before it starts the two.
+    """
+    programs = [
+        _Program(["main.py"], {**(checker_files or {}), "main.py": checker}, "checker"),
+        _Program(["main.py"], {**(candidate_files or {}), "main.py": candidate}, "candidate"),
+    ]
+    return _run("python", programs, limits or Limits(), None, env, site_packages, (), tuple(preload))
 
 
 def run_command(
@@ -340,67 +410,94 @@ def run_command(
     executable must lie in a readable path (`read_paths()`, `extra_read_paths`, or the sandbox)."""
     if not argv:
         raise ValueError("run_command needs a non-empty argv")
-    return _run(
-        "exec", list(argv), limits or Limits(), dict(files or {}), stdin, env, False, extra_read_paths
-    )
+    program = _Program(list(argv), dict(files or {}), "main")
+    return _run("exec", [program], limits or Limits(), stdin, env, False, extra_read_paths)
+
+
+@dataclass
+class _Program:
+    argv: list[str]
+    files: Mapping[str, str | bytes]
+    role: str  # main (alone) | checker | candidate
+    dir: Path | None = None
+    uid: int | None = None
+
+
+def _write_files(directory: Path, files: Mapping[str, str | bytes]) -> None:
+    for name, content in files.items():
+        target = directory / name
+        if target.resolve().parent != directory.resolve():
+            raise ValueError(f"sandbox file name must be a plain name: {name!r}")
+        target.write_bytes(content.encode() if isinstance(content, str) else content)
+
+
+def _lay_out(workdir: Path, programs: list[_Program], throwaway: bool) -> None:
+    """One program works in the sandbox directory itself; two get a subdirectory each (mode 0700,
+    owned by their own throwaway uid when there is one), below a directory others may only traverse."""
+    base = _throwaway_uid() if throwaway else None
+    for i, program in enumerate(programs):
+        program.dir = workdir if len(programs) == 1 else workdir / program.role
+        program.dir.mkdir(mode=0o700, exist_ok=True)
+        program.uid = None if base is None else base + i
+        _write_files(program.dir, program.files)
+        if program.uid is not None:
+            for path in [program.dir, *program.dir.iterdir()]:
+                os.chown(path, program.uid, program.uid)
+    if len(programs) > 1:
+        os.chmod(workdir, 0o711)
+
+
+def _child_env(workdir: Path, env: Mapping[str, str] | None) -> dict[str, str]:
+    return {
+        "PATH": SAFE_PATH,
+        "HOME": str(workdir),
+        "TMPDIR": str(workdir),
+        "LANG": "C.UTF-8",
+        "PYTHONIOENCODING": "utf-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        **(env or {}),
+    }
 
 
 def _run(
     mode: str,
-    argv: list[str],
+    programs: list[_Program],
     limits: Limits,
-    files: dict,
     stdin,
     env,
     site: bool,
     extra_read_paths: Sequence[str] = (),
+    preload: tuple[str, ...] = (),
 ) -> SandboxResult:
     as_root = os.geteuid() == 0
-    uid = _throwaway_uid() if as_root and _interpreter_readable_by_others() else None
     workdir = Path(tempfile.mkdtemp(prefix="assay-sandbox-"))
-    cgroups = _Cgroups(limits) if as_root else None
+    cgroups = _Cgroups(limits, len(programs)) if as_root else None
     status_r, status_w = os.pipe()
     proc = None
     try:
-        for name, content in files.items():
-            target = workdir / name
-            if target.resolve().parent != workdir.resolve():
-                raise ValueError(f"sandbox file name must be a plain name: {name!r}")
-            data = content.encode() if isinstance(content, str) else content
-            target.write_bytes(data)
+        _lay_out(workdir, programs, as_root and _interpreter_readable_by_others())
         stdin_path = workdir / ".stdin"
         stdin_path.write_bytes(stdin.encode() if isinstance(stdin, str) else (stdin or b""))
-        if uid is not None:
-            for path in [workdir, *workdir.iterdir()]:
-                os.chown(path, uid, uid)
+        if programs[0].uid is not None:
+            os.chown(stdin_path, programs[0].uid, programs[0].uid)
         cfg = {
             "mode": mode,
-            "argv": argv,
+            "programs": [{"argv": p.argv, "dir": str(p.dir), "uid": p.uid, "role": p.role} for p in programs],
             "status_fd": status_w,
             "as_root": as_root,
-            "uid": uid,
             "cpu_s": limits.cpu_s,
             "memory_mb": limits.memory_mb,
             "file_size_mb": limits.file_size_mb,
             "max_open_files": limits.max_open_files,
             "max_procs": limits.max_procs,
             "cgroup_procs": cgroups.procs_files() if cgroups else {},
-            "write_dirs": [str(workdir)],
             "write_files": ["/dev/null"],
             "read_paths": [*read_paths(), *map(str, extra_read_paths)],
             "landlock": LANDLOCK_ENABLED,
-        }
-        child_env = {
-            "PATH": SAFE_PATH,
-            "HOME": str(workdir),
-            "TMPDIR": str(workdir),
-            "LANG": "C.UTF-8",
-            "PYTHONIOENCODING": "utf-8",
-            "PYTHONDONTWRITEBYTECODE": "1",
-            "OMP_NUM_THREADS": "1",
-            "OPENBLAS_NUM_THREADS": "1",
-            "MKL_NUM_THREADS": "1",
-            **(env or {}),
+            "preload": list(preload),
         }
         start = time.monotonic()
         with open(stdin_path, "rb") as stdin_file:
@@ -414,7 +511,7 @@ def _run(
                     marshal.dumps(cfg).hex(),
                 ],
                 cwd=workdir,
-                env=child_env,
+                env=_child_env(workdir, env),
                 stdin=stdin_file,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -428,7 +525,7 @@ def _run(
         oom = cgroups.oom_killed() if cgroups else False
     finally:
         if proc is not None:
-            _kill_tree(proc, uid)
+            _kill_tree(proc, [p.uid for p in programs if p.uid is not None])
         if cgroups:
             cgroups.kill_and_remove()
         if status_w >= 0:
@@ -493,60 +590,79 @@ def _frames(data: bytes) -> list[dict]:
     return out
 
 
-def _kill_tree(proc: subprocess.Popen, uid: int | None) -> None:
+def _kill_tree(proc: subprocess.Popen, uids: list[int]) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    if uid is not None:  # anything that escaped the process group still runs under the throwaway uid
+    if uids:  # anything that escaped the process group still runs under a throwaway uid
         for pid in os.listdir("/proc"):
             try:
-                if pid.isdigit() and os.stat(f"/proc/{pid}").st_uid == uid:
+                if pid.isdigit() and os.stat(f"/proc/{pid}").st_uid in uids:
                     os.kill(int(pid), signal.SIGKILL)
             except OSError:
                 continue
     proc.wait()
 
 
+def _program_end(frame: dict | None) -> ProgramEnd | None:
+    if not frame:
+        return None
+    sig = frame.get("signal")
+    return ProgramEnd(
+        exit=frame.get("exit"),
+        signal=signal.Signals(sig).name if sig is not None else None,
+        cpu_s=frame.get("cpu_s"),
+        cpu_limit_s=frame.get("cpu_limit_s"),
+        stopped=bool(frame.get("stopped")),
+    )
+
+
 def _result(reason, status_lines, out, err, wall, limits, oom) -> SandboxResult:
     merged: dict = {}
     for line in status_lines:
         merged.update(line)
-    setup, result = merged.get("setup", {}), merged.get("result", {})
-    sig = result.get("signal")
-    cpu = result.get("cpu_s")
-    code = result.get("exit")
+    setup = {**merged.get("supervisor", {}), **merged.get("setup", {})}
+    end = _program_end(merged.get("result"))
+    timeout_reason = "wall" if reason == "timeout" else None
+    errors = [merged[k] for k in ("setup_error", "companion_setup_error") if k in merged]
     if reason is None:
-        if "setup_error" in merged or not result:
-            reason = "setup_error" if "setup_error" in merged else "signaled"
-        elif sig is not None:
-            # SIGKILL at the CPU rlimit (soft == hard) reads as a timeout, like the wall clock
-            cpu_hit = (
-                cpu is not None and cpu >= limits.cpu_s - 0.05 and sig in (signal.SIGKILL, signal.SIGXCPU)
-            )
-            reason = "timeout" if cpu_hit else "signaled"
+        if errors:
+            reason = "setup_error"
+        elif end is None:
+            reason = "signaled"  # the supervisor died before it reported
+        elif end.hit_cpu_limit:
+            reason, timeout_reason = "timeout", "cpu"
+        elif end.signal is not None:
+            reason = "signaled"
         else:
             reason = "exited"
     stderr = err.text()
-    if "setup_error" in merged:
-        stderr += f"\n[sandbox setup failed: {merged['setup_error']}]"
+    for error in errors:
+        stderr += f"\n[sandbox setup failed: {error}]"
+    if "supervisor_signal" in merged or "supervisor_exit" in merged:
+        how = merged.get("supervisor_signal", merged.get("supervisor_exit"))
+        stderr += f"\n[the sandbox supervisor ended early ({how})]"
     return SandboxResult(
         status=reason,
-        returncode=code if reason == "exited" else None,
-        signal=signal.Signals(sig).name if sig is not None else None,
+        returncode=end.exit if reason == "exited" and end is not None else None,
+        signal=end.signal if end is not None else None,
         stdout=out.text(),
         stderr=stderr,
         stdout_truncated=out.truncated,
         stderr_truncated=err.truncated,
         wall_s=wall,
-        cpu_s=cpu,
+        cpu_s=end.cpu_s if end is not None else None,
         oom_killed=oom,
         isolation=setup,
+        timeout_reason=timeout_reason,
+        companion=_program_end(merged.get("companion_result")),
+        companion_isolation=merged.get("companion_setup", {}),
     )
 
 
 @cache
 def isolation_support() -> dict:
     """What this host lets the sandbox do, probed once with a trivial program."""
-    res = run_python("pass", limits=Limits(wall_s=20, cpu_s=5))
+    res = run_python("pass", limits=Limits(wall_s=60, cpu_s=5))
     return {"status": res.status, **res.isolation}

@@ -16,7 +16,7 @@ from curation.dart.strategies import (
     normalised_difficulty,
     prop2diff_targets,
 )
-from curation.dart.types import Query, Response
+from curation.dart.types import Query, Response, Verdict
 from curation.dart.verifiers import AnswerVerifier
 
 Q = [0.9, 0.7, 0.5, 0.3, 0.1]  # success probability per query, easiest first
@@ -155,3 +155,53 @@ def test_the_same_seed_gives_the_same_samples() -> None:
     c = Uniform(k_u=3, n_max=50, batch=4).run(queries(), simulated(), seed=12).trials
     pd.testing.assert_frame_equal(a, b)
     assert a["correct"].tolist() != c["correct"].tolist()
+
+
+def test_unknown_verdicts_are_not_correct_and_are_counted_as_abstentions() -> None:
+    """Responses the math verifier cannot judge (no final answer, a reconsideration, a hedge that
+    names several values) are `unknown`: never kept, counted against the query in Prop2Diff's fail
+    rate, and reported per query and in the summary."""
+    frame = pd.DataFrame(
+        {
+            "query_id": ["a"] * 6 + ["b"] * 6,
+            "response": [
+                "So the answer is \\boxed{12}.",
+                "Therefore, there are 12 ways.",
+                "The answer is 12. Wait, I double counted, so let me recount the",  # unknown
+                "We get 3 and then 4 and then 12 and then 7.",  # unknown: several values
+                "\\boxed{13}",
+                "I am not sure.",  # unknown
+                "\\boxed{5}",
+                "no conclusion here",  # unknown
+                "The answer is 5.",
+                "\\boxed{5}",
+                "Thus x = 5.",
+                "\\boxed{6}",
+            ],
+        }
+    )
+    qs = [Query("a", "How many?", answer="12"), Query("b", "Solve.", answer="5")]
+    result = Prop2Diff(k_p=4, n_max=6, batch=6, n_d=6).run(qs, ReplayGenerator(frame), AnswerVerifier())
+    per_query = result.queries.set_index("query_id")
+    assert per_query["correct"].tolist() == [2, 4]
+    assert per_query["abstained"].tolist() == [3, 1]
+    assert per_query["difficulty"].tolist() == pytest.approx([1.0, (2 / 6) / (4 / 6)])
+    unknown = result.trials[result.trials["verdict"] == "unknown"]
+    assert len(unknown) == 4 and not unknown["correct"].any() and not unknown["kept"].any()
+    summary = result.summary()
+    assert summary["abstained"] == summary["verdict_unknown"] == 4
+    assert summary["correct"] == 6 and summary["verdict_pass"] == 6 and summary["verdict_fail"] == 2
+    assert summary["trials"] == 12 and summary["queries"] == 2 and summary["covered"] == 2
+
+
+class _Confused:
+    """A verifier that marks its abstentions correct: the strategy must not keep them."""
+
+    def verify(self, items):
+        return [Verdict(True, "unknown", "cannot tell") for _ in items]
+
+
+def test_an_abstention_is_never_kept_even_if_a_verifier_calls_it_correct() -> None:
+    frame = pd.DataFrame({"query_id": ["a"] * 3, "response": ["x"] * 3})
+    result = VRT(n_per_query=3).run([Query("a", "p", answer="1")], ReplayGenerator(frame), _Confused())
+    assert result.trials["kept"].sum() == 0 and result.summary()["abstained"] == 3
