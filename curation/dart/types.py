@@ -35,5 +35,5 @@ class Response:
 @dataclass(frozen=True)
 class Verdict:
     correct: bool
-    verdict: str  # pass | fail | timeout | error | no_answer | truncated
+    verdict: str  # pass | fail | unknown | timeout | error | truncated
     message: str = ""

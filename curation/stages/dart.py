@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from curation.dart import generators, strategies
 from curation.dart.types import Query
-from curation.dart.verifiers import MODES, AnswerVerifier
+from curation.dart.verifiers import MATH_VERIFIERS, MODES, AnswerVerifier, build_math_verifier
 from curation.stages import RunSpec, Stage, StageContext, load_examples
 from storage import Lake, Run, UserError
 from storage.fingerprint import model_reference
@@ -78,16 +78,29 @@ class DartParams(Params):
     )
     endpoint: str | None = param(None, "openai: server URL, e.g. http://127.0.0.1:8000/v1", optional(URL))
     api: str = param("chat", "openai: chat | completions", Choice(("chat", "completions")))
-    temperature: float = param(1.0, "sampling temperature (the paper: 1.6)", number(0, 100, "right"))
-    top_p: float = param(0.95, "nucleus sampling (the paper: 0.95)", number(0, 1, "right"))
-    max_new_tokens: int = param(512, "length limit; cut-off responses count as wrong", integer(1, 1_000_000))
+    # The paper's sampling: temperature 1.6, top_p 0.95, up to 2048 new tokens.
+    temperature: float = param(1.6, "sampling temperature", number(0, 100, "right"))
+    top_p: float = param(0.95, "nucleus sampling", number(0, 1, "right"))
+    max_new_tokens: int = param(2048, "length limit; cut-off responses count as wrong", integer(1, 1_000_000))
     gen_batch_size: int = param(8, "transformers: sequences per generate call", integer(1, 100_000))
     verify: str = param(
         "auto", "auto (recorded labels when present) | verify (always check) | recorded", Choice(MODES)
     )
     workers: int = param(2, "code sandboxes at a time", integer(1, 1024))
-    math_timeout_s: float = param(5.0, "seconds per math check", number(0, 3600, "right"))
-    code_timeout_s: float = param(6.0, "seconds per code check", number(0, 3600, "right"))
+    verifier: str = param(
+        "rule",
+        "math answers: rule (extraction + exact / symbolic comparison; abstains when unsure) | judge (an LLM "
+        "judge of final-answer equivalence) | rule+judge (the judge only where the rules abstain)",
+        Choice(MATH_VERIFIERS),
+    )
+    judge_endpoint: str | None = param(None, "judge: OpenAI-compatible server URL", optional(URL))
+    judge_model: str | None = param(None, "judge: the served model's name", optional(Text("a model name")))
+    math_timeout_s: float = param(5.0, "seconds per math comparison", number(0, 3600, "right"))
+    code_cpu_s: float = param(
+        3.0,
+        "CPU seconds per code check (a CPU-limit kill is a timeout; wall time is only a safety net)",
+        number(0, 3600, "right"),
+    )
     domains: list | None = param(None, "only these domains become queries", optional(Items(NAME, 1)))
     limit: int | None = param(None, "at most this many queries", optional(integer(1, 10**9)))
     seed: int = param(0, "sampling seed", SEED)
@@ -298,6 +311,7 @@ def _labels(result: strategies.DartResult) -> pd.DataFrame:
         ("dart_correct", "correct"),
         ("dart_kept", "kept"),
         ("dart_covered", "covered"),
+        ("dart_abstained", "abstained"),
     ):
         values = pd.to_numeric(
             q[column].astype("Float64") if column != "covered" else q[column].astype(float), errors="coerce"
@@ -315,20 +329,16 @@ def _labels(result: strategies.DartResult) -> pd.DataFrame:
 
 
 def _metrics(result: strategies.DartResult) -> pd.DataFrame:
-    q, t = result.queries, result.trials
-    rows = [
-        ("queries", "all", float(len(q))),
-        ("covered", "all", float(q["covered"].sum())),
-        ("uncovered", "all", float((~q["covered"]).sum())),
-        ("trials", "all", float(len(t))),
-        ("kept", "all", float(t["kept"].sum())),
-        ("correct", "all", float(t["correct"].sum())),
-    ]
-    rows += [("verdict", str(v), float(n)) for v, n in t["verdict"].value_counts().items()]
+    """Every total of the result (queries, covered, trials, correct, kept, abstained, truncated and each
+    verdict's count) under key `all`, and coverage per domain."""
+    q = result.queries
+    rows = [(name, "all", float(value)) for name, value in result.summary().items()]
+    rows.append(("uncovered", "all", float((~q["covered"]).sum())))
     for domain, group in q.groupby("domain"):
         rows += [
             ("covered", f"domain={domain}", float(group["covered"].sum())),
             ("kept", f"domain={domain}", float(group["kept"].sum())),
+            ("abstained", f"domain={domain}", float(group["abstained"].sum())),
         ]
     return pd.DataFrame(rows, columns=["name", "key", "value"])
 
@@ -347,6 +357,12 @@ class DartSampling(Stage):
         versions = ctx.dataset_versions(self.name)
         examples = load_examples(ctx.lake, versions)
         gen_inputs, model, generator = generator_source(ctx.lake, p)
+        math_verifier = build_math_verifier(
+            p["verifier"],
+            endpoint=p["judge_endpoint"],
+            model=p["judge_model"],
+            timeout_s=p["math_timeout_s"],
+        )
         queries = select_queries(
             queries_from_examples(examples, p["domains"]), generator, p, ctx.datasets, ctx.quiet
         )
@@ -356,7 +372,7 @@ class DartSampling(Stage):
             p,
             {"sources": versions, **gen_inputs},
             model,
-            context={"queries": queries, "generator": generator},
+            context={"queries": queries, "generator": generator, "math_verifier": math_verifier},
         )
 
     def execute(self, ctx: StageContext, run: Run, spec: RunSpec) -> None:
@@ -365,9 +381,12 @@ class DartSampling(Stage):
         p = spec.params
         queries = spec.context["queries"]
         generator = spec.context["generator"] or build_generator(p, ctx.resolved_device())
-        limits = replace(DEFAULT_LIMITS, wall_s=p["code_timeout_s"], cpu_s=max(1.0, p["code_timeout_s"] / 2))
         verifier = AnswerVerifier(
-            p["verify"], workers=p["workers"], math_timeout_s=p["math_timeout_s"], code_limits=limits
+            p["verify"],
+            workers=p["workers"],
+            math_timeout_s=p["math_timeout_s"],
+            code_limits=replace(DEFAULT_LIMITS, cpu_s=p["code_cpu_s"]),
+            math_verifier=spec.context["math_verifier"],
         )
         try:
             progress = None if ctx.quiet else _progress
@@ -414,10 +433,10 @@ def _progress(rounds: int, queries: int, trials: int) -> None:
 
 
 def _report(result: strategies.DartResult, out_name: str | None) -> None:
-    q = result.queries
+    totals = result.summary()
     print(
-        f"dart: {len(q)} queries, {len(result.trials)} trials, {int(result.trials['kept'].sum())} responses kept, "
-        f"{int(q['covered'].sum())} covered"
+        f"dart: {totals['queries']} queries, {totals['trials']} trials, {totals['kept']} responses kept, "
+        f"{totals['covered']} covered; the verifier abstained on {totals['abstained']} (not kept)"
     )
     if result.uncovered:
         shown = ", ".join(result.uncovered[:10]) + (" ..." if len(result.uncovered) > 10 else "")

@@ -93,6 +93,12 @@ _RECONSIDER = re.compile(
     r"(?:mistake|error)|that'?s (?:not right|wrong)|redo(?:ing)?|on second thought|let'?s double)\b",
     re.IGNORECASE,
 )
+# A closing claim that hedges ("it could be 3 or 7", "x = 7?", "... I am not sure") commits to nothing.
+_HEDGE = re.compile(
+    r"\b(?:could be|might be|may be|maybe|perhaps|possibly|probably|not (?:sure|certain)|unsure|uncertain|"
+    r"i guess|i think|i believe|not confident|either)\b|\?\s*$",
+    re.IGNORECASE,
+)
 _MATH_SEGMENT = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
 _THINK_END = "</think>"
 
@@ -207,16 +213,17 @@ def _anchored(text: str) -> tuple[int, int, str, str] | None:
 def _closing_claim(text: str) -> tuple[int, int, str | None, bool] | None:
     """The last unit with a value, skipping checks and units without one (at most 4): (start, end,
     claim or None when ambiguous, whether a conclusion word leads it)."""
-    skipped = 0
+    skipped, hedged = 0, False
     for start, end, unit in reversed(_units(text)):
         after_comma = text[max(0, start - 2) : start].startswith(",")
         if len(unit) > MAX_UNIT_CHARS or _CHECK.search(unit) or (after_comma and _CONDITION.match(unit)):
             skipped += 1
         else:
             value = _claim(unit)
+            hedged = hedged or bool(_HEDGE.search(unit))
             if value is not _NOTHING:
                 led = bool(_CONCLUSION.match(re.sub(r"^[\s*#>-]+", "", unit)))
-                return start, end, value, led
+                return start, end, None if hedged else value, led
             skipped += 1
         if skipped > 4:
             return None

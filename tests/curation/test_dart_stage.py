@@ -112,7 +112,7 @@ def test_transformers_backend_samples_every_query(toy, dart_tiny_model_dir: Path
     )
     samples = lake.table("samples", "run_id = ?", [run_id])
     assert len(samples) == 6 and set(samples["generator"]) == {"transformers"}
-    assert set(samples["verdict"]) <= {"pass", "fail", "no_answer", "truncated", "timeout"}
+    assert set(samples["verdict"]) <= {"pass", "fail", "unknown", "error", "truncated", "timeout"}
     record = lake.run_record(run_id)
     assert record["model"].startswith(str(dart_tiny_model_dir.resolve()))
 
@@ -208,3 +208,45 @@ def test_a_bad_option_exits_with_status_2_and_one_line(toy) -> None:
         .splitlines()[-1]
         .startswith("error: --strategy: expected one of vrt, uniform, prop2diff")
     )
+
+
+def test_abstentions_are_never_kept_and_are_counted_in_the_lake(toy, tmp_path: Path) -> None:
+    """A response without a clear final answer is `unknown`: not kept, counted per query and in total."""
+    lake, _, rows = toy
+    math = [r for r in rows if r["domain"] == "math"][:3]
+    replay = tmp_path / "replay.jsonl"
+    lines = []
+    for r in math:
+        lines.append(
+            {"query_id": r["id"], "trial": 0, "response": f"So the answer is \\boxed{{{r['answer']}}}."}
+        )
+        # hedged: two candidate answers and no commitment
+        lines.append(
+            {"query_id": r["id"], "trial": 1, "response": "It could be 3 or it could be 7; I am not sure."}
+        )
+    replay.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    run_id = run_dart(lake, strategy="vrt", n_per_query=2, replay=str(replay), verify="verify")
+    samples = lake.table("samples", "run_id = ?", [run_id]).set_index(["query_id", "trial"])
+    for r in math:
+        assert samples.loc[(r["id"], 0), "verdict"] == "pass" and samples.loc[(r["id"], 0), "kept"]
+        assert samples.loc[(r["id"], 1), "verdict"] == "unknown" and not samples.loc[(r["id"], 1), "kept"]
+    metrics = lake.table("metrics", "run_id = ? AND key = 'all'", [run_id]).set_index("name")["value"]
+    assert metrics["abstained"] == 3 and metrics["kept"] == 3 and metrics["verdict_unknown"] == 3
+    labels = lake.table("labels", "run_id = ? AND name = 'dart_abstained'", [run_id])
+    assert sorted(labels["value"]) == [1.0, 1.0, 1.0]
+
+
+def test_a_judge_verifier_needs_its_endpoint_before_anything_runs(toy) -> None:
+    lake, replay, _ = toy
+    before = len(lake.runs())
+    with pytest.raises(UserError, match="verifier judge needs judge_endpoint and judge_model"):
+        run_dart(lake, replay=str(replay), verifier="judge")
+    with pytest.raises(UserError, match="no answer"):
+        run_dart(
+            lake,
+            replay=str(replay),
+            verifier="rule+judge",
+            judge_endpoint="http://127.0.0.1:9",
+            judge_model="m",
+        )
+    assert len(lake.runs()) == before

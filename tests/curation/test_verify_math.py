@@ -264,3 +264,18 @@ def test_the_verifier_runs_in_worker_processes() -> None:
     with ProcessPoolExecutor(1, mp_context=ctx) as pool:
         verdict = pool.submit(check_answer, "so \\boxed{50\\%}", "0.5").result(timeout=180)
     assert verdict.verdict == "pass"
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        "It could be 3 or it could be 7; I am not sure.",
+        "Let me think. x = 3 or x = 7?",
+        "So the answer might be 7, but I am not certain.",
+        "Perhaps the total is 7.",
+        "The count is probably 7.",
+    ],
+)
+def test_a_hedged_closing_claim_is_an_abstention_not_a_pass(response: str) -> None:
+    """A response that names the gold value without committing to it must not pass."""
+    assert check_answer(response, "7").verdict == "unknown"
