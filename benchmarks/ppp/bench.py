@@ -243,7 +243,7 @@ def scale(n: int) -> list[dict]:
                 f"BLAS/OpenMP threads: {THREADS}; 1-minute load average at the end: {load:.1f} (the machine "
                 f"is shared). PPP: {len(model.tree_)} candidate clusters examined, {splits} splits accepted, "
                 f"{len(model.merges_)} merges afterwards; full-covariance GMMs in reduced spaces of at most 16 "
-                "dimensions, up to 12 candidate splits per cluster. The sweep and PPP both label every point; "
+                "dimensions, up to 12 candidate splits per cluster of which 3 are tested with EM. The sweep and PPP both label every point; "
                 "the sweep's time includes that labelling."
             ),
         },
