@@ -5,31 +5,44 @@ model validates the partitions, the result does not depend on initial conditions
 clusters is given. Everything below is our reading (see ../shared/METHODS.md), with every
 threshold a parameter:
 
-1. Top-down: start with one cluster. A candidate cluster is split in two by 2-means whose starting
-   points are deterministic: for each of the `n_directions` leading principal directions, the
-   cluster is cut at the mean and at the deepest valley of the projected density; Lloyd runs from
-   each cut and the split with the lowest within-cluster sum of squares wins. Cutting only at the
-   mean (classic principal-direction bisection) slices through the middle blob of three in a row,
-   a fixed point Lloyd never leaves; the density valley does not.
-2. The split is validated with a 2-component GMM initialised from the two halves. It is accepted
-   when BIC prefers two components to one by more than `bic_margin`, the GMM's labels agree with
-   the k-means labels on at least `min_agreement` of the points, and both halves have at least
-   `min_cluster_size` points (and a `min_cluster_fraction` of all points). "Agree" is by default
-   *nested* agreement (see `agreement()`): on a node that still holds several clusters the GMM
-   often settles on another clean 2-partition (one cluster against the rest) that only refines
-   one k-means half; plain agreement would then stop the descent far too early (we measured it
-   on blobs: 1 cluster found for 6 or 8).
-3. Accepted halves are split again; rejected clusters are final. The number of clusters falls out.
+1. Top-down: start with one cluster. A candidate cluster is first reduced to its principal
+   components: those that carry `variance_kept` (95%) of its variance, at most `max_components`
+   (16) and at most as many as its size supports (`points_per_parameter`). Clustering raw 384-d embeddings needs this: a full-covariance GMM there has 74k
+   parameters per component, a diagonal one cannot see correlated directions (a diagonal GMM
+   shatters one correlated Gaussian into dozens of "clusters").
+2. Candidate splits are deterministic 2-means runs: for each of the `n_directions` (3) leading
+   principal directions the cluster is cut at the mean and at the deepest valley of the projected
+   density, and Lloyd runs from each cut both in the reduced space and in its whitened version
+   (each component scaled to unit variance); the `n_tested` (3) whose halves fit two Gaussians best
+   (in closed form) go on to the GMM test. Plain 2-means prefers to cut an elongated cluster
+   across its long axis; in the whitened space, or from the cut along a minor direction, the
+   split between two parallel elongated clusters is found. Cutting only at the mean slices the
+   middle blob of three in a row, a fixed point Lloyd never leaves; the density valley does not.
+3. Each candidate is tested with GMMs (full covariance by default) in the reduced space: a
+   1-component fit against a 2-component fit initialised from the two halves. A candidate passes
+   when BIC prefers two components by more than `bic_margin`, the GMM's labels agree with the
+   k-means labels on at least `min_agreement` of the points ("nested" agreement, see
+   `agreement()`), the projection on the two halves' discriminant direction is not unimodal
+   (Hartigan's dip test, p <= `dip_alpha`), and both halves hold at least `min_cluster_size`
+   points (and a `min_cluster_fraction` of all points). Of the passing candidates the one with
+   the largest BIC gain is the split. The dip test is what keeps data without cluster structure
+   in one piece: a mixture of two Gaussians fits a uniform box, or any skewed or flat-topped
+   cloud, better than one Gaussian, so BIC alone keeps splitting such data (a full-GMM BIC
+   sweep on uniform data picks many components); a unimodal projection says the two halves are
+   no two clusters.
+4. Accepted halves are split again; rejected clusters are final. The number of clusters falls out.
    The "most separable set" is the accepted split with the largest BIC gain (`most_separable_`).
-4. Large clusters (more than `minibatch_threshold` points) are split with MiniBatchKMeans started
-   from the best cut of a deterministic sample, and the GMMs are fitted on a sample of at most
-   `sample_size` points; every point is then assigned by the final 2-means hyperplane.
-5. (ours) A hard cut high in the tree leaves tail points of a cluster on the wrong side, for
+5. Large clusters: the reduced space, the candidates and the GMMs use a deterministic (strided)
+   sample of at most `sample_size` points; the chosen split's centres are then refined on all of
+   the cluster's points (exact Lloyd, MiniBatchKMeans above `minibatch_threshold` points) and
+   every point is assigned by the resulting hyperplane.
+6. (ours) A hard cut high in the tree leaves tail points of a cluster on the wrong side, for
    good; on large data they are many, they form small clusters of their own and make BIC split
    the cluster they landed in. So after the descent: Lloyd over all leaves at once, started from
-   their means, moves them back; then each cluster is merged with its nearest neighbour when the
-   pair fails the split test (BIC, agreement, sizes), and the two steps repeat until nothing
-   merges. On well separated data nothing merges and the tree's count stands.
+   their means, moves them back, with distances measured in the pooled within-cluster metric
+   (`within_metric`; Euclidean distance would cut elongated clusters across); then each cluster is merged with its nearest neighbour when the
+   pair fails the split test (BIC, agreement, dip test, sizes), and the two steps repeat until
+   nothing merges. On well separated data nothing merges and the tree's count stands.
 
 The labels are k-means labels (the GMM only validates). Clusters are numbered in the order of
 their path in the tree (left before right), so the numbering is deterministic too.
@@ -37,12 +50,14 @@ their path in the tree (left before right), so the numbering is deterministic to
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+import diptest
 import numpy as np
 from scipy import sparse
 from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.cluster import MiniBatchKMeans
+from sklearn.covariance import ledoit_wolf
 from sklearn.mixture import GaussianMixture
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -55,9 +70,92 @@ class Node:
     size: int
     accepted: bool = False
     reason: str = ""  # why a split was rejected ("" when accepted)
-    bic_gain: float = float("nan")  # BIC(1 component) - BIC(2 components)
+    bic_gain: float = float("nan")  # BIC(1 component) - BIC(2 components) of the chosen candidate
     agreement: float = float("nan")  # share of points where GMM and k-means labels agree
-    centers: np.ndarray | None = field(default=None, repr=False)  # the two 2-means centres
+    dip_pvalue: float = float("nan")  # dip test of the projection on the halves' discriminant
+    n_components: int = 0  # principal components of the reduced space
+    candidate: str = ""  # the chosen start, e.g. "pc1 valley, whitened"
+
+
+@dataclass
+class ReducedSpace:
+    """A cluster's leading principal components: coordinates `(X - mean) @ components`, and the
+    components' standard deviations (`scales`) for the whitened version."""
+
+    mean: np.ndarray
+    components: np.ndarray  # (n_features, k)
+    scales: np.ndarray  # (k,)
+
+    def project(self, X: np.ndarray, whiten: bool = False, chunk: int = 65536) -> np.ndarray:
+        out = np.empty((len(X), self.components.shape[1]))
+        for start in range(0, len(X), chunk):
+            out[start : start + chunk] = (X[start : start + chunk] - self.mean) @ self.components
+        return out / self.scales if whiten else out
+
+
+def components_supported(n: int, points_per_parameter: float) -> int:
+    """The most dimensions k in which n points give a full-covariance Gaussian (k + k(k+1)/2
+    parameters) at least `points_per_parameter` points per parameter (at least 1)."""
+    budget = n / points_per_parameter
+    k = int((np.sqrt(9 + 8 * budget) - 3) / 2)  # the largest k with k(k+3)/2 <= budget
+    return max(1, k)
+
+
+def reduced_space(
+    S: np.ndarray, variance_kept: float, max_components: int, points_per_parameter: float = 0.0
+) -> ReducedSpace | None:
+    """The principal components of S that carry `variance_kept` of its variance, at most
+    `max_components`, at most what len(S) points support (`components_supported`, when
+    `points_per_parameter` > 0) and fewer than len(S); None when S has no spread."""
+    mean = S.mean(axis=0, dtype=np.float64)
+    C = S - mean
+    # eigenvectors of the covariance (d x d): cheaper than an SVD of S for tall data
+    evals, evecs = np.linalg.eigh(C.T @ C / len(S))
+    order = np.argsort(evals)[::-1]
+    evals, evecs = evals[order], evecs[:, order]
+    positive = evals > 1e-12 * max(float(evals[0]), 1e-300)
+    if not positive.any() or evals[0] <= 0:
+        return None
+    evals, evecs = evals[positive], evecs[:, positive]
+    share = np.cumsum(evals) / evals.sum()
+    k = int(np.searchsorted(share, variance_kept - 1e-12) + 1)
+    k = min(k, int(max_components), len(S) - 1, len(evals))
+    if points_per_parameter > 0:
+        k = min(k, components_supported(len(S), points_per_parameter))
+    k = max(1, k)
+    evecs = evecs[:, :k]
+    # fix each component's sign: results must not depend on the eigen-solver's choice
+    evecs = evecs * np.sign(evecs[np.argmax(np.abs(evecs), axis=0), np.arange(k)])
+    return ReducedSpace(mean, evecs, np.sqrt(evals[:k]))
+
+
+def hard_split_gain(Zw: np.ndarray, lab: np.ndarray, reg: float) -> float:
+    """Log-likelihood gain of two Gaussians fitted to the two halves (full covariances, each half's own
+    MLE, mixing weights the halves' shares) over one Gaussian fitted to all: the classification
+    likelihood of the split, in closed form. Ranks candidates before any EM runs."""
+
+    def logdet(part: np.ndarray) -> float:
+        cov = np.atleast_2d(np.cov(part, rowvar=False, bias=True)) + reg * np.eye(Zw.shape[1])
+        return float(np.linalg.slogdet(cov)[1])
+
+    n = len(Zw)
+    gain = 0.5 * n * logdet(Zw)
+    for side in (0, 1):
+        part = Zw[lab == side]
+        gain += len(part) * np.log(len(part) / n) - 0.5 * len(part) * logdet(part)
+    return float(gain)
+
+
+def _dip_pvalue(Zw: np.ndarray, lab: np.ndarray, reg: float) -> float:
+    """Hartigan's dip test p-value of the projection on the two halves' discriminant direction."""
+    parts = [Zw[lab == j] for j in (0, 1)]
+    within = sum(np.atleast_2d(np.cov(p, rowvar=False, bias=True)) * len(p) for p in parts) / len(Zw)
+    gap = parts[1].mean(axis=0) - parts[0].mean(axis=0)
+    direction = np.linalg.solve(within + reg * np.eye(len(gap)), gap)
+    proj = Zw @ direction
+    if np.ptp(proj) <= 0:
+        return 1.0
+    return float(diptest.diptest(proj)[1])
 
 
 def _strided(n: int, m: int) -> np.ndarray:
@@ -144,6 +242,21 @@ def _refine(X: np.ndarray, centers: np.ndarray, max_iter: int) -> tuple[np.ndarr
     return centers, labels, keep
 
 
+def within_metric(X: np.ndarray, labels: np.ndarray, centers: np.ndarray, sample_size: int) -> np.ndarray:
+    """T such that `X @ T` has the identity as its pooled within-cluster covariance.
+
+    Nearest-centre assignment in that space is linear discriminant analysis: it keeps two
+    parallel elongated clusters apart where Euclidean distance (plain Lloyd) would cut both across
+    their long axis. The covariance is Ledoit-Wolf shrunk (computed on a strided sample), so it
+    stays invertible when there are fewer points than features."""
+    idx = _strided(len(X), sample_size)
+    residuals = X[idx] - centers[labels[idx]]
+    cov = ledoit_wolf(residuals.astype(np.float64), assume_centered=True)[0]
+    cov += 1e-12 * max(float(np.trace(cov)) / len(cov), 1e-300) * np.eye(len(cov))
+    lower = np.linalg.cholesky(cov)
+    return np.linalg.inv(lower).T.astype(X.dtype)  # x @ inv(L).T = inv(L) x: identity covariance
+
+
 def _valley(proj: np.ndarray, bins: int) -> float | None:
     """The deepest interior minimum of a smoothed histogram of a 1-D projection, if any."""
     hist, edges = np.histogram(proj, bins=bins)
@@ -199,8 +312,22 @@ def _gmm_precisions(X: np.ndarray, lab: np.ndarray, covariance_type: str, reg: f
     raise ValueError(f"covariance_type must be 'diag', 'spherical' or 'full', got {covariance_type!r}")
 
 
+@dataclass
+class Candidate:
+    """One tested split of a cluster's sample."""
+
+    name: str
+    whiten: bool
+    centers: np.ndarray  # the two 2-means centres, in the (whitened or not) reduced space
+    labels: np.ndarray  # on the sample
+    bic_gain: float = float("nan")
+    agreement: float = float("nan")
+    dip_pvalue: float = float("nan")
+
+
 class PPP(ClusterMixin, BaseEstimator):
-    """Top-down clustering: deterministic 2-means splits validated by a 2-component GMM.
+    """Top-down clustering: deterministic 2-means splits validated by 2-component GMMs in each
+    cluster's principal subspace.
 
     Parameters (defaults are ours; the paper's could not be read)
     ----------
@@ -211,8 +338,20 @@ class PPP(ClusterMixin, BaseEstimator):
         the wrong side, enough for BIC to see a second component.
     min_agreement : least share of points on which the GMM's and k-means' labels agree (0.9).
     bic_margin : BIC(1 component) - BIC(2 components) must exceed this (0.0).
-    covariance_type : GMM covariance, "diag" (default), "spherical" or "full". "full" needs many
-        more points than dimensions per cluster.
+    dip_alpha : a split needs Hartigan's dip test to reject unimodality of the projection on the
+        halves' discriminant direction at this p-value (0.001); None switches the test off
+        (then data without clusters, e.g. uniform, is split wherever a mixture fits better).
+    covariance_type : GMM covariance, "full" (default), "diag" or "spherical"; the GMMs are fitted
+        in the whitened reduced space, where "full" is invariant to any linear change of the
+        features.
+    variance_kept, max_components : each cluster's reduced space keeps the leading principal
+        components that carry this share of its variance (0.95), at most this many (16).
+    points_per_parameter : and at most as many as give a full-covariance Gaussian this many points
+        per parameter (10): 240 points support 5 dimensions, 2,000 points 18. Without it BIC's
+        penalty for a full covariance in 16 dimensions (153 parameters) drowns the split of two
+        well separated clusters of 120 points each.
+    whiten : candidate 2-means runs in the reduced space and in its whitened version ("both",
+        default), or only one of them (False / True).
     max_clusters : stop splitting at this many clusters (64).
     agreement : how GMM and k-means labels are compared (see `agreement()`). "nested" (default):
         the GMM may carve one k-means half further (on a node holding several clusters, one
@@ -220,22 +359,26 @@ class PPP(ClusterMixin, BaseEstimator):
         cross the cut both ways, and both its components must be of cluster size (a single
         cluster plus a few stray points is no split). "exact": the plain share of
         points with the same label.
-    n_directions : principal directions tried as starting cuts (2).
+    n_directions : principal directions tried as starting cuts (3).
+    n_tested : candidates tested with EM, those whose two halves fit two Gaussians best in closed form
+        (`hard_split_gain`) (3 of up to 12).
     valley_bins : histogram bins for the density-valley cut (32).
     kmeans_max_iter, kmeans_tol : Lloyd iterations and relative centre-shift tolerance.
     gmm_max_iter, gmm_tol, reg_covar : passed to scikit-learn's GaussianMixture.
-    sample_size : most points a GMM (and the starting cuts on large clusters) are fitted on (20000).
-    minibatch_threshold : clusters larger than this use MiniBatchKMeans (100000).
+    sample_size : most points the reduced space, the candidates and the GMMs are fitted on (20000).
+    minibatch_threshold : clusters larger than this refine their split with MiniBatchKMeans (100000).
     batch_size : MiniBatchKMeans batch size (4096).
     refine_iter : Lloyd iterations over all final clusters at once, started from the leaf means
         (10; 0 keeps the tree's own assignment).
     merge : after refining, merge each cluster with its nearest neighbour while the pair fails the
         split test (True).
-    random_state : seeds MiniBatchKMeans' batch order only; small data never touch it.
+    random_state : seeds MiniBatchKMeans' batch order only; data below `minibatch_threshold`
+        never touch it.
 
     Attributes
     ----------
-    labels_, n_clusters_, cluster_centers_ (the centres labels_ are nearest to), tree_ (list of
+    labels_, n_clusters_, cluster_centers_ (the cluster means), metric_ (the linear map in whose
+    image labels_ are the nearest centres: the pooled within-cluster covariance whitened), tree_ (list of
     Node, one per candidate cluster), cluster_paths_ (the tree leaves behind each cluster),
     merges_ (pairs of leaf groups merged afterwards), most_separable_ (the path of the accepted
     split with the largest BIC gain, None when nothing was split).
@@ -247,10 +390,16 @@ class PPP(ClusterMixin, BaseEstimator):
         min_cluster_fraction: float = 0.002,
         min_agreement: float = 0.9,
         bic_margin: float = 0.0,
-        covariance_type: str = "diag",
+        dip_alpha: float | None = 0.001,
+        covariance_type: str = "full",
+        variance_kept: float = 0.95,
+        max_components: int = 16,
+        points_per_parameter: float = 10.0,
+        whiten: bool | str = "both",
         max_clusters: int = 64,
         agreement: str = "nested",
-        n_directions: int = 2,
+        n_directions: int = 3,
+        n_tested: int = 3,
         valley_bins: int = 32,
         kmeans_max_iter: int = 100,
         kmeans_tol: float = 1e-8,
@@ -268,10 +417,16 @@ class PPP(ClusterMixin, BaseEstimator):
         self.min_cluster_fraction = min_cluster_fraction
         self.min_agreement = min_agreement
         self.bic_margin = bic_margin
+        self.dip_alpha = dip_alpha
         self.covariance_type = covariance_type
+        self.variance_kept = variance_kept
+        self.max_components = max_components
+        self.points_per_parameter = points_per_parameter
+        self.whiten = whiten
         self.max_clusters = max_clusters
         self.agreement = agreement
         self.n_directions = n_directions
+        self.n_tested = n_tested
         self.valley_bins = valley_bins
         self.kmeans_max_iter = kmeans_max_iter
         self.kmeans_tol = kmeans_tol
@@ -286,51 +441,40 @@ class PPP(ClusterMixin, BaseEstimator):
         self.random_state = random_state
 
     # -- one split -----------------------------------------------------------------------
-    def _initial_cuts(self, S: np.ndarray) -> list[np.ndarray]:
-        """Deterministic starting centre pairs from the leading principal directions of S."""
-        mean = S.mean(axis=0)
-        C = S - mean
-        # eigenvectors of the covariance (d x d): cheaper than an SVD of S for tall data
-        evals, evecs = np.linalg.eigh(C.T @ C)
-        order = np.argsort(evals)[::-1][: self.n_directions]
-        starts = []
-        for j in order:
-            if evals[j] <= 1e-12 * max(evals.max(), 1e-300):
-                continue
-            v = evecs[:, j]
-            v = v * np.sign(v[np.argmax(np.abs(v))])  # fix the sign: results must not depend on it
-            proj = C @ v
-            cuts = [0.0]
+    def _spaces(self) -> tuple[bool, ...]:
+        if self.whiten == "both":
+            return (False, True)
+        if isinstance(self.whiten, bool | np.bool_):
+            return (bool(self.whiten),)
+        raise ValueError(f"whiten must be 'both', True or False, got {self.whiten!r}")
+
+    def _candidates(self, Z: np.ndarray, scales: np.ndarray) -> list[Candidate]:
+        """Deterministic 2-means runs from cuts along the leading principal directions (distinct
+        partitions only)."""
+        out: list[Candidate] = []
+        seen: set[bytes] = set()
+        for j in range(min(self.n_directions, Z.shape[1])):
+            proj = Z[:, j]
+            cuts = [("mean", float(proj.mean()))]
             valley = _valley(proj, self.valley_bins)
             if valley is not None:
-                cuts.append(valley)
-            for t in cuts:
+                cuts.append(("valley", valley))
+            for cut_name, t in cuts:
                 left = proj <= t
                 if left.all() or not left.any():
                     continue
-                starts.append(np.stack([S[left].mean(axis=0), S[~left].mean(axis=0)]))
-        return starts
-
-    def _two_means(self, X: np.ndarray) -> np.ndarray | None:
-        """Best 2-means centres over the deterministic starts (MiniBatchKMeans on large data)."""
-        large = len(X) > self.minibatch_threshold
-        S = X[_strided(len(X), self.sample_size)] if large else X
-        best, best_sse = None, np.inf
-        for start in self._initial_cuts(S):
-            centers, sse = _lloyd2(S, start, self.kmeans_max_iter, self.kmeans_tol)
-            if sse < best_sse - 1e-12 * abs(sse):
-                best, best_sse = centers, sse
-        if best is None or not large:
-            return best
-        mbk = MiniBatchKMeans(
-            n_clusters=2,
-            init=best,
-            n_init=1,
-            batch_size=self.batch_size,
-            max_iter=self.kmeans_max_iter,
-            random_state=self.random_state,
-        ).fit(X)
-        return mbk.cluster_centers_
+                for whiten in self._spaces():
+                    W = Z / scales if whiten else Z
+                    start = np.stack([W[left].mean(axis=0), W[~left].mean(axis=0)])
+                    centers, _ = _lloyd2(W, start, self.kmeans_max_iter, self.kmeans_tol)
+                    lab = _hyperplane_labels(W, centers)
+                    key = np.packbits(lab ^ lab[0]).tobytes()  # the partition, whatever the side names
+                    if key in seen or lab.min() == lab.max():
+                        continue
+                    seen.add(key)
+                    name = f"pc{j} {cut_name}" + (", whitened" if whiten else "")
+                    out.append(Candidate(name, whiten, centers, lab))
+        return out
 
     def _gmm(self, n_components: int, **init) -> GaussianMixture:
         return GaussianMixture(
@@ -344,43 +488,106 @@ class PPP(ClusterMixin, BaseEstimator):
             **init,
         )
 
-    def _validate(self, S: np.ndarray, lab: np.ndarray, min_size: int) -> tuple[float, float]:
-        """On sample S: the BIC gain of 2 over 1 components and the GMM / k-means agreement
-        (min_size: the smallest GMM component, in sample points, that counts as a cluster)."""
+    def _gmm_space(self, Z: np.ndarray, scales: np.ndarray) -> np.ndarray:
+        """Where the GMMs are fitted: the whitened reduced space (a full or diagonal covariance is
+        indifferent to the components' scales, and reg_covar becomes relative to them), or the
+        reduced space itself for spherical covariances, which whitening would make fit any data."""
+        return Z if self.covariance_type == "spherical" else Z / scales
+
+    def _test(
+        self, Zw: np.ndarray, lab: np.ndarray, one_bic: float, min_size: int
+    ) -> tuple[float, float, float]:
+        """On a sample Zw (see `_gmm_space`): the BIC gain of 2 over 1 components (one_bic: the 1-component
+        BIC), the GMM / k-means agreement and the dip test's p-value (min_size: the smallest GMM
+        component, in sample points, that counts as a cluster)."""
         sizes = np.bincount(lab, minlength=2)
-        one = self._gmm(1).fit(S)
         two = self._gmm(
             2,
             weights_init=sizes / sizes.sum(),
-            means_init=np.stack([S[lab == 0].mean(axis=0), S[lab == 1].mean(axis=0)]),
-            precisions_init=_gmm_precisions(S, lab, self.covariance_type, self.reg_covar),
-        ).fit(S)
-        gain = float(one.bic(S) - two.bic(S))
-        return gain, agreement(lab, two.predict(S), nested=self.agreement == "nested", min_size=min_size)
+            means_init=np.stack([Zw[lab == 0].mean(axis=0), Zw[lab == 1].mean(axis=0)]),
+            precisions_init=_gmm_precisions(Zw, lab, self.covariance_type, self.reg_covar),
+        ).fit(Zw)
+        gain = float(one_bic - two.bic(Zw))
+        agree = agreement(lab, two.predict(Zw), nested=self.agreement == "nested", min_size=min_size)
+        dip = _dip_pvalue(Zw, lab, self.reg_covar) if self.dip_alpha is not None else 0.0
+        return gain, agree, dip
+
+    def _failure(self, c: Candidate) -> str:
+        """Why a tested candidate is no split ("" when it is one)."""
+        if not c.bic_gain > self.bic_margin:
+            return "BIC prefers one component"
+        if c.agreement < self.min_agreement:
+            return f"GMM agrees on {c.agreement:.3f} < {self.min_agreement}"
+        if self.dip_alpha is not None and c.dip_pvalue > self.dip_alpha:
+            return f"unimodal along the split (dip test p = {c.dip_pvalue:.3g} > {self.dip_alpha})"
+        return ""
+
+    def _best_candidate(
+        self, Z: np.ndarray, space: ReducedSpace, sample_min: int
+    ) -> tuple[Candidate | None, str]:
+        """The passing candidate with the largest BIC gain, else the best failing one and its reason."""
+        Zw = self._gmm_space(Z, space.scales)
+        candidates = [
+            c
+            for c in self._candidates(Z, space.scales)
+            if np.bincount(c.labels, minlength=2).min() >= sample_min
+        ]
+        if not candidates:
+            return None, f"a half has fewer than {sample_min} points"
+        # EM for the few candidates whose halves fit two Gaussians best (the GMM fits are most of the time)
+        candidates.sort(key=lambda c: -hard_split_gain(Zw, c.labels, self.reg_covar))
+        candidates = candidates[: self.n_tested]
+        one_bic = float(self._gmm(1).fit(Zw).bic(Zw))
+        for c in candidates:
+            c.bic_gain, c.agreement, c.dip_pvalue = self._test(Zw, c.labels, one_bic, sample_min)
+        passing = [c for c in candidates if not self._failure(c)]
+        best = max(passing or candidates, key=lambda c: c.bic_gain)
+        return best, self._failure(best)
 
     def _split(self, X: np.ndarray, node: Node, min_size: int) -> np.ndarray | None:
         """Labels (0/1) of an accepted split of X, or None; records the decision on `node`."""
         if node.size < 2 * min_size:
             node.reason = "too small to split"
             return None
-        centers = self._two_means(X)
-        if centers is None:
+        idx = _strided(len(X), self.sample_size)
+        space = reduced_space(X[idx], self.variance_kept, self.max_components, self.points_per_parameter)
+        if space is None:
             node.reason = "no spread"
             return None
-        lab = _hyperplane_labels(X, centers)
-        node.centers = centers
+        node.n_components = space.components.shape[1]
+        sample_min = max(1, int(np.ceil(min_size * len(idx) / len(X))))  # min_size on the sample's scale
+        best, reason = self._best_candidate(space.project(X[idx]), space, sample_min)
+        if best is None:
+            node.reason = reason
+            return None
+        node.bic_gain, node.agreement, node.dip_pvalue = best.bic_gain, best.agreement, best.dip_pvalue
+        node.candidate = best.name
+        if reason:
+            node.reason = reason
+            return None
+        if len(idx) == len(X):
+            lab = best.labels
+        else:  # refine the sample's split on every point of the cluster
+            W = space.project(X, best.whiten)
+            if len(X) > self.minibatch_threshold:
+                centers = (
+                    MiniBatchKMeans(
+                        n_clusters=2,
+                        init=best.centers,
+                        n_init=1,
+                        batch_size=self.batch_size,
+                        max_iter=self.kmeans_max_iter,
+                        random_state=self.random_state,
+                    )
+                    .fit(W)
+                    .cluster_centers_
+                )
+            else:
+                centers, _ = _lloyd2(W, best.centers, self.kmeans_max_iter, self.kmeans_tol)
+            lab = _hyperplane_labels(W, centers)
         sizes = np.bincount(lab, minlength=2)
         if sizes.min() < min_size:
             node.reason = f"a half has {sizes.min()} < {min_size} points"
-            return None
-        idx = _strided(len(X), self.sample_size)
-        sample_min = max(1, int(np.ceil(min_size * len(idx) / len(X))))  # min_size on the sample's scale
-        node.bic_gain, node.agreement = self._validate(X[idx], lab[idx], sample_min)
-        if node.bic_gain <= self.bic_margin:
-            node.reason = "BIC prefers one component"
-            return None
-        if node.agreement < self.min_agreement:
-            node.reason = f"GMM agrees on {node.agreement:.3f} < {self.min_agreement}"
             return None
         node.accepted = True
         return lab
@@ -388,6 +595,7 @@ class PPP(ClusterMixin, BaseEstimator):
     # -- the tree ------------------------------------------------------------------------
     def fit(self, X, y=None) -> PPP:
         X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
+        self._spaces()  # a bad `whiten` fails before any work
         n = len(X)
         min_size = max(int(self.min_cluster_size), int(np.ceil(self.min_cluster_fraction * n)), 1)
         # breadth first, so that `max_clusters` stops the finest splits, not a whole subtree
@@ -416,13 +624,18 @@ class PPP(ClusterMixin, BaseEstimator):
         self.merges_: list[tuple[list[str], list[str]]] = []
         while True:
             centers = _means(X, labels, len(members))
-            if self.refine_iter > 0 and len(members) > 1:
-                centers, labels, keep = _refine(X, centers, self.refine_iter)
-                members = [m for m, k in zip(members, keep, strict=True) if k]
-            if not self.merge or not self._merge_round(X, labels, centers, members, min_size):
+            metric = np.eye(X.shape[1], dtype=X.dtype)
+            if len(members) > 1:
+                metric = within_metric(X, labels, centers, self.sample_size)
+                if self.refine_iter > 0:
+                    _, labels, keep = _refine(X @ metric, centers @ metric, self.refine_iter)
+                    members = [m for m, k in zip(members, keep, strict=True) if k]
+                    centers = _means(X, labels, len(members))
+            if not self.merge or not self._merge_round(X, labels, centers @ metric, members, min_size):
                 break
             labels = np.unique(labels, return_inverse=True)[1]
         self.labels_, self.cluster_centers_, self.cluster_paths_ = labels, centers, members
+        self.metric_ = metric
         self.n_clusters_ = len(centers)
         accepted = [node for node in self.tree_ if node.accepted]
         self.most_separable_ = max(accepted, key=lambda node: node.bic_gain).path if accepted else None
@@ -431,7 +644,8 @@ class PPP(ClusterMixin, BaseEstimator):
     def _merge_round(
         self, X: np.ndarray, labels: np.ndarray, centers: np.ndarray, members: list, min_size: int
     ) -> bool:
-        """Merge each cluster with its nearest neighbour when the pair fails the split test.
+        """Merge each cluster with its nearest neighbour (by `centers`, in the metric space) when the
+        pair fails the split test.
 
         Edits labels and members in place (labels may then skip numbers); True if any merged."""
         k = len(centers)
@@ -469,12 +683,20 @@ class PPP(ClusterMixin, BaseEstimator):
         idx = _strided(len(X), self.sample_size)
         if np.bincount(lab[idx], minlength=2).min() < 2:
             return False
+        space = reduced_space(X[idx], self.variance_kept, self.max_components, self.points_per_parameter)
+        if space is None:
+            return False
         sample_min = max(1, int(np.ceil(min_size * len(idx) / len(X))))
-        gain, agree = self._validate(X[idx], lab[idx], sample_min)
-        return gain > self.bic_margin and agree >= self.min_agreement
+        Zw = self._gmm_space(space.project(X[idx]), space.scales)
+        one_bic = float(self._gmm(1).fit(Zw).bic(Zw))
+        pair = Candidate("pair", True, np.zeros((2, Zw.shape[1])), lab[idx])
+        pair.bic_gain, pair.agreement, pair.dip_pvalue = self._test(Zw, lab[idx], one_bic, sample_min)
+        return not self._failure(pair)
 
     def predict(self, X) -> np.ndarray:
-        """Nearest cluster centre (equals labels_ on the training data when refine_iter > 0)."""
+        """Nearest cluster centre in the pooled within-cluster metric (`metric_`, see `within_metric`);
+        equals labels_ on the training data when refine_iter > 0."""
         check_is_fitted(self, "labels_")
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
-        return _nearest(X, self.cluster_centers_)
+        metric = self.metric_.astype(X.dtype)
+        return _nearest(X @ metric, self.cluster_centers_ @ metric)

@@ -24,17 +24,27 @@ Predicted probabilities use monotone cumulative probabilities (a running maximum
 separate slopes can cross away from the training data) and are floored at 1e-8, then renormalised
 to sum to one (as the authors' ordinalNet does with its pMin).
 
-Sign convention: `intercept_[k] + X @ coef_[k]` is the log-odds of y <= classes_[k], so a
-positive coefficient makes the high classes *less* likely. (statsmodels' OrderedModel uses
-`cut_k - x beta`, the opposite sign.)
+Sign convention: `intercept_[k] + X @ coef_[k]` is the log-odds of y <= classes_[k]
+(`cumulative_log_odds`), so a positive coefficient makes the high classes *less* likely.
+(statsmodels' OrderedModel uses `cut_k - x beta`, the opposite sign.) `decision_function` follows
+scikit-learn's convention instead: the log-odds of the last class for two classes, else the log
+of each class's probability.
+
+A constant fit (every slope zero at the chosen lambda: cross-validation found no feature worth its
+penalty, typical for few examples) predicts the class shares for every input. It is no error, but
+a user asking for per-example probabilities must know: `fit` warns (UserWarning) and sets
+`constant_ = True`.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 from scipy.special import expit, log_expit
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import StratifiedKFold
+from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 
@@ -161,11 +171,18 @@ def _objective(theta: np.ndarray, Z: np.ndarray, y: np.ndarray, lam: float) -> f
 
 
 def fit_penalized(
-    Z: np.ndarray, y: np.ndarray, lam: float, theta0: np.ndarray, tol: float = 1e-10, max_iter: int = 200
+    Z: np.ndarray,
+    y: np.ndarray,
+    lam: float,
+    theta0: np.ndarray,
+    tol: float = 1e-10,
+    max_iter: int = 200,
+    iterations: list[int] | None = None,
 ) -> np.ndarray:
     """Proximal Newton for the reparametrised problem on already standardised features Z.
 
-    y holds class indices 0..K-1; theta0 (K-1, p+1) must be feasible (e.g. the null model)."""
+    y holds class indices 0..K-1; theta0 (K-1, p+1) must be feasible (e.g. the null model).
+    The number of Newton steps taken is appended to `iterations` when given."""
     n, p = Z.shape
     km1 = theta0.shape[0]
     Z1 = np.hstack([np.ones((n, 1)), Z])
@@ -175,7 +192,8 @@ def fit_penalized(
     f = _objective(theta, Z, y, lam)
     if not np.isfinite(f):
         raise ValueError("PRESTO: the starting point is outside the likelihood's domain")
-    for _ in range(max_iter):
+    steps = 0
+    for steps in range(1, max_iter + 1):
         grad, H = _grad_hess(theta, Z1, y, M)
         x = theta.ravel()
         # the quadratic model in z = theta + step: 0.5 z'Hz + (grad - H x)'z + pen|z|
@@ -197,6 +215,8 @@ def fit_penalized(
         theta, f_old, f = cand, f, fc
         if moved < tol or f_old - f < tol * 1e-3 * max(1.0, abs(f)):
             break
+    if iterations is not None:
+        iterations.append(steps)
     return theta
 
 
@@ -255,6 +275,9 @@ class Presto(ClassifierMixin, BaseEstimator):
     intercept_ : (K-1,) alpha_k on the original feature scale.
     lambda_ : the penalty used for the final fit; lambdas_ and cv_scores_ hold the path and its
         mean CV score (absent when `lam` is given).
+    constant_ : True when every slope is zero at lambda_ (the fit predicts the class shares for
+        every input; `fit` warns).
+    n_iter_ : proximal Newton steps of the final fit (summed over its warm-started path).
     """
 
     def __init__(
@@ -280,7 +303,9 @@ class Presto(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
 
     # -- fitting -------------------------------------------------------------------------
-    def _fit_path(self, X: np.ndarray, y: np.ndarray, K: int, lambdas: np.ndarray) -> list[tuple]:
+    def _fit_path(
+        self, X: np.ndarray, y: np.ndarray, K: int, lambdas: np.ndarray, iterations: list[int] | None = None
+    ) -> list[tuple]:
         """Fit each lambda in order (warm starts); returns (intercept, coef) on X's scale per lambda."""
         mean = X.mean(axis=0)
         scale = X.std(axis=0)
@@ -289,7 +314,9 @@ class Presto(ClassifierMixin, BaseEstimator):
         theta = null_model(y, K, X.shape[1])
         out = []
         for lam in lambdas:
-            theta = fit_penalized(Z, y, float(lam), theta, tol=self.tol, max_iter=self.max_iter)
+            theta = fit_penalized(
+                Z, y, float(lam), theta, tol=self.tol, max_iter=self.max_iter, iterations=iterations
+            )
             coef = np.cumsum(theta[:, 1:], axis=0) / scale
             out.append((theta[:, 0] - coef @ mean, coef))
         return out
@@ -303,20 +330,40 @@ class Presto(ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y) -> Presto:
         X, y = validate_data(self, X, y, dtype=np.float64)
+        check_classification_targets(y)
         self.classes_, yi = np.unique(y, return_inverse=True)
         K = len(self.classes_)
         if K < 2:
-            raise ValueError("PRESTO needs at least two ordered classes")
+            raise ValueError(f"PRESTO needs at least two ordered classes, got {K} class")
+        iterations: list[int] = []
         if self.lam is not None:
             self.lambda_ = float(self.lam)
-            self.intercept_, self.coef_ = self._fit_path(X, yi, K, np.array([self.lambda_]))[-1]
-            return self
-        counts = np.bincount(yi, minlength=K)
-        if counts.min() < self.cv:
-            raise ValueError(
-                f"PRESTO: class {self.classes_[counts.argmin()]!r} has {counts.min()} examples, "
-                f"fewer than the {self.cv} CV folds"
+            path = self._fit_path(X, yi, K, np.array([self.lambda_]), iterations)
+        else:
+            path = self._fit_with_cv(X, yi, K, iterations)
+        self.intercept_, self.coef_ = path[-1]
+        self.n_iter_ = int(sum(iterations))
+        self.constant_ = bool(np.all(self.coef_ == 0))
+        if self.constant_:
+            warnings.warn(
+                f"PRESTO: the fit is constant (every slope is zero at lambda {self.lambda_:.3g}): "
+                f"it predicts the class shares for every input; {len(y)} examples may be too few "
+                "for any feature to pay its penalty",
+                UserWarning,
+                stacklevel=2,
             )
+        return self
+
+    def _fit_with_cv(self, X: np.ndarray, yi: np.ndarray, K: int, iterations: list[int]) -> list[tuple]:
+        """Choose lambda by stratified CV over the path (see the module docstring); the refit's path."""
+        counts = np.bincount(yi, minlength=K)
+        if counts.min() < 2:
+            raise ValueError(
+                f"PRESTO: class {self.classes_[counts.argmin()]} has {counts.min()} example; "
+                "cross-validation needs at least 2 per class"
+            )
+        # fewer members than folds: StratifiedKFold warns and puts one member in some test folds;
+        # every training part still holds each class
         mean, scale = X.mean(axis=0), X.std(axis=0)
         scale[scale == 0] = 1.0
         lmax = lambda_max((X - mean) / scale, yi, K)
@@ -333,21 +380,28 @@ class Presto(ClassifierMixin, BaseEstimator):
         # the largest lambda (path is decreasing: the first index) whose score equals the minimum
         self.best_index_ = int(np.flatnonzero(self.cv_scores_ <= best + 1e-12 * max(1.0, abs(best)))[0])
         self.lambda_ = float(self.lambdas_[self.best_index_])
-        path = self._fit_path(X, yi, K, self.lambdas_[: self.best_index_ + 1])
-        self.intercept_, self.coef_ = path[-1]
-        return self
+        return self._fit_path(X, yi, K, self.lambdas_[: self.best_index_ + 1], iterations)
 
     # -- prediction ----------------------------------------------------------------------
-    def decision_function(self, X) -> np.ndarray:
-        """Cumulative log-odds (n, K-1) of y <= classes_[k]."""
+    def cumulative_log_odds(self, X) -> np.ndarray:
+        """Cumulative log-odds (n, K-1) of y <= classes_[k]: the model's linear predictors."""
         check_is_fitted(self, "coef_")
         X = validate_data(self, X, reset=False, dtype=np.float64)
         return self.intercept_[None, :] + X @ self.coef_.T
 
+    def decision_function(self, X) -> np.ndarray:
+        """scikit-learn's convention: for two classes the log-odds of classes_[1] (n,); else the log
+        of each class's probability (n, K), whose argmax is `predict`."""
+        check_is_fitted(self, "coef_")
+        if len(self.classes_) == 2:
+            return -self.cumulative_log_odds(X)[:, 0]
+        return np.log(self.predict_proba(X))
+
     def predict_proba(self, X) -> np.ndarray:
-        return cumulative_to_proba(self.decision_function(X), self.prob_floor)
+        return cumulative_to_proba(self.cumulative_log_odds(X), self.prob_floor)
 
     def predict(self, X) -> np.ndarray:
+        check_is_fitted(self, "coef_")
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
     def predict_rare_proba(self, X) -> np.ndarray:

@@ -17,6 +17,7 @@ from attribution.unlearning.datamodels import (
     regression_datamodel,
 )
 from attribution.unlearning.dmm import DMMConfig, dmm_classifier, finetune_points, predicted_outputs
+from attribution.unlearning.health import unlearning_problem
 from attribution.unlearning.klom import klom, klom_per_example, margins, oracle_floor
 from attribution.unlearning.loop import OptimConfig
 
@@ -39,4 +40,5 @@ __all__ = [
     "per_logit_datamodel",
     "predicted_outputs",
     "regression_datamodel",
+    "unlearning_problem",
 ]

@@ -6,7 +6,15 @@ outputs a datamodel predicts it would have without F.
 2. Fine-tuning set: F repeated `forget_repeats` (5) times plus a random retain sample of
    `retain_multiple` (20) x |F| examples (fewer when the retain set is smaller).
 3. Loss: mean squared error between the model's outputs and f_hat, optionally plus an L2 pull toward
-   theta0. Authors' defaults: Adam, lr 1e-4, 4 epochs, batch 512, lr x 0.95 after each epoch.
+   theta0. Authors' defaults: Adam, lr 1e-4, 4 epochs, batch 512, lr x 0.95 after each epoch
+   (`AUTHORS_OPTIM`). They fine-tune ResNets on CIFAR-10 (50,000 examples, so ~100 steps an epoch).
+   At the benchmark's sizes (1,200 training examples, a fine-tuning set of 1,000: 2 steps an epoch)
+   they barely move the model and score like doing nothing (benchmarks/unlearning: KLoM95 5.8 on the
+   random forget set, do-nothing 5.7), so the default here (`DEFAULT_OPTIM`: lr 1e-2, 8 epochs, batch
+   128, 0.23 of retraining's examples) is a setting within the benchmark's budget of a quarter of
+   retraining that scores, untuned, as well as the benchmark's per-seed tuning (random set 1.14 +- 0.20
+   against 1.42 +- 0.18; structured 8.92 +- 0.33 against 8.95 +- 0.34, 3 seeds). Pass
+   `DMMConfig(optim=AUTHORS_OPTIM)` for theirs.
 Oracle Matching (baselines.py) is the same fine-tuning toward the mean logits of retrained oracles.
 """
 
@@ -21,12 +29,15 @@ from torch import nn
 from attribution.unlearning.datamodels import Datamodel
 from attribution.unlearning.loop import OptimConfig, optimise
 
+AUTHORS_OPTIM = OptimConfig(lr=1e-4, epochs=4, batch_size=512, lr_decay=0.95)
+DEFAULT_OPTIM = OptimConfig(lr=1e-2, epochs=8, batch_size=128, lr_decay=0.95)
+
 
 @dataclass
 class DMMConfig:
     forget_repeats: int = 5
     retain_multiple: int = 20
-    optim: OptimConfig = field(default_factory=OptimConfig)  # lr 1e-4, 4 epochs, batch 512, x0.95 per epoch
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(**DEFAULT_OPTIM.params()))
     seed: int = 0  # the retain sample
 
     def params(self) -> dict:

@@ -8,11 +8,15 @@ or TRAK's mean per-token margin log p - log(1 - p). Our choice for turning that 
 target per token: a shift of the mean moves every token's log-probability by the same amount; a shift
 of the sum is spread evenly over the tokens; a margin shift moves token t's log-probability by
 (1 - p_t) x the shift (d log p = (1 - p) d margin). Targets are capped at 0, the largest log-probability.
+
+Batches: every loop here groups examples of similar length into one batch (`length_grouped_order`, the
+Trainer's `group_by_length`): random batches of 32 pad to their longest example, and on the demo corpus
+process 2.18x the real tokens. `padded_tokens` counts what an order costs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -46,6 +50,11 @@ class EncodedSet:
     def __len__(self) -> int:
         return len(self.items)
 
+    @property
+    def lengths(self) -> np.ndarray:
+        """Tokens per record (prompt and response)."""
+        return np.array([int(item["input_ids"].shape[0]) for item in self.items], dtype=np.int64)
+
     def batch(self, idx: Sequence[int], device: torch.device) -> dict[str, torch.Tensor]:
         out = collate([self.items[int(i)] for i in idx], self.pad)
         return {k: v.to(device) for k, v in out.items()}
@@ -53,6 +62,54 @@ class EncodedSet:
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def length_grouped_order(
+    lengths: Sequence[int],
+    batch_size: int,
+    group_by_length: bool = True,
+    batches_per_group: int = 50,
+    bucket_ratio: float = 1.1,
+    min_batches: int = 8,
+) -> Callable[[np.random.Generator], np.ndarray] | None:
+    """An `epoch_order` for `optimise` over items of these lengths: transformers'
+    `get_length_grouped_indices` (the Trainer's group_by_length: a random permutation cut into groups
+    of `batches_per_group` batches, each group sorted by length), on lengths rounded to buckets that
+    grow by `bucket_ratio` (10%), then the batches in random order. Seeded from the loop's generator,
+    so a run is reproducible. None (plain random batches) when `group_by_length` is False or an epoch
+    has fewer than `min_batches` (8) batches.
+
+    Why each choice: the Trainer's default group (4 groups at least) is too small for unlearning's few
+    hundred examples (on the demo corpus' 331 it still processes 2.1x the real tokens in batches of
+    32; one group of all of them 1.3x). Sorting by exact length would put DMM's five repeats of a
+    forget example side by side, in one batch; within a bucket the order stays random, so repeats mix
+    with other examples of about their length. A sorted group runs from the longest batch to the
+    shortest, so the batch order is shuffled. Few batches: grouping then decides most of each batch's
+    composition (on the LM unlearning test's 28 items in 2 batches it put the forget repeats together
+    and raised the retain loss's drift from 0.19-0.21 to 0.22-0.24 nats over 3 seeds), and padding
+    costs little."""
+    if not group_by_length or len(lengths) < min_batches * batch_size:
+        return None
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    buckets = [int(np.floor(np.log(max(int(n), 1)) / np.log(bucket_ratio))) for n in lengths]
+
+    def order(rng: np.random.Generator) -> np.ndarray:
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        flat = np.asarray(
+            get_length_grouped_indices(buckets, batch_size, batches_per_group, generator=generator),
+            dtype=np.int64,
+        )
+        batches = np.split(flat, range(batch_size, len(flat), batch_size))
+        return np.concatenate([batches[i] for i in rng.permutation(len(batches))]) if batches else flat
+
+    return order
+
+
+def padded_tokens(lengths: Sequence[int], order: np.ndarray, batch_size: int) -> int:
+    """Tokens a pass over `order` processes in batches of `batch_size`, each padded to its longest."""
+    lengths = np.asarray(lengths)[np.asarray(order)]
+    return int(sum(len(b) * b.max() for b in np.split(lengths, range(batch_size, len(lengths), batch_size))))
 
 
 @torch.no_grad()
@@ -111,9 +168,11 @@ def match_token_logprobs(
     targets: Sequence[np.ndarray],
     sequence: np.ndarray,
     optim: OptimConfig,
+    group_by_length: bool = True,
 ) -> nn.Module:
     """Fine-tune so the response tokens' log-probabilities of data[sequence[k]] approach targets[sequence[k]]:
-    squared error, mean over each example's tokens, then over the batch."""
+    squared error, mean over each example's tokens, then over the batch (batches of similar lengths
+    unless `group_by_length` is False)."""
     sequence = np.asarray(sequence, dtype=np.int64)
     device = _device(model)
 
@@ -128,7 +187,8 @@ def match_token_logprobs(
         err = ((logp - want) ** 2) * mask
         return (err.sum(-1) / mask.sum(-1).clamp(min=1)).mean()
 
-    return optimise(model, len(sequence), batch_loss, optim)
+    order = length_grouped_order(data.lengths[sequence], optim.batch_size, group_by_length)
+    return optimise(model, len(sequence), batch_loss, optim, epoch_order=order)
 
 
 def _sft(model: nn.Module, data: EncodedSet, rows: Sequence[int]) -> torch.Tensor:
@@ -137,17 +197,19 @@ def _sft(model: nn.Module, data: EncodedSet, rows: Sequence[int]) -> torch.Tenso
 
 
 def lm_gradient_ascent(
-    model: nn.Module, data: EncodedSet, forget: np.ndarray, optim: OptimConfig
+    model: nn.Module, data: EncodedSet, forget: np.ndarray, optim: OptimConfig, group_by_length: bool = True
 ) -> nn.Module:
     forget = np.asarray(forget, dtype=np.int64)
-    return optimise(model, len(forget), lambda idx: -_sft(model, data, forget[idx]), optim)
+    order = length_grouped_order(data.lengths[forget], optim.batch_size, group_by_length)
+    return optimise(model, len(forget), lambda idx: -_sft(model, data, forget[idx]), optim, epoch_order=order)
 
 
 def lm_gradient_descent(
-    model: nn.Module, data: EncodedSet, retain: np.ndarray, optim: OptimConfig
+    model: nn.Module, data: EncodedSet, retain: np.ndarray, optim: OptimConfig, group_by_length: bool = True
 ) -> nn.Module:
     retain = np.asarray(retain, dtype=np.int64)
-    return optimise(model, len(retain), lambda idx: _sft(model, data, retain[idx]), optim)
+    order = length_grouped_order(data.lengths[retain], optim.batch_size, group_by_length)
+    return optimise(model, len(retain), lambda idx: _sft(model, data, retain[idx]), optim, epoch_order=order)
 
 
 def lm_ascent_descent(
@@ -157,8 +219,10 @@ def lm_ascent_descent(
     retain: np.ndarray,
     optim: OptimConfig,
     ascent_weight: float = 1.0,
+    group_by_length: bool = True,
 ) -> nn.Module:
-    """Each step: a retain batch's SFT loss minus `ascent_weight` x a forget batch's (cycling through F)."""
+    """Each step: a retain batch's SFT loss minus `ascent_weight` x a forget batch's (cycling through F;
+    the retain batches are grouped by length unless `group_by_length` is False)."""
     forget, retain = np.asarray(forget, dtype=np.int64), np.asarray(retain, dtype=np.int64)
     state = {"pos": 0}
 
@@ -168,4 +232,5 @@ def lm_ascent_descent(
         state["pos"] += size
         return _sft(model, data, retain[idx]) - ascent_weight * _sft(model, data, rows)
 
-    return optimise(model, len(retain), batch_loss, optim)
+    order = length_grouped_order(data.lengths[retain], optim.batch_size, group_by_length)
+    return optimise(model, len(retain), batch_loss, optim, epoch_order=order)

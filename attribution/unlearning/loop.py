@@ -39,10 +39,13 @@ def optimise(
     batch_loss: Callable[[np.ndarray], torch.Tensor],
     config: OptimConfig,
     steps_per_epoch: int | None = None,
+    epoch_order: Callable[[np.random.Generator], np.ndarray] | None = None,
 ) -> nn.Module:
     """Minimise `batch_loss(indices)` over shuffled batches of range(n_items); returns the model in eval mode.
 
     `steps_per_epoch` (default: one pass over the items) lets a method draw its own batches.
+    `epoch_order(rng)` replaces the epoch's random permutation (e.g. `length_grouped_order`, which puts
+    items of similar length in one batch); consecutive `batch_size` items of it form the batches.
     """
     if config.optimizer not in ("adam", "sgd"):
         raise ValueError(f"unknown optimizer {config.optimizer!r}; use 'adam' or 'sgd'")
@@ -61,7 +64,7 @@ def optimise(
     torch.manual_seed(config.seed)
     model.train()
     for _ in range(config.epochs):
-        order = rng.permutation(n_items)
+        order = rng.permutation(n_items) if epoch_order is None else np.asarray(epoch_order(rng))
         starts = range(0, n_items, config.batch_size)
         if steps_per_epoch is not None:
             starts = [(k * config.batch_size) % n_items for k in range(steps_per_epoch)]

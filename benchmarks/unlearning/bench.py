@@ -1,4 +1,4 @@
-"""Unlearning benchmark: Datamodel Matching (DMM) against the baselines, scored by KLoM on CPU.
+"""Unlearning benchmark: Datamodel Matching (DMM) against the baselines, scored by KLoM on CPU, over seeds.
 
 Setting (a reproduction in miniature of "Attribute-to-Delete", arXiv 2410.23232): scikit-learn's digits
 (1797 8x8 images, 10 classes; 1200 train / 597 validation), a one-hidden-layer MLP (64 units, Adam,
@@ -11,11 +11,19 @@ under the full models) of the hardest class.
 
 Methods, each unlearning all N models (a stacked ensemble, members exactly as alone):
 do-nothing; gradient ascent on F; gradient descent on the retain set; both together; DMM with a
-regression datamodel (ridge on Bernoulli(0.8) subset masks, alpha by leave-one-out CV, fitted once to
-every training point's 10 logits, shared by all models, as the authors share theirs); DMM with the
-authors' default optimiser settings; Oracle Matching toward group B's mean logits; and (full mode)
-DMM with an EK-FAC per-logit datamodel from `attribution.api.attribute` on one separately trained
-model, scaled to leave-one-out units by 1 / n_train.
+regression datamodel (ridge on class-heterogeneous subset masks: each subset keeps each class at its
+own density, uniform in [0.5, 1], `class_heterogeneous_masks`; fitted once to every training point's
+10 logits, shared by all models, as the authors share theirs); DMM with its default settings
+(`DMMConfig()`, untuned); DMM with the previous design's datamodel (Bernoulli(0.8) subsets, as many,
+in the same run); DMM with the authors' default optimiser settings; Oracle Matching toward
+group B's mean logits; and (ASSAY_BENCH_EKFAC=1) DMM with an EK-FAC per-logit datamodel from
+`attribution.api.attribute` on one separately trained model, scaled to leave-one-out units by 1 / n_train
+or by a factor fitted on the subset models.
+
+Seeds: the whole benchmark (data split, models, subset models, forget sets, oracles) runs once per seed
+(3 full, 2 quick); tables show the mean over seeds and its standard error (sd / sqrt(seeds)).
+DMM's settings are tuned within a budget of a quarter of retraining's examples (at most 8 epochs of
+the fine-tuning set); Oracle Matching, the reference, keeps its full grid (up to 20 epochs).
 
 Hyper-parameters of every method come from a small grid, chosen on separate tuning models (their own
 seeds) scored against oracle group B by the largest of the three KLoM95s; the table then reports the
@@ -28,6 +36,7 @@ amortised cost, reported in the notes.
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,21 +59,25 @@ from attribution.unlearning import (
     oracle_matching,
     per_logit_datamodel,
 )
-from attribution.unlearning.datamodels import Datamodel, random_masks
+from attribution.unlearning.datamodels import Datamodel, class_heterogeneous_masks, random_masks
+from attribution.unlearning.dmm import AUTHORS_OPTIM
 from attribution.unlearning.ensemble import EnsembleMLP, Recipe, logits_of, subset_logits, train_ensemble
 
 N_TRAIN, FORGET_SIZE = 1200, 40
 RECIPE = Recipe(hidden=64, epochs=30, batch_size=64, lr=2e-3)
 SETTINGS = {
-    True: {"models": 40, "tune": 12, "subsets": 1000, "ekfac": False},
-    False: {"models": 100, "tune": 20, "subsets": 3000, "ekfac": True},
+    True: {"models": 40, "tune": 12, "subsets": 1000, "seeds": (0, 1)},
+    False: {"models": 100, "tune": 20, "subsets": 3000, "seeds": (0, 1, 2)},
 }
-# Subsets keep each example with probability 0.8: removing a small F from the full set is closer to that
-# regime than to half the data (0.5 scored worse on the random forget set in our trials).
-SUBSET_FRACTION = 0.8
+EKFAC = os.environ.get("ASSAY_BENCH_EKFAC") == "1"  # minutes of kronfluence per forget set and seed
+# Class densities of the subset models, uniform in [low, high] per subset and class (see
+# class_heterogeneous_masks for why, and the notes for what else was tried).
+CLASS_DENSITY = (0.5, 1.0)
 # Ridge strength of the regression datamodel: tuned with DMM's other settings. Leave-one-out CV picks the
 # strongest (best at predicting held-out subset outputs), which shrinks the effects DMM subtracts.
-RIDGE_ALPHAS = (10.0, 100.0, 1000.0)
+RIDGE_ALPHAS = (1.0, 10.0, 100.0)
+# DMM's budget: at most this share of retraining's examples per request (8 epochs of 1,000 = 0.23)
+BUDGET = 0.25
 GROUPS = ("forget", "retain", "val")
 
 
@@ -117,13 +130,19 @@ class Context:
 Apply = Callable[[Any, Context, dict], Any]
 
 
+DEFAULT_RIDGE = 10.0  # the ridge alpha of the untuned "DMM (default settings)" row
+
+
 def _dmm(name: str) -> Apply:
     def apply(model: Any, ctx: Context, cfg: dict) -> Any:
-        optim = OptimConfig(lr=cfg["lr"], epochs=cfg["epochs"], batch_size=cfg["batch"])
+        if "lr" in cfg:
+            config = DMMConfig(optim=OptimConfig(lr=cfg["lr"], epochs=cfg["epochs"], batch_size=cfg["batch"]))
+        elif cfg.get("authors"):
+            config = DMMConfig(optim=AUTHORS_OPTIM)
+        else:
+            config = DMMConfig()
         key = f"{name} {cfg['ridge']:g}" if "ridge" in cfg else name
-        return dmm_classifier(
-            model, ctx.data.x_train, ctx.forget, ctx.datamodels[key], DMMConfig(optim=optim), ctx.retain
-        )
+        return dmm_classifier(model, ctx.data.x_train, ctx.forget, ctx.datamodels[key], config, ctx.retain)
 
     return apply
 
@@ -156,8 +175,8 @@ def _grid(lrs: tuple, epochs: tuple, batch: int, ridges: tuple = ()) -> list[dic
 
 
 def methods(quick: bool, ekfac: bool) -> dict[str, tuple[Apply | None, list[dict]]]:
-    small = quick
-    match_grid = _grid((1e-3, 3e-3, 1e-2), (4, 10) if small else (4, 10, 20), 128)
+    match_grid = _grid((1e-3, 3e-3, 1e-2), (4, 10) if quick else (4, 10, 20), 128)
+    budget_grid = _grid((1e-3, 3e-3, 1e-2), (4, 8), 128)  # 8 epochs of 1,000 examples: 0.23 of retraining
     out: dict[str, tuple[Apply | None, list[dict]]] = {
         "do-nothing": (None, [{}]),
         "gradient ascent (F)": (_ga, _grid((1e-4, 3e-4, 1e-3), (1, 3), 16)),
@@ -165,15 +184,26 @@ def methods(quick: bool, ekfac: bool) -> dict[str, tuple[Apply | None, list[dict
         "ascent + descent": (_gagd, _grid((1e-4, 3e-4, 1e-3), (1, 3), 64)),
         "DMM (regression datamodel)": (
             _dmm("ridge"),
-            _grid((1e-3, 3e-3, 1e-2), (4, 10) if small else (4, 10, 20), 128, RIDGE_ALPHAS),
+            [{**c, "ridge": r} for c in budget_grid for r in RIDGE_ALPHAS],
         ),
-        "DMM, authors' defaults": (_dmm("ridge"), _grid((1e-4,), (4,), 512, RIDGE_ALPHAS)),
+        "DMM (Bernoulli(0.8) subsets, the previous design)": (
+            _dmm("bern"),
+            [{**c, "ridge": r} for c in budget_grid for r in RIDGE_ALPHAS],
+        ),
+        "DMM (default settings, untuned)": (_dmm("ridge"), [{"ridge": DEFAULT_RIDGE}]),
+        "DMM, authors' optimiser": (_dmm("ridge"), [{"authors": 1, "ridge": r} for r in RIDGE_ALPHAS]),
         "Oracle Matching": (_om, match_grid),
     }
     if ekfac:
-        out["DMM (EK-FAC datamodel, scale 1/n)"] = (_dmm("ekfac"), match_grid)
-        out["DMM (EK-FAC datamodel, scale fitted)"] = (_dmm("ekfac fitted"), match_grid)
+        out["DMM (EK-FAC datamodel, scale 1/n)"] = (_dmm("ekfac"), budget_grid)
+        out["DMM (EK-FAC datamodel, scale fitted)"] = (_dmm("ekfac fitted"), budget_grid)
     return out
+
+
+def _epochs(cfg: dict) -> int:
+    if "epochs" in cfg:
+        return int(cfg["epochs"])
+    return AUTHORS_OPTIM.epochs if cfg.get("authors") else DMMConfig().optim.epochs
 
 
 def examples_processed(name: str, cfg: dict, ctx: Context) -> int:
@@ -183,7 +213,7 @@ def examples_processed(name: str, cfg: dict, ctx: Context) -> int:
     n_f, n_r = len(ctx.forget), len(ctx.retain)
     if name.startswith(("DMM", "Oracle")):
         sequence, _ = finetune_points(ctx.forget, ctx.retain)
-        return len(sequence) * cfg["epochs"]
+        return len(sequence) * _epochs(cfg)
     if name.startswith("gradient ascent"):
         return n_f * cfg["epochs"]
     if name.startswith("gradient descent"):
@@ -233,7 +263,10 @@ def seconds_for_one(apply: Apply | None, ensemble: EnsembleMLP, ctx: Context, cf
 
 
 def _fmt_cfg(cfg: dict) -> str:
-    return ", ".join(f"{k} {v:g}" for k, v in cfg.items()) if cfg else "-"
+    if not cfg:
+        return "-"
+    words = ["authors' optimiser" if k == "authors" else f"{k} {v:g}" for k, v in cfg.items()]
+    return ", ".join(words)
 
 
 def fitted_scale(dm: Datamodel, subsets: tuple[np.ndarray, np.ndarray], points: np.ndarray) -> float:
@@ -255,7 +288,7 @@ def evaluate_forget_set(
     data: Data,
     full: EnsembleMLP,
     tune: EnsembleMLP,
-    regression: dict[float, Datamodel],
+    regression: dict[str, Datamodel],
     subsets: tuple[np.ndarray, np.ndarray],
     settings: dict,
     quick: bool,
@@ -279,12 +312,12 @@ def evaluate_forget_set(
         data,
         forget,
         retain,
-        {f"ridge {a:g}": dm for a, dm in regression.items()},
+        dict(regression),
         logits_of(oracle_b, data.x_train).mean(0),
         groups,
     )
     facts = {"retrain_seconds": retrain_seconds}
-    if settings["ekfac"]:
+    if EKFAC:
         started = time.perf_counter()
         _, points = finetune_points(forget, retain)
         reference = train_ensemble(data.x_train, data.y_train, np.ones((1, n), bool), [seed + 30_000], RECIPE)
@@ -308,7 +341,7 @@ def evaluate_forget_set(
     facts["datamodels"] = datamodel_errors(ctx, full, margins_a)
     retrain_examples = RECIPE.epochs * len(retain)
     rows = [["oracle vs oracle (floor)", "-", *[floor[g] for g in GROUPS], 1.0, 1.0]]
-    for name, (apply, grid) in methods(quick, settings["ekfac"]).items():
+    for name, (apply, grid) in methods(quick, EKFAC).items():
         best, best_score = grid[0], float("inf")
         if len(grid) > 1:
             for cfg in grid:
@@ -326,54 +359,47 @@ def evaluate_forget_set(
                 seconds_for_one(apply, full, ctx, best) / retrain_seconds,
             ]
         )
-    table = {
-        "title": f"KLoM95, forget set: {label} (|F| = {len(forget)}), {n_models} models",
-        "columns": [
-            "method",
-            "chosen setting",
-            "KLoM95 forget",
-            "KLoM95 retain",
-            "KLoM95 val",
-            "examples / retraining",
-            "wall time / retraining",
-        ],
-        "rows": rows,
-    }
-    return table, facts
+    facts["label"] = f"{label} (|F| = {len(forget)})"
+    return rows, facts
 
 
-def run(quick: bool = True) -> list[dict]:
-    torch.set_num_threads(1)  # tiny ops: a second thread only adds contention on a shared machine
+def one_seed(quick: bool, seed: int) -> tuple[list[list], list[dict], dict]:
+    """The whole benchmark on one data split: per forget set, its rows and facts; and facts of the seed."""
     settings = SETTINGS[quick]
-    data = load_data()
+    base = 1_000_000 * seed  # every model seed of this run
+    data = load_data(seed)
     n = data.n_train
     started = time.perf_counter()
+    everything = np.ones((settings["models"], n), bool)
     full = train_ensemble(
-        data.x_train,
-        data.y_train,
-        np.ones((settings["models"], n), bool),
-        list(range(settings["models"])),
-        RECIPE,
+        data.x_train, data.y_train, everything, list(range(base, base + settings["models"])), RECIPE
     )
     tune = train_ensemble(
         data.x_train,
         data.y_train,
         np.ones((settings["tune"], n), bool),
-        list(range(50_000, 50_000 + settings["tune"])),
+        list(range(base + 50_000, base + 50_000 + settings["tune"])),
         RECIPE,
     )
     full_seconds = time.perf_counter() - started
     accuracy = float((logits_of(full, data.x[n:]).argmax(-1) == data.y[n:].numpy()).mean())
     started = time.perf_counter()
-    masks = random_masks(n, settings["subsets"], SUBSET_FRACTION, seed=7)
-    outcomes = subset_logits(data.x_train, data.y_train, masks, data.x_train, RECIPE, seed=100_000)
+    masks = class_heterogeneous_masks(
+        data.y_train.numpy(), settings["subsets"], *CLASS_DENSITY, seed=7 + seed
+    )
+    outcomes = subset_logits(data.x_train, data.y_train, masks, data.x_train, RECIPE, seed=base + 100_000)
     datamodel_seconds = time.perf_counter() - started
-    regression = {a: fit_regression_datamodel(masks, outcomes, alpha=a) for a in RIDGE_ALPHAS}
-    cv_alpha = fit_regression_datamodel(masks, outcomes[:, :200], alpha=[1.0, *RIDGE_ALPHAS]).info["alpha"]
-    sets = forget_sets(data, margins(logits_of(full, data.x), data.y))
-    tables, facts = [], []
+    regression = {f"ridge {a:g}": fit_regression_datamodel(masks, outcomes, alpha=a) for a in RIDGE_ALPHAS}
+    # the previous design, in the same run: one density (0.8) for every example
+    bern = random_masks(n, settings["subsets"], 0.8, seed=7 + seed)
+    bern_outcomes = subset_logits(data.x_train, data.y_train, bern, data.x_train, RECIPE, seed=base + 200_000)
+    regression |= {
+        f"bern {a:g}": fit_regression_datamodel(bern, bern_outcomes, alpha=a) for a in RIDGE_ALPHAS
+    }
+    sets = forget_sets(data, margins(logits_of(full, data.x), data.y), seed=1 + seed)
+    per_set, set_facts = [], []
     for k, (label, forget) in enumerate(sets.items()):
-        table, fact = evaluate_forget_set(
+        rows, facts = evaluate_forget_set(
             label,
             forget,
             data,
@@ -383,22 +409,101 @@ def run(quick: bool = True) -> list[dict]:
             (masks, outcomes),
             settings,
             quick,
-            seed=1_000 + 100_000 * (k + 1),
+            base + 1_000 + 100_000 * (k + 1),
         )
-        tables.append(table)
-        facts.append(fact)
-    if settings["ekfac"]:
-        ekfac = (
-            "; EK-FAC per-logit datamodel (one model, "
-            + ", ".join(f"{f['ekfac_seconds']:.0f} s" for f in facts)
-            + f"), scale 1/n = {1 / N_TRAIN:.2g} or fitted on the subset models: "
-            + ", ".join(f"{f['ekfac_scale']:.2g}" for f in facts)
+        per_set.append(rows)
+        set_facts.append(facts)
+    seed_facts = {"accuracy": accuracy, "full_seconds": full_seconds, "datamodel_seconds": datamodel_seconds}
+    return per_set, set_facts, seed_facts
+
+
+def _mean_se(values: list[float]) -> str:
+    values = np.asarray(values, dtype=float)
+    se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return f"{values.mean():.3g} ± {se:.2g}"
+
+
+def aggregate(rows_per_seed: list[list[list]]) -> list[list]:
+    """One row per method: the seeds' chosen settings, KLoM95 mean ± standard error, mean cost ratios."""
+    out = []
+    for i, row in enumerate(rows_per_seed[0]):
+        runs = [rows[i] for rows in rows_per_seed]
+        chosen = "; ".join(r[1] for r in runs) if any(r[1] != "-" for r in runs) else "-"
+        out.append(
+            [
+                row[0],
+                chosen,
+                *[_mean_se([r[2 + g] for r in runs]) for g in range(len(GROUPS))],
+                float(np.mean([r[5] for r in runs])),
+                float(np.mean([r[6] for r in runs])),
+            ]
         )
-    else:
-        ekfac = (
-            "; the EK-FAC datamodel row is full mode only (minutes of kronfluence per forget set on 2 cores)"
+    return out
+
+
+def comparison(rows_per_seed: list[list[list]]) -> list:
+    """DMM's forget-set KLoM95 over Oracle Matching's, per seed, and DMM's cost."""
+    names = [r[0] for r in rows_per_seed[0]]
+    dmm, om = names.index("DMM (regression datamodel)"), names.index("Oracle Matching")
+    ratios = [rows[dmm][2] / rows[om][2] for rows in rows_per_seed]
+    return [
+        _mean_se([rows[dmm][2] for rows in rows_per_seed]),
+        _mean_se([rows[om][2] for rows in rows_per_seed]),
+        ", ".join(f"{r:.2f}" for r in ratios),
+        _mean_se(ratios),
+        float(np.mean([rows[dmm][5] for rows in rows_per_seed])),
+    ]
+
+
+TRIED = (
+    "What was tried for the structured forget set (seed 0, 40 models, KLoM95 of the DMM *targets* "
+    "themselves against the oracles, forget / retain; floor 2.2 / 2.3 at 40 models; do-nothing 9.9): "
+    "the datamodel explains why DMM fails there: removing 10, 20, 30, 40 of the 40 moves the removed "
+    "points' mean margin by -0.70, -1.02, -1.32, -1.76 where a Bernoulli(0.8) ridge datamodel predicts "
+    "-0.71, -0.80, -0.94, -1.06 (a group's removal is super-additive; kept points were predicted within "
+    "0.08); shifting each model's margins by the true mean change scores 1.9. Bernoulli(0.8) masks, "
+    "3,000 subsets: share of the change predicted 0.63, KLoM 9.4 (ridge 1; 10: 9.5; 100: 9.5); x1.5 "
+    "the removal effect: 4.8 (random set: 3.7 from 2.3, so no single scale serves both); "
+    "Bernoulli(0.9): 0.85, 6.9; Bernoulli(0.95): 0.56, 9.6 (noise); class-heterogeneous densities "
+    "(kept as the design): 0.87, 5.8, random set 2.3 at that seed and size (the diagnostics above, 100 "
+    "models and 3 seeds, put its share at 0.72-0.76); + per-class quadratic terms 0.86, 5.8; + member x class-removal "
+    "interactions 0.91, 4.7 but random set 3.1 (ridge 1); fitting a separate datamodel for a forget "
+    "point on the subsets without it (0.76-0.87x the share: fewer rows, more shrinkage); amplifying "
+    "the cross effects on removed points by a factor fitted on 100 input-space-neighbourhood or 200 "
+    "influence-neighbourhood removals: the factor came out 0.74 and 0.55 (< 1), the opposite of the "
+    "1.65 this set needs, so no generic calibration family transferred. EK-FAC per-logit datamodels "
+    "(previous run): 9.4-9.8."
+)
+
+
+def run(quick: bool = True) -> list[dict]:
+    torch.set_num_threads(1)  # tiny ops: a second thread only adds contention on a shared machine
+    settings = SETTINGS[quick]
+    results = [one_seed(quick, seed) for seed in settings["seeds"]]
+    tables, summary = [], []
+    for k, kind in enumerate(("random", "structured: the 40 hardest examples of the hardest class")):
+        rows_per_seed = [per_set[k] for per_set, _, _ in results]
+        labels = "; ".join(facts[k]["label"] for _, facts, _ in results)
+        tables.append(
+            {
+                "title": f"KLoM95, forget set: {kind}, {settings['models']} models, {len(results)} seeds",
+                "columns": [
+                    "method",
+                    "chosen setting (per seed)",
+                    "KLoM95 forget",
+                    "KLoM95 retain",
+                    "KLoM95 val",
+                    "examples / retraining",
+                    "wall time / retraining",
+                ],
+                "rows": aggregate(rows_per_seed),
+                "notes": f"Forget sets per seed: {labels}. KLoM95: mean over seeds ± standard error.",
+            }
         )
-    alphas = ", ".join(f"{a:g}" for a in RIDGE_ALPHAS)
+        summary.append([kind, *comparison(rows_per_seed)])
+    seeds = [facts for _, _, facts in results]
+    accuracies = ", ".join(f"{s['accuracy']:.3f}" for s in seeds)
+    fit_seconds = ", ".join(f"{s['datamodel_seconds']:.0f} s" for s in seeds)
     errors = " | ".join(
         ", ".join(
             f"{key} {100 * share:.0f}% / {rmse:.2f}"
@@ -406,23 +511,43 @@ def run(quick: bool = True) -> list[dict]:
             if key != "retraining"
         )
         + f" (retraining's RMS change {f['datamodels']['retraining'][1]:.2f})"
+        for _, facts, _ in results
         for f in facts
     )
     notes = (
         f"{'Quick' if quick else 'Full'} mode: N = {settings['models']} models and N + N oracles per forget set "
-        f"(the paper uses 100; KLoM is stable from about 80), {settings['tune']} tuning models. MLP validation "
-        f"accuracy {accuracy:.3f}; training the {settings['models']} + {settings['tune']} full models took "
-        f"{full_seconds:.0f} s. Regression datamodel: {settings['subsets']} subset models (trained in "
-        f"{datamodel_seconds:.0f} s), ridge alpha tuned over {alphas} with DMM's other settings (leave-one-out "
-        f"CV on 200 points' outcomes would pick {cv_alpha:g}){ekfac}. Retraining one model: "
-        + ", ".join(f"{f['retrain_seconds']:.2f} s" for f in facts)
-        + ". Datamodel diagnostics, share of retraining's change in the forget set's mean margin predicted / RMS "
-        f"error of the predicted change in each fine-tuning point's mean margin: {errors} (random set | "
-        "structured set). KLoM95 is 0 at best and "
-        "log(1e5) = 11.5 for fully separated margins; the floor is what two groups of retrained oracles score "
-        "against each other. Wall-time ratios time one model alone and are noisy on a shared machine; the "
-        "datamodel's cost (one training run per subset model) is paid once for every forget set and model."
+        f"(the paper uses 100; KLoM is stable from about 80), {settings['tune']} tuning models, seeds "
+        f"{', '.join(map(str, settings['seeds']))} (each its own data split, models and forget sets). MLP "
+        f"validation accuracy {accuracies}. Regression datamodel: "
+        f"{settings['subsets']} subset models per seed, each class kept at a density uniform in "
+        f"[{CLASS_DENSITY[0]}, {CLASS_DENSITY[1]}], trained in "
+        f"{fit_seconds} (amortised: paid once for every "
+        f"forget set and model; {settings['subsets']} trainings = {settings['subsets']} retrainings), "
+        f"ridge alpha tuned over {', '.join(f'{a:g}' for a in RIDGE_ALPHAS)} with DMM's other settings. "
+        f"DMM is tuned within {BUDGET:.0%} of retraining's examples. Datamodel diagnostics, share of "
+        "retraining's change in the forget set's mean margin predicted / RMS error of the predicted change "
+        f"in each fine-tuning point's mean margin, per seed (random | structured): {errors}. KLoM95 is 0 at "
+        "best and log(1e5) = 11.5 for fully separated margins; the floor is what two groups of retrained "
+        "oracles score against each other. Wall-time ratios time one model alone and are noisy on a shared "
+        "machine. " + TRIED
     )
     for table in tables:
-        table["notes"] = notes
+        table["notes"] += " " + notes
+    tables.insert(
+        0,
+        {
+            "title": "DMM against Oracle Matching on the forget set (KLoM95, lower is better)",
+            "columns": [
+                "forget set",
+                "DMM (regression datamodel)",
+                "Oracle Matching",
+                "DMM / OM per seed",
+                "DMM / OM",
+                "DMM examples / retraining",
+            ],
+            "rows": summary,
+            "notes": "Issue 21's target: DMM within 2x Oracle Matching's KLoM95 at no more than 0.25 of "
+            "retraining's examples per request.",
+        },
+    )
     return tables

@@ -22,7 +22,8 @@ from attribution.unlearning import (
     predicted_outputs,
     regression_datamodel,
 )
-from attribution.unlearning.datamodels import random_masks
+from attribution.unlearning.datamodels import class_heterogeneous_masks, random_masks
+from attribution.unlearning.dmm import AUTHORS_OPTIM, DEFAULT_OPTIM
 from attribution.unlearning.ensemble import Recipe, logits_of, subset_logits, train_ensemble
 
 
@@ -167,3 +168,24 @@ def test_stacked_ensemble_unlearns_as_its_members_would_alone(digits_setup):
     )
     for model in (om, ga):
         assert np.isfinite(logits_of(model, x)).all()
+
+
+def test_class_heterogeneous_masks_vary_each_class_density_within_its_range():
+    labels = np.repeat(np.arange(4), 200)
+    masks = class_heterogeneous_masks(labels, 500, 0.5, 1.0, seed=3)
+    assert masks.shape == (500, 800)
+    np.testing.assert_array_equal(masks, class_heterogeneous_masks(labels, 500, 0.5, 1.0, seed=3))
+    kept = np.stack([masks[:, labels == c].mean(1) for c in range(4)], axis=1)  # per subset and class
+    assert kept.min() > 0.5 - 5 * np.sqrt(0.25 / 200) and kept.max() <= 1.0  # binomial noise around [0.5, 1]
+    assert kept.std(axis=0).min() > 0.12  # uniform on [0.5, 1]: sd 0.144, Bernoulli(0.75) would give 0.03
+    assert abs(np.corrcoef(kept[:, 0], kept[:, 1])[0, 1]) < 0.15  # classes vary independently
+
+
+def test_dmm_default_is_the_benchmarks_setting_and_the_authors_stay_available():
+    assert DMMConfig().optim == DEFAULT_OPTIM and DMMConfig().optim is not DEFAULT_OPTIM
+    assert (AUTHORS_OPTIM.lr, AUTHORS_OPTIM.epochs, AUTHORS_OPTIM.batch_size, AUTHORS_OPTIM.lr_decay) == (
+        1e-4,
+        4,
+        512,
+        0.95,
+    )

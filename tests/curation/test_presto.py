@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from sklearn.base import clone
@@ -89,12 +91,45 @@ def test_probabilities_floored_monotone_and_normalised():
     assert set(model.predict(X)) <= set(model.classes_)
 
 
-def test_too_few_rare_examples_for_the_folds_is_an_error():
+def test_a_class_with_one_example_is_an_error_and_fewer_than_the_folds_warns():
     X, y = ordinal_data(100, 3, 3, seed=7)
     y[y == 2] = 1
     y[:3] = 2
-    with pytest.raises(ValueError, match="fewer than the 5 CV folds"):
+    # 3 rare examples for 5 folds: scikit-learn's StratifiedKFold warns, every training part still
+    # holds the class (a test fold takes at most one of them)
+    with pytest.warns(UserWarning, match="least populated class"):
+        model = Presto().fit(X, y)
+    assert list(model.classes_) == [0, 1, 2]
+    y[1:3] = 1
+    with pytest.raises(ValueError, match="class 2 has 1 example"):
         Presto().fit(X, y)
+
+
+def test_constant_fit_warns_and_is_flagged():
+    X, y = ordinal_data(200, 4, 3, seed=8)
+    Z = (X - X.mean(axis=0)) / X.std(axis=0)
+    with pytest.warns(UserWarning, match="the fit is constant"):
+        at_max = Presto(lam=lambda_max(Z, y, 3) * 1.01).fit(X, y)
+    assert at_max.constant_ and not np.any(at_max.coef_)
+    # a constant fit predicts the class shares (the null model's MLE) for every input
+    shares = np.bincount(y) / len(y)
+    np.testing.assert_allclose(at_max.predict_proba(X[:5] * 100), np.tile(shares, (5, 1)), atol=1e-8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fit with slopes says nothing
+        assert not Presto().fit(X, y).constant_
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_cross_validation_on_noise_warns_exactly_when_it_picks_lambda_max(seed):
+    # 47 rows of features unrelated to y (the size that returned a silent constant in issue 19)
+    rng = np.random.default_rng(seed)
+    X, y = rng.normal(size=(47, 8)), rng.choice(3, 47, p=[0.5, 0.35, 0.15])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = Presto().fit(X, y)
+    constant_warnings = [w for w in caught if "the fit is constant" in str(w.message)]
+    assert model.constant_ == (model.best_index_ == 0) == bool(constant_warnings)
+    assert model.constant_ == (not np.any(model.coef_))
 
 
 def test_small_reproduction_presto_beats_both_baselines():
