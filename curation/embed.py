@@ -47,16 +47,6 @@ def resolve_model_dir(model_dir: str | Path | None = None) -> Path:
     return path.resolve()
 
 
-def model_fingerprint(model_dir: str | Path | None = None) -> str:
-    """The model's path and a digest of its file names and sizes: part of a run's identity."""
-    path = resolve_model_dir(model_dir)
-    digest = hashlib.sha256()
-    for item in sorted(path.rglob("*")):
-        if item.is_file():
-            digest.update(f"{item.relative_to(path)}:{item.stat().st_size}".encode())
-    return f"{path}@{digest.hexdigest()[:12]}"
-
-
 def example_texts(examples: pd.DataFrame, text: str = "both") -> list[str]:
     """The text to embed per `examples` row: prompt, response, or both (prompt, blank line, response)."""
     if text not in TEXT_FIELDS:

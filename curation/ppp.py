@@ -129,6 +129,15 @@ def reduced_space(
     return ReducedSpace(mean, evecs, np.sqrt(evals[:k]))
 
 
+def _test_space(Z: np.ndarray, lab: np.ndarray, k: int) -> np.ndarray:
+    """Z in k dimensions: the direction between the halves' means, then the leading coordinates of Z
+    (principal components) with that direction projected out."""
+    direction = Z[lab == 1].mean(axis=0) - Z[lab == 0].mean(axis=0)
+    basis = np.eye(Z.shape[1])[:, : max(k - 1, 0)]
+    basis, _ = np.linalg.qr(np.column_stack([direction, basis]))
+    return Z @ basis[:, :k]
+
+
 def hard_split_gain(Zw: np.ndarray, lab: np.ndarray, reg: float) -> float:
     """Log-likelihood gain of two Gaussians fitted to the two halves (full covariances, each half's own
     MLE, mixing weights the halves' shares) over one Gaussian fitted to all: the classification
@@ -488,10 +497,12 @@ class PPP(ClusterMixin, BaseEstimator):
             **init,
         )
 
-    def _gmm_space(self, Z: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    def _gmm_space(self, Z: np.ndarray, scales: np.ndarray | None) -> np.ndarray:
         """Where the GMMs are fitted: the whitened reduced space (a full or diagonal covariance is
         indifferent to the components' scales, and reg_covar becomes relative to them), or the
         reduced space itself for spherical covariances, which whitening would make fit any data."""
+        if scales is None:
+            scales = np.maximum(Z.std(axis=0), 1e-300)
         return Z if self.covariance_type == "spherical" else Z / scales
 
     def _test(
@@ -523,10 +534,14 @@ class PPP(ClusterMixin, BaseEstimator):
         return ""
 
     def _best_candidate(
-        self, Z: np.ndarray, space: ReducedSpace, sample_min: int
+        self, Z: np.ndarray, space: ReducedSpace, sample_min: int, k_test: int
     ) -> tuple[Candidate | None, str]:
-        """The passing candidate with the largest BIC gain, else the best failing one and its reason."""
-        Zw = self._gmm_space(Z, space.scales)
+        """The passing candidate with the largest BIC gain, else the best failing one and its reason.
+
+        Candidates are partitions found in the whole reduced space Z. Each is tested in `k_test`
+        dimensions (as many as the points support for full-covariance GMMs): the direction between its
+        halves' means, then the leading principal components, so that a split along a direction of
+        little variance is still seen by its test."""
         candidates = [
             c
             for c in self._candidates(Z, space.scales)
@@ -534,12 +549,18 @@ class PPP(ClusterMixin, BaseEstimator):
         ]
         if not candidates:
             return None, f"a half has fewer than {sample_min} points"
+        spaces = [self._gmm_space(_test_space(Z, c.labels, k_test), None) for c in candidates]
         # EM for the few candidates whose halves fit two Gaussians best (the GMM fits are most of the time)
-        candidates.sort(key=lambda c: -hard_split_gain(Zw, c.labels, self.reg_covar))
-        candidates = candidates[: self.n_tested]
-        one_bic = float(self._gmm(1).fit(Zw).bic(Zw))
-        for c in candidates:
+        order = sorted(
+            range(len(candidates)),
+            key=lambda i: -hard_split_gain(spaces[i], candidates[i].labels, self.reg_covar),
+        )
+        tested = order[: self.n_tested]
+        for i in tested:
+            Zw, c = spaces[i], candidates[i]
+            one_bic = float(self._gmm(1).fit(Zw).bic(Zw))
             c.bic_gain, c.agreement, c.dip_pvalue = self._test(Zw, c.labels, one_bic, sample_min)
+        candidates = [candidates[i] for i in tested]
         passing = [c for c in candidates if not self._failure(c)]
         best = max(passing or candidates, key=lambda c: c.bic_gain)
         return best, self._failure(best)
@@ -550,13 +571,18 @@ class PPP(ClusterMixin, BaseEstimator):
             node.reason = "too small to split"
             return None
         idx = _strided(len(X), self.sample_size)
-        space = reduced_space(X[idx], self.variance_kept, self.max_components, self.points_per_parameter)
+        # Partitions are proposed in the cluster's principal subspace and tested in as many dimensions
+        # as the points support (see _best_candidate).
+        space = reduced_space(X[idx], self.variance_kept, self.max_components)
         if space is None:
             node.reason = "no spread"
             return None
-        node.n_components = space.components.shape[1]
+        k_test = space.components.shape[1]
+        if self.points_per_parameter > 0:
+            k_test = min(k_test, components_supported(len(idx), self.points_per_parameter))
+        node.n_components = k_test
         sample_min = max(1, int(np.ceil(min_size * len(idx) / len(X))))  # min_size on the sample's scale
-        best, reason = self._best_candidate(space.project(X[idx]), space, sample_min)
+        best, reason = self._best_candidate(space.project(X[idx]), space, sample_min, k_test)
         if best is None:
             node.reason = reason
             return None

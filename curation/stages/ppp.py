@@ -28,6 +28,9 @@ PPP_THRESHOLDS = (
     "bic_margin",
     "covariance_type",
     "max_clusters",
+    "dip_alpha",
+    "variance_kept",
+    "max_components",
 )
 
 
@@ -46,9 +49,21 @@ class PPPParams(Params):
     min_agreement: float = param(0.9, "GMM / k-means agreement needed to split", number(0.5, 1))
     bic_margin: float = param(0.0, "BIC gain needed to split", number(-1e12, 1e12))
     covariance_type: str = param(
-        "diag", "GMM covariance: diag | spherical | full", Choice(("diag", "spherical", "full"))
+        "full",
+        "GMM covariance in each cluster's principal subspace: full (holds on correlated and elongated data) "
+        "| diag | spherical",
+        Choice(("diag", "spherical", "full")),
     )
     max_clusters: int = param(64, "stop splitting at this many clusters", integer(1, 100_000))
+    dip_alpha: float | None = param(
+        0.001,
+        "Hartigan's dip test p-value a split direction must reach (null: no dip test)",
+        optional(number(0, 1, "right")),
+    )
+    variance_kept: float = param(
+        0.95, "share of a cluster's variance its principal subspace keeps", number(0, 1, "right")
+    )
+    max_components: int = param(16, "most principal components a split is validated in", integer(1, 1000))
 
 
 def embedding_model(model: str | None, stage_name: str) -> str:

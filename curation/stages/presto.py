@@ -20,6 +20,8 @@ the last = the rare end) and `metrics` (rung counts and names, the chosen lambda
 
 from __future__ import annotations
 
+import sys
+import warnings
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
@@ -226,13 +228,15 @@ class RareEventPresto(Stage):
         examples, has, y, names = c["examples"], c["has"], c["y"], c["names"]
         present, counts = np.unique(y, return_counts=True)
         vectors = embed_examples(examples, {**p, "pca": p["n_components"]}, ctx.resolved_device())
-        estimator = Presto(
-            n_lambdas=p["n_lambdas"],
-            lambda_min_ratio=p["lambda_min_ratio"],
-            cv=p["cv"],
-            cv_metric=p["cv_metric"],
-            random_state=p["seed"],
-        ).fit(vectors[has], y)
+        with warnings.catch_warnings():  # the stage says it in its own line below
+            warnings.filterwarnings("ignore", message="PRESTO: the fit is constant")
+            estimator = Presto(
+                n_lambdas=p["n_lambdas"],
+                lambda_min_ratio=p["lambda_min_ratio"],
+                cv=p["cv"],
+                cv_metric=p["cv_metric"],
+                random_state=p["seed"],
+            ).fit(vectors[has], y)
         p_rare = estimator.predict_proba(vectors)[:, -1]
         keys = examples[["dataset", "example_id"]].reset_index(drop=True)
         run.write(
@@ -259,7 +263,14 @@ class RareEventPresto(Stage):
             for r, c in zip(present, counts, strict=True)
         ]
         rows.append(("rare_rung", f"name={rare_name}", float(estimator.classes_[-1])))
+        rows.append(("constant", "all", float(estimator.constant_)))
         run.write("metrics", pd.DataFrame(rows, columns=["name", "key", "value"]))
+        if estimator.constant_:  # shown even when quiet: every probability is the same number
+            print(
+                f"presto: warning: the fit is constant (lambda {estimator.lambda_:.3g}): every example gets "
+                f"P(rare) {p_rare.mean():.3f}; the embeddings do not separate the rungs of {int(has.sum())} examples",
+                file=sys.stderr,
+            )
         if not ctx.quiet:
             print(
                 f"presto: ladder {p['ladder']} from run {spec.inputs['ladder']}: {has.sum()} of {len(examples)} "
