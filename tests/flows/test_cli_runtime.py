@@ -75,7 +75,13 @@ def test_a_user_error_in_a_run_log_is_one_line_without_a_traceback() -> None:
         raise UserError("--dataset 'bad name!': use letters")
     except UserError:
         record = logging.LogRecord(
-            "prefect.flow_runs", logging.ERROR, __file__, 1, "Encountered exception: %r", ("x",), sys.exc_info()
+            "prefect.flow_runs",
+            logging.ERROR,
+            __file__,
+            1,
+            "Encountered exception: %r",
+            ("x",),
+            sys.exc_info(),
         )
     assert UserErrorRecords().filter(record)
     formatted = logging.Formatter().format(record)
