@@ -23,7 +23,7 @@ def check_device(value: str | None) -> str | None:
     from storage.errors import shorten
 
     if value is not None and not DEVICE_PATTERN.fullmatch(value):
-        raise UserError(f"--device {shorten(value)}: expected cpu, cuda, cuda:N or mps")
+        raise UserError(f"--device {shorten(value)}: expected cpu, cuda or cuda:N")
     return value
 
 
@@ -32,7 +32,7 @@ DeviceOption = Annotated[
     str | None,
     typer.Option(
         "--device",
-        help="cpu | cuda | cuda:N | mps (default: cuda when present, else cpu)",
+        help="cpu | cuda | cuda:N (default: cuda when present, else cpu)",
         show_default=False,
         callback=check_device,
     ),

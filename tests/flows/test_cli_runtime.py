@@ -137,5 +137,5 @@ def test_device_is_one_option_with_one_default(tmp_path: Path) -> None:
         args = ["recipes/demo.yaml"] if command == "curate" else ["-d", "x"]
         bad = run_cli(command, *args, "--device", "gpu", cwd=tmp_path)
         assert bad.returncode == 2 and bad.stderr.strip() == (
-            "error: --device 'gpu': expected cpu, cuda, cuda:N or mps"
+            "error: --device 'gpu': expected cpu, cuda or cuda:N"
         )
