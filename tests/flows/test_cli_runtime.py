@@ -57,6 +57,29 @@ def test_default_ingest_runs_plain_without_importing_prefect(one_row: Path) -> N
     assert len(Lake(one_row / "lake").examples("tiny")) == 1
 
 
+def test_no_flow_module_imports_prefect_until_a_flow_runs_under_it(tmp_path: Path) -> None:
+    modules = sorted(p.stem for p in (REPO / "flows").glob("*.py") if p.stem not in ("__init__", "cli"))
+    script = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}: importlib.import_module('flows.' + name)\n"
+        "from flows.curate import curate_flow\n"
+        "print(type(curate_flow).__name__, 'prefect' in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "ASSAY_"))}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["LazyFlow", "False"]
+    assert {"ingest", "curate", "stages", "attribute", "demo"} <= set(modules)
+
+
 def test_prefect_when_the_user_has_a_server_or_asks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ASSAY_PREFECT", raising=False)
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
