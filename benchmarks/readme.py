@@ -6,6 +6,7 @@ replaced, never typed by hand: `python -m benchmarks.readme` (also run by `pytho
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from pathlib import Path
@@ -16,44 +17,60 @@ from benchmarks.harness import available, skip_reason
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+def headline(name: str, result: dict) -> str:
+    """A benchmark's one-line result for the README: its module's `headline(tables) -> str` when it has one,
+    else the title of its first table."""
+    tables = result.get("tables") or []
+    try:
+        module = importlib.import_module(f"benchmarks.{name}.bench")
+    except ImportError:
+        module = None
+    summarise = getattr(module, "headline", None)
+    if summarise is not None and tables:
+        return summarise(tables)
+    return tables[0]["title"] if tables else ""
+
+
 def performance_section() -> str:
+    """A short summary table (one row per benchmark); the full tables live in benchmarks/results/README.md
+    (harness.write_index), with the machine beside every figure."""
     parts = [
         (
-            "Generated from `benchmarks/results/*.json` by `python -m benchmarks`; full tables with the "
-            "machine beside every figure: [benchmarks/results/README.md](benchmarks/results/README.md)."
+            "Generated from `benchmarks/results/*.json` by `python -m benchmarks`. Every figure is a ratio "
+            "against a peer measured in the same run; the full tables, with the machine beside each, are in "
+            "[benchmarks/results/README.md](benchmarks/results/README.md)."
         ),
         "",
+        "| benchmark | result | measured |",
+        "|---|---|---|",
     ]
+    measured = set()
     for path in sorted(harness.RESULTS.glob("*.json")):
         result = json.loads(path.read_text())
-        machine = result["machine"]
-        mode = "quick" if result["quick"] else "full"
-        parts.append(
-            f"**{result['name']}** ({mode}, {result['finished_at'][:10]}, {machine['cores']} cores, "
-            f"{machine['device']})"
-        )
+        name = result["name"]
+        measured.add(path.stem)
+        link = f"[{name}](benchmarks/results/README.md#{name})"
         if result.get("error"):
-            parts += ["", "failed: see the results file", ""]
+            parts.append(f"| {link} | failed: see the results file | {result.get('finished_at', '')[:10]} |")
             continue
-        for table in result.get("tables", []):
-            parts += [
-                "",
-                f"*{table['title']}*",
-                "",
-                "| " + " | ".join(map(str, table["columns"])) + " |",
-                "|" + "---|" * len(table["columns"]),
-            ]
-            parts += [
-                "| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |"
-                for row in table["rows"]
-            ]
-        parts.append("")
-    measured = {p.stem for p in harness.RESULTS.glob("*.json")}
+        machine = result["machine"]
+        when = (
+            f"{result['finished_at'][:10]}, {'quick' if result['quick'] else 'full'}, "
+            f"{machine['cores']} cores, {machine['device']}"
+        )
+        parts.append(f"| {link} | {_cell(headline(name, result))} | {when} |")
     for name in available():
         if name not in measured:
             reason = skip_reason(name)
-            parts += [f"**{name}**: no results yet" + (f"; skipped here: {reason}." if reason else "."), ""]
+            parts.append(
+                f"| {name} | no results yet" + (f"; skipped here: {reason}" if reason else "") + " | |"
+            )
     return "\n".join(parts)
+
+
+def _cell(text: str) -> str:
+    """Text inside a markdown table cell."""
+    return " ".join(str(text).split()).replace("|", "\\|")
 
 
 def reliability_section() -> str:

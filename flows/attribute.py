@@ -9,17 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow
-
-from flows.runtime import step
+from flows.runtime import flow, step
 from flows.stages import run_stage
-from flows.tasks import RETRY, publish_summary, run_complete
+from flows.tasks import publish_summary, run_complete
 from storage import Lake
 
 DEMO_MODELS = {"demo": False, "demo-quick": True}  # name -> quick
 
 
-@step(name="demo-model", **RETRY)
+@step(name="demo-model", retry=True)
 def demo_model(lake_root: str, quick: bool) -> str:
     """Ingest the demo datasets and build (or reuse) the demo reference model; returns its directory."""
     from flows.demo import DEMO_TARGETS, DEMO_TRAIN, build_corpus, build_reference_model, ingest_file

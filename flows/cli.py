@@ -10,18 +10,50 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
+import typer.core
 
 from flows.commands import LakeOption
 from flows.runtime import configure_environment
 from storage import Lake, UserError
 
+
+class FullHelpGroup(typer.core.TyperGroup):
+    """The command list with each command's whole first line (click cuts it to the terminal's width) and
+    its short aliases beside it (`influence-reweight, reweight`)."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        commands = [(name, self.get_command(ctx, name)) for name in self.list_commands(ctx)]
+        aliases: dict[object, list[str]] = {}
+        for name, cmd in commands:
+            if cmd is not None and cmd.hidden:
+                aliases.setdefault(_function(cmd), []).append(name)
+        rows = [
+            (", ".join([name, *aliases.get(_function(cmd), [])]), cmd.get_short_help_str(limit=10_000))
+            for name, cmd in commands
+            if cmd is not None and not cmd.hidden
+        ]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def _function(command: click.Command) -> object:
+    """The function behind a command (typer wraps it once per registered name)."""
+    return getattr(command.callback, "__wrapped__", command.callback)
+
+
 app = typer.Typer(
     name="assay",
+    cls=FullHelpGroup,
     help="Attribution and curation for LLM fine-tuning data. Results live in a Parquet lake; query it with SQL.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Click's plain help: wrapped to the terminal (80 columns outside one), never cut. Rich's panels cut
+    # option names and help text short of the width they need.
+    rich_markup_mode=None,
 )
 
 
@@ -38,13 +70,19 @@ def get_lake(lake: Path | None = None) -> Lake:
 def main_options(
     lake: LakeOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
-    no_prefect: Annotated[
-        bool, typer.Option("--no-prefect", help="Run jobs as plain calls, not Prefect flows.")
-    ] = False,
+    prefect: Annotated[
+        bool | None,
+        typer.Option(
+            "--prefect/--no-prefect",
+            help="Run jobs as Prefect flows (runs, logs and artifacts in Prefect) or as plain calls. "
+            "Default: Prefect when PREFECT_API_URL names a server, else plain calls ($ASSAY_PREFECT).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     State.lake_root, State.quiet = lake, quiet
-    if no_prefect:
-        os.environ["ASSAY_PREFECT"] = "0"
+    if prefect is not None:
+        os.environ["ASSAY_PREFECT"] = "1" if prefect else "0"
     if quiet:
         os.environ["ASSAY_QUIET"] = "1"
 
@@ -290,6 +328,8 @@ def demo(
         echo(f"  {stage}: run {run_id}")
     if summary.get("export"):
         echo(f"exported dataset: {summary['export']['path']} ({summary['export']['rows']} rows)")
+    if summary.get("unlearning_refused"):
+        echo(f"unlearning kept nothing: {summary['unlearning_refused']}")
     for title, query in DEMO_QUERIES + summary.get("queries", []):
         echo(f'\n-- {title}\nassay sql "{query}"')
         print_frame(run_sql(lake.root, query).to_pandas())

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
-
 from flows.export import export_step
 from flows.recipes import check_datasets, resolve_recipe
+from flows.runtime import flow
 from flows.stages import run_stage
 from flows.tasks import publish_summary
 from storage import Lake

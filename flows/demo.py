@@ -8,9 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from prefect import flow
-
-from flows.runtime import cache_dir, state_dir, step
+from flows.runtime import cache_dir, flow, state_dir, step
 from storage import Lake
 
 DEMO_TRAIN, DEMO_TARGETS = "demo_train", "demo_targets"
@@ -179,7 +177,8 @@ WHERE w.run_id = '{mix}' GROUP BY ALL ORDER BY ALL""",
 
 
 @flow(name="demo", log_prints=True)
-def demo_flow(lake_root: str, quick: bool = False) -> dict:
+def demo_flow(lake_root: str | None = None, quick: bool = False) -> dict:
+    lake_root = str(Lake(lake_root).root)
     paths = build_corpus(quick)
     ingested = {
         DEMO_TRAIN: ingest_file(lake_root, paths["train"], DEMO_TRAIN),
@@ -194,8 +193,16 @@ def demo_flow(lake_root: str, quick: bool = False) -> dict:
     curated = subflow(curate_flow, recipe, lake_root=lake_root, quiet=True)
     attribution_run = curated["runs"]["attribute"]
     queries = [(title, sql.format(run=attribution_run)) for title, sql in ATTRIBUTION_QUERIES]
-    runs = {**curated["runs"], "unlearn": unlearn(lake_root, model_dir, attribution_run, quick)}
-    queries += [(title, sql.format(**runs)) for title, sql in [*CURATION_QUERIES, UNLEARN_QUERY]]
+    runs = dict(curated["runs"])
+    queries += [(title, sql.format(**runs)) for title, sql in CURATION_QUERIES]
+    from attribution.stages.unlearn import UnlearningNoOp
+
+    unlearning_refused = None
+    try:
+        runs["unlearn"] = unlearn(lake_root, model_dir, attribution_run, quick)
+        queries.append((UNLEARN_QUERY[0], UNLEARN_QUERY[1].format(**runs)))
+    except UnlearningNoOp as exc:  # the demo shows the guardrail's verdict instead of a no-op model
+        unlearning_refused = str(exc)
     from flows.reports import write_demo_report
 
     report = write_demo_report(Lake(lake_root))
@@ -208,4 +215,5 @@ def demo_flow(lake_root: str, quick: bool = False) -> dict:
         "export": curated["export"],
         "report": str(report),
         "queries": queries,
+        "unlearning_refused": unlearning_refused,
     }

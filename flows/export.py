@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow
-
-from flows.runtime import step
-from flows.tasks import CACHE, RETRY, cached, publish_summary
+from flows.runtime import flow, step
+from flows.tasks import cached, publish_summary
 from storage import Lake
 
 EXPORT_MARK = "Exported by assay from run `"
@@ -35,7 +33,7 @@ def export_holds(result: dict) -> bool:
 
 
 # A complete run never changes, so the same export of the same run is safe to reuse from the cache.
-@step(name="export-run", task_run_name="export-{run_id}", **RETRY, **CACHE)
+@step(name="export-run", task_run_name="export-{run_id}", retry=True, cache=True)
 def export_run_step(
     lake_root: str,
     run_id: str,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from prefect import flow
-
+from flows.runtime import flow
+from flows.tasks import publish_summary
 from storage import Lake
 from storage.ingest import ColumnMap, ingest
 
@@ -14,10 +14,12 @@ from storage.ingest import ColumnMap, ingest
 def ingest_flow(
     path: str,
     dataset: str,
-    lake_root: str,
+    lake_root: str | None = None,
     columns: dict | None = None,
     fmt: str | None = None,
     split: str | None = None,
 ) -> dict:
-    result = ingest(Lake(lake_root), path, dataset, ColumnMap(**(columns or {})), fmt=fmt, split=split)
+    lake = Lake(lake_root)
+    result = ingest(lake, path, dataset, ColumnMap(**(columns or {})), fmt=fmt, split=split)
+    publish_summary(f"ingest-{dataset}", f"Ingest of {path} as {dataset}", lake, [result.run_id])
     return asdict(result)

@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
-
 from flows.attribute import resolve_model
 from flows.curate import curate_flow
+from flows.runtime import flow
 from flows.tasks import subflow
 from storage import Lake
 

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
-
 from flows.registry import build_stage
-from flows.runtime import step
-from flows.tasks import RETRY, publish_summary
+from flows.runtime import flow, step
+from flows.tasks import publish_summary
 from storage import Lake
 from storage.stage import StageContext
 
 
-@step(name="stage", task_run_name="{name}", **RETRY)
+@step(name="stage", task_run_name="{name}", retry=True)
 def run_stage(
     lake_root: str,
     name: str,
@@ -26,7 +24,12 @@ def run_stage(
     workers: int = 0,
     quiet: bool = False,
 ) -> str:
-    """Run one registered stage; returns its run id (an identical finished run is reused)."""
+    """Run one registered stage; returns its run id (an identical finished run is reused). Its name, run id
+    and time go to the run log (progress lines come from the stage itself)."""
+    import time
+
+    from storage.progress import log
+
     stage = build_stage(name, params)
     ctx = StageContext(
         Lake(lake_root),
@@ -37,7 +40,11 @@ def run_stage(
         dask=dask,
         workers=workers,
     )
-    return stage.run(ctx)
+    log(f"stage {name}: starting on {', '.join(datasets) or 'no dataset'}")
+    started = time.monotonic()
+    run_id = stage.run(ctx)
+    log(f"stage {name}: run {run_id} complete ({time.monotonic() - started:.1f}s)")
+    return run_id
 
 
 @flow(name="stage", log_prints=False)

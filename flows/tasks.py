@@ -10,9 +10,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prefect.cache_policies import INPUTS, TASK_SOURCE
-from prefect.tasks import exponential_backoff
-
+from flows.runtime import in_prefect_run
 from storage import Lake, UserError
 
 # Errors that do not go away on a retry, although they are OSErrors.
@@ -42,25 +40,31 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     return is_transient(get_state_exception(state))  # the task's own exception
 
 
-# Three retries after 2, 4 and 8 s (with jitter), for transient errors only.
-RETRY: dict[str, Any] = {
-    "retries": 3,
-    "retry_delay_seconds": exponential_backoff(backoff_factor=2.0),
-    "retry_jitter_factor": 0.5,
-    "retry_condition_fn": retry_transient,
-}
-# Cache a task on its inputs and its own source: an edit of the task's code invalidates the cache.
-# Only for tasks whose result is a pure function of their inputs (see `cached`).
-CACHE: dict[str, Any] = {"cache_policy": INPUTS + TASK_SOURCE, "persist_result": True}
+def retry_options() -> dict[str, Any]:
+    """Three retries after 2, 4 and 8 s (with jitter), for transient errors only (`@step(retry=True)`)."""
+    from prefect.tasks import exponential_backoff
+
+    return {
+        "retries": 3,
+        "retry_delay_seconds": exponential_backoff(backoff_factor=2.0),
+        "retry_jitter_factor": 0.5,
+        "retry_condition_fn": retry_transient,
+    }
+
+
+def cache_options() -> dict[str, Any]:
+    """Cache a task on its inputs and its own source: an edit of the task's code invalidates the cache
+    (`@step(cache=True)`). Only for tasks whose result is a pure function of their inputs (see `cached`)."""
+    from prefect.cache_policies import INPUTS, TASK_SOURCE
+
+    return {"cache_policy": INPUTS + TASK_SOURCE, "persist_result": True}
 
 
 def cached(step_fn: Callable[..., Any], *args: Any, valid: Callable[[Any], bool], **kwargs: Any) -> Any:
     """Call a cached step; recompute when its cached result no longer holds (a lake or folder that was
     deleted or replaced since), so a cache never hands out a run id or path that is gone."""
-    from prefect.context import FlowRunContext
-
     result = step_fn(*args, **kwargs)
-    if valid(result) or FlowRunContext.get() is None:
+    if valid(result) or not in_prefect_run():
         return result
     return step_fn.task.with_options(refresh_cache=True)(*args, **kwargs)
 
@@ -134,10 +138,8 @@ def publish_summary(
 ) -> list[dict[str, Any]]:
     """A table artifact (runs and tables written) and a markdown artifact (the same, plus the SQL to
     inspect them) on the current flow run. Outside a flow run it only returns the rows."""
-    from prefect.context import FlowRunContext
-
     rows = run_summary(lake, run_ids)
-    if FlowRunContext.get() is None:
+    if not in_prefect_run():
         return rows
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -155,13 +157,28 @@ def publish_summary(
     lines += [f'assay --lake {lake.root} sql "{q}"' for q in inspect_sql(rows)]
     lines += ["```", ""]
     create_markdown_artifact("\n".join(lines), key=key, description=title)
+    publish_reports(lake, list(dict.fromkeys(r["run_id"] for r in rows)))
     return rows
+
+
+def publish_reports(lake: Lake, run_ids: list[str]) -> None:
+    """Each complete run's HTML report (`assay report`), linked from a `report-<run id>` artifact of the
+    current flow run. A report that cannot be rendered is a warning in the run's log, never a failed run."""
+    from flows.reports import write_report
+    from storage.progress import warn
+
+    for run_id in run_ids:
+        record = lake.run_record(run_id)
+        if not record or record["status"] != "complete":
+            continue
+        try:
+            write_report(lake, run_id)
+        except Exception as exc:  # noqa: BLE001 - the run's results stand without their report
+            warn(f"report of run {run_id} not written: {type(exc).__name__}: {exc}")
 
 
 def subflow(flow_obj: Any, *args: Any, **kwargs: Any) -> Any:
     """Call a flow as a subflow inside a flow run, or as its plain function otherwise (ASSAY_PREFECT=0)."""
-    from prefect.context import FlowRunContext
-
-    if FlowRunContext.get() is not None:
+    if in_prefect_run():
         return flow_obj(*args, **kwargs)
     return flow_obj.fn(*args, **kwargs)

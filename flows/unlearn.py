@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow
-
+from flows.runtime import flow
 from flows.stages import run_stage
 from flows.tasks import publish_summary
 from storage import Lake

@@ -44,6 +44,7 @@ from storage.params import (
     optional,
     param,
 )
+from storage.progress import Progress, bars_enabled, warn
 from storage.stage import RunSpec, Stage, StageContext
 
 # The method names, kept here so that building the stage (and the CLI) does not import torch; a test checks
@@ -164,16 +165,50 @@ def records(frame: pd.DataFrame) -> list[dict]:
     return frame[[c for c in RECORD_COLUMNS if c in frame.columns]].to_dict("records")
 
 
-def overlapping_targets(lake: Lake, train: tuple[str, str], targets: tuple[str, str]) -> int:
-    """How many target examples also sit in the training set (same prompt and response once whitespace and
-    case are normalised): their scores measure memorisation, not transfer."""
-    key = "lower(regexp_replace(coalesce(prompt, '') || '\x1f' || coalesce(response, ''), '\\s+', ' ', 'g'))"
+# Exact: the same prompt and response once whitespace and case are normalised. Near: the same prompt once
+# case, whitespace, punctuation and symbols are dropped (another answer to the same question, a reformatted
+# copy), so the target's question was seen in training.
+EXACT_KEY = (
+    "lower(regexp_replace(coalesce(prompt, '') || '\x1f' || coalesce(response, ''), '\\s+', ' ', 'g'))"
+)
+PROMPT_KEY = "regexp_replace(lower(coalesce(prompt, '')), '[\\s\\pP\\pS]+', '', 'g')"
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """Target examples that also sit in the training set: `exact` copies, and `near` ones (same prompt,
+    ignoring case, spaces, punctuation and symbols; not counted in `exact`)."""
+
+    exact: int
+    near: int
+
+    def warning(self, targets: str, train: str) -> str | None:
+        if not (self.exact or self.near):
+            return None
+        parts = []
+        if self.exact:
+            parts.append(
+                f"{self.exact} target example(s) of {targets} also sit in {train} (same prompt and response)"
+            )
+        if self.near:
+            parts.append(
+                f"{self.near} {'more ' if self.exact else ''}target example(s) of {targets} share a prompt with "
+                f"{train} (ignoring case, spaces and punctuation)"
+            )
+        return "attribute: " + "; ".join(parts) + ": their scores measure memorisation, not transfer"
+
+
+def overlapping_targets(lake: Lake, train: tuple[str, str], targets: tuple[str, str]) -> Overlap:
+    """How many target examples also sit in the training set, exactly or nearly (see `Overlap`)."""
+    keys = f"SELECT DISTINCT {EXACT_KEY} AS e, {PROMPT_KEY} AS p FROM examples_all WHERE dataset = ? AND version = ?"
     found = lake.query(
-        f"SELECT count(*) AS n FROM (SELECT DISTINCT {key} AS k FROM examples_all WHERE dataset = ? AND version = ?)"
-        f" t JOIN (SELECT DISTINCT {key} AS k FROM examples_all WHERE dataset = ? AND version = ?) r USING (k)",
+        f"WITH t AS ({keys}), r AS ({keys}) SELECT "
+        "count(DISTINCT t.e) FILTER (WHERE t.e IN (SELECT e FROM r)) AS exact, "
+        "count(DISTINCT t.e) FILTER (WHERE t.e NOT IN (SELECT e FROM r) AND t.p <> '' "
+        "AND t.p IN (SELECT p FROM r)) AS near FROM t",
         [*targets, *train],
     )
-    return int(found["n"].iloc[0])
+    return Overlap(int(found["exact"].iloc[0]), int(found["near"].iloc[0]))
 
 
 def work_dir(lake: Lake, run_id: str) -> Path:
@@ -210,12 +245,9 @@ class Attribute(Stage):
         targets = (p.targets, ctx.lake.dataset_version(p.targets))
         if examples_of(ctx.lake, *train).empty or examples_of(ctx.lake, *targets).empty:
             raise UserError(f"stage attribute: {train[0]} or {p.targets} has no examples to attribute")
-        overlap = overlapping_targets(ctx.lake, train, targets)
-        if overlap and not ctx.quiet:
-            print(
-                f"attribute: warning: {overlap} target example(s) of {p.targets} also sit in {train[0]} (same "
-                "prompt and response): their scores measure memorisation"
-            )
+        warning = overlapping_targets(ctx.lake, train, targets).warning(p.targets, train[0])
+        if warning:
+            warn(warning)
         params = {
             "level": p.level,
             "config": config.params(),
@@ -283,18 +315,27 @@ class Attribute(Stage):
         self, ctx: StageContext, run: Run, spec: RunSpec, wanted: set[int] | None, progress: bool
     ) -> None:
         """Score the training shards not yet written (those in `wanted`, when given) and write each."""
-        from attribution.engine import Levels, iter_shard_frames
+        from attribution.engine import Levels, iter_shard_frames, shards
 
-        scorer = self.scorer(ctx, spec, progress)
         p = self.params
         skip = lambda k: (wanted is not None and k not in wanted) or run.has_shard("scores", k)
+        n_shards = len(shards(len(examples_of(ctx.lake, *spec.context["train"])), p.shard_size))
+        todo = sum(not skip(k) for k in range(n_shards))
+        if not todo:
+            return
+        scorer = self.scorer(ctx, spec, progress and bars_enabled())  # the fit's own bars: terminals only
         levels = Levels(p.segmenter, p.token_targets)
-        for k, frames in iter_shard_frames(
-            scorer, p.level, levels, p.shard_size, skip=skip, progress=progress
-        ):
-            for table in ("token_scores", "segment_scores", "scores"):  # scores last: marks the shard done
-                if table in frames:
-                    run.write(table, frames[table], shard=k)
+        frames_of_shards = iter_shard_frames(scorer, p.level, levels, p.shard_size, skip=skip)
+        with Progress(f"attribute ({p.method}, {p.level})", todo, "shards", bar=progress) as bar:
+            for k, frames in frames_of_shards:
+                for table in (
+                    "token_scores",
+                    "segment_scores",
+                    "scores",
+                ):  # scores last: marks the shard done
+                    if table in frames:
+                        run.write(table, frames[table], shard=k)
+                bar.update()
 
     def execute(self, ctx: StageContext, run: Run, spec: RunSpec) -> None:
         self.score_shards(ctx, run, spec, None, progress=not ctx.quiet)
@@ -311,7 +352,7 @@ class Attribute(Stage):
             from attribution.scoring import scorer_class
 
             if scorer_class(self.params.method).persistent_fit:  # fit once here; the workers reuse it
-                self.scorer(ctx, spec, progress=not ctx.quiet)
+                self.scorer(ctx, spec, progress=not ctx.quiet and bars_enabled())
             n_groups = max(1, min(len(todo), ctx.workers or 2))
             groups = [todo[i::n_groups] for i in range(n_groups)]
             gpu = ctx.resolved_device().startswith("cuda")
@@ -330,7 +371,13 @@ class Attribute(Stage):
                     )
                     for group in groups
                 ]
-                client.gather(futures)
+                from distributed import as_completed
+
+                sizes = {f.key: len(g) for f, g in zip(futures, groups, strict=True)}
+                with Progress(f"attribute ({self.params.method}, dask)", len(todo), "shards") as bar:
+                    for future in as_completed(futures):
+                        future.result()  # a worker's error stops the run here
+                        bar.update(sizes[future.key])
         missing = [k for k in range(n_shards) if not run.has_shard("scores", k)]
         if missing:
             raise RuntimeError(f"attribution run {run.run_id}: shards {missing} were not written")

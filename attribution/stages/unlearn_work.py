@@ -10,6 +10,8 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from storage import Lake, UserError
+from storage.progress import Progress, progress, say
 
 METHODS = ("dmm", "oracle", "ga", "gd", "ga+gd")
 REFERENCE_FILE = "assay_reference.json"
@@ -107,6 +110,7 @@ def _dmm_targets(
         point_scores = scores
     else:  # the run scored other targets: score the fine-tuning points here, as the run would have
         # (with this model only: a TRAK run's extra checkpoints are not reused)
+        say(f"unlearn: scoring the {len(ft_records)} fine-tuning points with {method}")
         point_scores = attribute(
             model,
             records,
@@ -173,7 +177,7 @@ def _calibrated_scale(
     n = len(records)
     drop_count = max(1, round(s.calibration_fraction * n))
     observed, predicted = [], []
-    for _ in range(s.calibration_retrains):
+    for _ in progress(range(s.calibration_retrains), "unlearn: calibration retrains", unit="retrains"):
         dropped = rng.choice(n, size=drop_count, replace=False)
         keep = np.setdiff1d(np.arange(n), dropped)
         retrained = _retrain(plan, tokenizer, [records[i] for i in keep], device)
@@ -215,7 +219,30 @@ class Outcome:
     summary: dict
 
 
-def unlearn(lake: Lake, plan: Plan) -> Outcome:
+def finetune_steps(plan: Plan, n_items: int) -> int:
+    """Optimiser steps of the unlearning fine-tune over `n_items` (attribution.unlearning.loop.optimise: one
+    step per batch, every epoch)."""
+    s = plan.settings
+    return s.epochs * -(-n_items // s.batch_size)
+
+
+@contextmanager
+def counting_steps(desc: str, total: int, bar: bool) -> Iterator[Progress]:
+    """Progress over the optimiser steps taken inside the block. The unlearning loop takes no callback, so
+    this counts with torch's global optimiser-step hook, removed on the way out."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    with Progress(desc, total, "steps", bar=bar) as counter:
+        handle = register_optimizer_step_post_hook(lambda *_: counter.update())
+        try:
+            yield counter
+        finally:
+            handle.remove()
+
+
+def unlearn(lake: Lake, plan: Plan, show_progress: bool = True) -> Outcome:
+    """Unlearn the plan's forget set; progress (phases, calibration retrains, fine-tuning steps with ETA) on
+    the terminal when `show_progress`, and in run logs always (storage.progress)."""
     import torch
 
     from attribution.training import pick_device
@@ -234,6 +261,7 @@ def unlearn(lake: Lake, plan: Plan) -> Outcome:
     before = lm.mean_losses(model, data)
     retrained, retrain_seconds = None, None
     if plan.reference is not None and (s.retrain or plan.method == "oracle"):
+        say("unlearn: retraining the model without the forget set (the comparison)")
         t0 = time.perf_counter()
         retrained = _retrain(plan, tokenizer, [records[i] for i in retain], device)
         retrain_seconds = time.perf_counter() - t0
@@ -241,6 +269,7 @@ def unlearn(lake: Lake, plan: Plan) -> Outcome:
     sequence, points = finetune_points(forget, retain, s.forget_repeats, s.retain_multiple, s.seed)
     n_finetune = len(sequence)
     facts: dict[str, float] = {}
+    desc = f"unlearn ({plan.method}): fine-tuning"
     if plan.method == "dmm":
         ft_records, targets, facts = _dmm_targets(
             lake, plan, model, tokenizer, records, points, plan.forget_ids, device
@@ -248,30 +277,32 @@ def unlearn(lake: Lake, plan: Plan) -> Outcome:
         local = {int(p): k for k, p in enumerate(points)}
         seq = np.concatenate([[local[int(i)] for i in sequence], np.arange(len(points), len(ft_records))])
         n_finetune = len(seq)
-        lm.match_token_logprobs(
-            model,
-            lm.EncodedSet(tokenizer, ft_records, plan.max_length),
-            targets,
-            seq.astype(np.int64),
-            s.optim(),
-        )
+        with counting_steps(desc, finetune_steps(plan, n_finetune), show_progress):
+            lm.match_token_logprobs(
+                model,
+                lm.EncodedSet(tokenizer, ft_records, plan.max_length),
+                targets,
+                seq.astype(np.int64),
+                s.optim(),
+            )
     elif plan.method == "oracle":
         ft_records = [records[p] for p in points]
         ft_data = lm.EncodedSet(tokenizer, ft_records, plan.max_length)
         targets = lm.per_token_logprobs(retrained, ft_data)
         local = {int(p): k for k, p in enumerate(points)}
-        lm.match_token_logprobs(
-            model, ft_data, targets, np.array([local[int(i)] for i in sequence]), s.optim()
-        )
-    elif plan.method == "ga":
-        n_finetune = len(forget)
-        lm.lm_gradient_ascent(model, data, forget, s.optim())
-    elif plan.method == "gd":
-        n_finetune = len(retain)
-        lm.lm_gradient_descent(model, data, retain, s.optim())
+        with counting_steps(desc, finetune_steps(plan, len(sequence)), show_progress):
+            lm.match_token_logprobs(
+                model, ft_data, targets, np.array([local[int(i)] for i in sequence]), s.optim()
+            )
     else:
-        n_finetune = len(retain)
-        lm.lm_ascent_descent(model, data, forget, retain, s.optim(), s.ascent_weight)
+        n_finetune = len(forget) if plan.method == "ga" else len(retain)
+        with counting_steps(desc, finetune_steps(plan, n_finetune), show_progress):
+            if plan.method == "ga":
+                lm.lm_gradient_ascent(model, data, forget, s.optim())
+            elif plan.method == "gd":
+                lm.lm_gradient_descent(model, data, retain, s.optim())
+            else:
+                lm.lm_ascent_descent(model, data, forget, retain, s.optim(), s.ascent_weight)
     seconds = time.perf_counter() - started
     after = lm.mean_losses(model, data)
     rows = [

@@ -45,6 +45,7 @@ from storage.params import (
     optional,
     param,
 )
+from storage.progress import Progress
 
 GENERATOR_CHOICES = ("replay", "transformers", "vllm", "openai")
 COUNT = integer(1, 1_000_000)
@@ -389,8 +390,16 @@ class DartSampling(Stage):
             math_verifier=spec.context["math_verifier"],
         )
         try:
-            progress = None if ctx.quiet else _progress
-            result = build_strategy(p).run(queries, generator, verifier, seed=p["seed"], on_round=progress)
+            with Progress(
+                f"dart ({p['strategy']})",
+                trial_budget(p, len(queries)),
+                "trials",
+                at_most=True,
+                bar=not ctx.quiet,
+            ) as trials:
+                result = build_strategy(p).run(
+                    queries, generator, verifier, seed=p["seed"], on_round=lambda _r, _q, n: trials.set(n)
+                )
         finally:
             generator.close()
         out_name = p["output_dataset"] or f"{'_'.join(ctx.datasets)}-dart-{run.run_id.rsplit('-', 1)[-1]}"
@@ -428,8 +437,10 @@ class DartSampling(Stage):
         return lines
 
 
-def _progress(rounds: int, queries: int, trials: int) -> None:
-    print(f"dart: round {rounds}: {queries} queries sampled, {trials} trials so far", flush=True)
+def trial_budget(p: dict[str, Any], n_queries: int) -> int:
+    """The most trials a DART run can make (VRT: n_per_query each; Uniform / Prop2Diff: up to n_max each,
+    usually fewer), so its progress and ETA are upper bounds."""
+    return n_queries * (p["n_per_query"] if p["strategy"] == "vrt" else p["n_max"])
 
 
 def _report(result: strategies.DartResult, out_name: str | None) -> None:

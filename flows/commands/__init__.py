@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -11,4 +12,28 @@ import typer
 LakeOption = Annotated[
     Path | None,
     typer.Option("--lake", help="Lake directory (default: $ASSAY_LAKE or ./lake).", show_default=False),
+]
+
+DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d{1,3})?|mps")
+
+
+def check_device(value: str | None) -> str | None:
+    """A device name torch takes (cpu, cuda, cuda:N, mps); None leaves the choice to the stage."""
+    from storage import UserError
+    from storage.errors import shorten
+
+    if value is not None and not DEVICE_PATTERN.fullmatch(value):
+        raise UserError(f"--device {shorten(value)}: expected cpu, cuda or cuda:N")
+    return value
+
+
+# The --device option of every command that runs a model (one default everywhere: cuda when present).
+DeviceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--device",
+        help="cpu | cuda | cuda:N (default: cuda when present, else cpu)",
+        show_default=False,
+        callback=check_device,
+    ),
 ]

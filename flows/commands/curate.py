@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from flows.commands import LakeOption
+from flows.commands import DeviceOption, LakeOption
 
 
 def register(app: typer.Typer) -> None:
@@ -20,10 +20,7 @@ def register(app: typer.Typer) -> None:
             list[str] | None,
             typer.Option("--dataset", "-d", help="curate this dataset instead of the recipe's (repeatable)"),
         ] = None,
-        device: Annotated[
-            str | None,
-            typer.Option(help="cpu | cuda | cuda:N for stages that run a model (default: cuda when present)"),
-        ] = None,
+        device: DeviceOption = None,
         dask: Annotated[
             str | None,
             typer.Option(

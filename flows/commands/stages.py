@@ -10,14 +10,13 @@ that may be numbers or words are read as YAML (`--groups '{math: 2, code: 1}'`, 
 from __future__ import annotations
 
 import inspect
-import re
 from dataclasses import Field
 from typing import Annotated, Any
 
 import typer
 import yaml
 
-from flows.commands import LakeOption
+from flows.commands import DeviceOption, LakeOption
 from storage import UserError
 from storage.errors import shorten
 from storage.params import (
@@ -122,8 +121,6 @@ def stage_command(cls: type[Stage]) -> Any:
         datasets, device = list(given.pop("dataset")), given.pop("device")
         dask, workers = given.pop("dask_cluster_", None), given.pop("dask_workers_", 0)
         dask_address(dask)  # a malformed address is the user's error before anything runs
-        if device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
-            raise UserError(f"--device {shorten(device)}: expected cpu, cuda or cuda:N")
         params = {}
         for f in fields:
             value = _from_cli(f, given[f.name])
@@ -164,9 +161,7 @@ def stage_command(cls: type[Stage]) -> Any:
         inspect.Parameter(
             "device",
             inspect.Parameter.KEYWORD_ONLY,
-            annotation=Annotated[
-                str | None, typer.Option(help="cpu | cuda | cuda:N (default: cuda when present)")
-            ],
+            annotation=DeviceOption,
             default=None,
         ),
     ]

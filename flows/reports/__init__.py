@@ -81,9 +81,13 @@ def write_report(lake: Lake, run_id: str, out: str | Path | None = None) -> Path
 
     Runs it read (its lineage) link to their reports when those sit beside it in the same folder."""
     out = Path(out) if out is not None else default_report_path(run_id)
-    text = report_html(lake, run_id, lambda r: f"{r}.html" if (out.parent / f"{r}.html").exists() else None)
+    with LakeView(lake) as view:
+        report = render_run(
+            view, run_id, lambda r: f"{r}.html" if (out.parent / f"{r}.html").exists() else None
+        )
+    text = h.page(f"assay report: {run_id}", f"lake {lake.root}", report.html())
     path = h.write_atomic(out, text).absolute()
-    report_link_artifact(run_id, path)
+    report_link_artifact(run_id, path, summary=report.summary)
     return path
 
 
@@ -144,7 +148,9 @@ def write_demo_report(lake: Lake, out_dir: str | Path | None = None) -> Path:
     return path
 
 
-def report_link_artifact(run_id: str, path: str | Path, title: str | None = None) -> str | None:
+def report_link_artifact(
+    run_id: str, path: str | Path, title: str | None = None, summary: str | None = None
+) -> str | None:
     """Inside a Prefect flow or task run: a markdown artifact (key `report-<run id>`) linking the run's
     report; elsewhere nothing. `write_report` and `write_demo_report` call it for every page they write.
 
@@ -162,5 +168,7 @@ def report_link_artifact(run_id: str, path: str | Path, title: str | None = None
     key = re.sub(r"[^a-z0-9-]+", "-", f"report-{run_id}".lower()).strip("-")
     title = title or f"assay report of run {run_id}"
     markdown = f"[{title}]({path.as_uri()})\n\nFile: `{path}`"
+    if summary:
+        markdown += f"\n\n{summary}"
     artifact = create_markdown_artifact(markdown=markdown, key=key, description=title)
     return str(artifact)

@@ -96,8 +96,15 @@ def test_readme_sections_are_generated_from_results(results, monkeypatch, tmp_pa
     readme.update_readme(page)
     text = page.read_text()
     assert "old typed text" not in text and text.startswith("intro\n") and text.endswith("end\n")
-    assert "*A table*" in text and "| x | 1.25 |" in text
-    assert "**gpuish**: no results yet; skipped here: no CUDA device." in text
+    # a summary row per benchmark (its first table's title without a headline) linking the full tables,
+    # which stay out of the README
+    assert "| [fake](benchmarks/results/README.md#fake) | A table | " in text and "| x | 1.25 |" not in text
+    assert "| gpuish | no results yet; skipped here: no CUDA device | |" in text
+    sys.modules["benchmarks.fake.bench"].headline = lambda tables: f"x is {tables[0]['rows'][0][1]} | wide"
+    readme.update_readme(page)
+    assert "| [fake](benchmarks/results/README.md#fake) | x is 1.25 \\| wide | " in page.read_text()
+    index = harness.write_index()
+    assert "## fake" in index.read_text() and "| x | 1.25 |" in index.read_text()  # the full tables
     page.write_text("no markers here\n")
     with pytest.raises(ValueError, match="BEGIN performance"):
         readme.update_readme(page)

@@ -421,10 +421,10 @@ PREFECT_SCRIPT = """
 import sys
 from flows.runtime import configure_prefect
 configure_prefect()
-from prefect import flow
 from prefect.artifacts import Artifact
 from flows.progress import progress
 from flows.reports import report_link_artifact
+from flows.runtime import flow
 
 @flow
 def job(path: str) -> str | None:
