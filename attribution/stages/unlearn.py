@@ -42,6 +42,7 @@ from attribution.stages.unlearn_work import (
     unlearn,
     write_model_dir,
 )
+from attribution.unlearning.health import unlearning_problem
 from storage import Lake, Run, UserError
 from storage.fingerprint import model_reference
 from storage.params import (
@@ -254,43 +255,6 @@ class UnlearningNoOp(UserError):
     """An unlearning run that would change nothing worth keeping; the message says why and what to try."""
 
 
-FORGET_LOSS_MOVE = 1e-3  # the smallest change of the forget loss that counts, relative to max(1, loss)
-
-
-def unlearning_problem(metrics: dict[str, float]) -> str | None:
-    """Why an unlearning outcome is a silent no-op, or None when it did something. `metrics` are the
-    outcome's summary (`forget_loss.before`, `forget_loss.after`, `calibration_r2`, `datamodel_scale`).
-
-    - the datamodel scale's calibration on retrains failed (r^2 < 0, or a scale of 0): the scores do not
-      predict what retraining without examples does, so DMM's targets are the model's own outputs;
-    - the forget loss did not move (by less than FORGET_LOSS_MOVE x max(1, loss)).
-    """
-    r2, scale = metrics.get("calibration_r2"), metrics.get("datamodel_scale")
-    if (r2 is not None and r2 < 0) or scale == 0:
-        fit = (
-            f"r^2 {r2:.3g} on {metrics.get('calibration_retrains', 0):.0f} retrains, "
-            if r2 is not None
-            else ""
-        )
-        return (
-            f"unlearn: the datamodel scale's calibration failed ({fit}scale {scale:.3g}): the scores do not "
-            "predict what retraining without examples does, so DMM would change nothing; try --scale analytic "
-            "or a number, more --calibration-retrains, or scores from another method (assay attribute --method "
-            "trak)"
-        )
-    before, after = metrics.get("forget_loss.before"), metrics.get("forget_loss.after")
-    if (
-        before is not None
-        and after is not None
-        and abs(after - before) < FORGET_LOSS_MOVE * max(1.0, abs(before))
-    ):
-        return (
-            f"unlearn: the forget loss did not move ({before:.4f} -> {after:.4f}): the model is unchanged on the "
-            "forget set; try a larger --lr or more --epochs"
-        )
-    return None
-
-
 # Settings that do not change what is computed: recorded outside the run id.
 NOT_IDENTITY = ("model", "forget", "forget_ids", "forget_where", "scores", "method", "force")
 
@@ -366,7 +330,8 @@ class Unlearn(Stage):
     def execute(self, ctx: StageContext, run: Run, spec: RunSpec) -> None:
         plan: Plan = spec.context["plan"]
         outcome = unlearn(ctx.lake, plan, show_progress=not ctx.quiet)
-        problem = unlearning_problem(outcome.summary)  # before anything is written: a no-op keeps nothing
+        problem = unlearning_problem(outcome.summary)
+        problem = problem and f"unlearn: {problem}"  # before anything is written: a no-op keeps nothing
         if problem:
             raise UnlearningNoOp(problem)
         provenance = {

@@ -308,6 +308,12 @@ def unlearn(lake: Lake, plan: Plan, show_progress: bool = True) -> Outcome:
     rows = [
         ("forget_loss", "before", before[forget].mean()),
         ("forget_loss", "after", after[forget].mean()),
+        # the noise of the forget set's mean loss: the health check's unit for "did not move"
+        (
+            "forget_loss",
+            "se",
+            before[forget].std(ddof=1) / np.sqrt(len(forget)) if len(forget) > 1 else np.nan,
+        ),
         ("retain_loss", "before", before[retain].mean()),
         ("retain_loss", "after", after[retain].mean()),
         ("n_forget", "", len(forget)),
