@@ -118,6 +118,10 @@ class DartParams(Params):
             raise ParamError(
                 "endpoint", "generator openai needs endpoint: URL and model: the served model's name"
             )
+        if self.verifier != "rule" and not (self.judge_endpoint and self.judge_model):
+            raise ParamError(
+                "judge_endpoint", f"verifier {self.verifier} needs judge_endpoint and judge_model"
+            )
 
 
 def build_strategy(p: dict[str, Any]):
