@@ -18,6 +18,9 @@ def ingest_flow(
     columns: dict | None = None,
     fmt: str | None = None,
     split: str | None = None,
+    dedupe: bool = False,
 ) -> dict:
-    result = ingest(Lake(lake_root), path, dataset, ColumnMap(**(columns or {})), fmt=fmt, split=split)
+    result = ingest(
+        Lake(lake_root), path, dataset, ColumnMap(**(columns or {})), fmt=fmt, split=split, dedupe=dedupe
+    )
     return asdict(result)

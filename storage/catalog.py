@@ -14,6 +14,7 @@ row per dataset; `runs` the registry with `params` and `inputs` as JSON.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import duckdb
@@ -87,57 +88,142 @@ def _file_list(files: list[str]) -> str:
     return "[" + ", ".join(quote(f) for f in files) + "]"
 
 
-def define_views(con: duckdb.DuckDBPyConnection, root: Path) -> dict[str, list[str]]:
-    """Create the lake's views on `con`; returns the files each table's view reads."""
-    root = Path(root).absolute()
-    registry = registry_files(root)
-    if registry:
-        con.execute(
-            f"CREATE OR REPLACE TABLE _registry AS SELECT * FROM read_parquet({_file_list(registry)}, "
-            "union_by_name=true)"
-        )
-        runs_sql = (
-            "SELECT * REPLACE (TRY_CAST(params AS JSON) AS params, TRY_CAST(inputs AS JSON) AS inputs) "
-            "FROM _registry"
-        )
-        complete = {
-            r[0] for r in con.execute("SELECT run_id FROM _registry WHERE status = 'complete'").fetchall()
-        }
-    else:
-        runs_sql = empty_select(RUNS).replace(
-            "CAST(NULL AS VARCHAR) AS params", "CAST(NULL AS JSON) AS params"
-        )
-        runs_sql = runs_sql.replace("CAST(NULL AS VARCHAR) AS inputs", "CAST(NULL AS JSON) AS inputs")
-        complete = set()
-    con.execute(f"CREATE OR REPLACE VIEW runs AS {runs_sql}")
-    files = complete_run_files(root, complete)
-    for name, schema in TABLES.items():
-        view = "examples_all" if name == "examples" else name
-        if files[name]:
-            source = f"read_parquet({_file_list(files[name])}, union_by_name=true, hive_partitioning=false)"
-            con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM {source}")
+_DATASET_VERSIONS = """SELECT f.dataset, f.version, f.run_id, CAST(sum(f.n) AS BIGINT) AS n_examples,
+       any_value(r.finished_at) AS ingested_at, any_value(r.params) AS params
+    FROM _example_files f JOIN runs r ON f.run_id = r.run_id GROUP BY f.dataset, f.version, f.run_id"""
+# The current version of a dataset: the one ingested, or restored by re-ingesting it, last.
+_DATASETS = f"""WITH restored AS (
+      SELECT json_extract_string(inputs, '$.run_id') AS data_run, max(finished_at) AS at,
+             arg_max(run_id, finished_at) AS restore_run FROM runs
+      WHERE kind = 'ingest' AND method = '{RESTORE}' AND status = 'complete' GROUP BY ALL)
+    SELECT v.*, greatest(v.ingested_at, coalesce(r.at, v.ingested_at)) AS current_since,
+           CASE WHEN r.at > v.ingested_at THEN r.restore_run ELSE v.run_id END AS set_by
+    FROM dataset_versions v LEFT JOIN restored r ON v.run_id = r.data_run
+    QUALIFY row_number() OVER (PARTITION BY v.dataset ORDER BY current_since DESC, v.run_id) = 1"""
+# What each derived view reads.
+_NEEDS = {
+    "examples": ("datasets",),
+    "datasets": ("dataset_versions", "runs"),
+    "dataset_versions": ("_example_files", "runs"),
+}
+ALL_VIEWS = (*(("examples_all" if t == "examples" else t) for t in TABLES), *_NEEDS, "runs")
+
+
+class LakeViews:
+    """The lake's views on one connection, defined on demand (`define`): binding a view costs a few
+    milliseconds, so a query defines only what it reads. The registry is read once, at construction:
+    every view shows the runs that were complete then."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, root: Path):
+        self.con, self.root = con, Path(root).absolute()
+        self.defined: set[str] = set()
+        registry = registry_files(self.root)
+        if registry:
+            con.execute(
+                f"CREATE OR REPLACE TABLE _registry AS SELECT * FROM read_parquet({_file_list(registry)}, "
+                "union_by_name=true)"
+            )
+            complete = {
+                r[0] for r in con.execute("SELECT run_id FROM _registry WHERE status = 'complete'").fetchall()
+            }
         else:
-            con.execute(f"CREATE OR REPLACE VIEW {view} AS {empty_select(schema)}")
-    con.execute(
-        """CREATE OR REPLACE VIEW dataset_versions AS
-           SELECT e.dataset, e.version, e.run_id, count(*) AS n_examples,
-                  any_value(r.finished_at) AS ingested_at, any_value(r.params) AS params
-           FROM examples_all e JOIN runs r ON e.run_id = r.run_id GROUP BY e.dataset, e.version, e.run_id"""
-    )
-    # The current version of a dataset: the one ingested, or restored by re-ingesting it, last.
-    con.execute(
-        f"""CREATE OR REPLACE VIEW datasets AS
-           WITH restored AS (
-             SELECT json_extract_string(inputs, '$.run_id') AS data_run, max(finished_at) AS at,
-                    arg_max(run_id, finished_at) AS restore_run FROM runs
-             WHERE kind = 'ingest' AND method = '{RESTORE}' AND status = 'complete' GROUP BY ALL)
-           SELECT v.*, greatest(v.ingested_at, coalesce(r.at, v.ingested_at)) AS current_since,
-                  CASE WHEN r.at > v.ingested_at THEN r.restore_run ELSE v.run_id END AS set_by
-           FROM dataset_versions v LEFT JOIN restored r ON v.run_id = r.data_run
-           QUALIFY row_number() OVER (PARTITION BY v.dataset ORDER BY current_since DESC, v.run_id) = 1"""
-    )
-    con.execute(
-        "CREATE OR REPLACE VIEW examples AS SELECT * FROM examples_all "
-        "WHERE run_id IN (SELECT run_id FROM datasets)"
-    )
-    return files
+            complete = set()
+        self.has_registry = bool(registry)
+        self.files = complete_run_files(self.root, complete)
+
+    def _sql(self, view: str) -> str:
+        if view == "runs":
+            if self.has_registry:
+                return (
+                    "SELECT * REPLACE (TRY_CAST(params AS JSON) AS params, TRY_CAST(inputs AS JSON) AS inputs) "
+                    "FROM _registry"
+                )
+            empty = empty_select(RUNS).replace(
+                "CAST(NULL AS VARCHAR) AS params", "CAST(NULL AS JSON) AS params"
+            )
+            return empty.replace("CAST(NULL AS VARCHAR) AS inputs", "CAST(NULL AS JSON) AS inputs")
+        if view == "examples":
+            return self._current_examples()
+        if view in _NEEDS:
+            return {"datasets": _DATASETS, "dataset_versions": _DATASET_VERSIONS}[view]
+        table = "examples" if view == "examples_all" else view
+        if self.files[table]:
+            source = (
+                f"read_parquet({_file_list(self.files[table])}, union_by_name=true, hive_partitioning=false)"
+            )
+            return f"SELECT * FROM {source}"
+        return empty_select(TABLES[table])
+
+    def _example_files(self) -> None:
+        """Table _example_files(file, run_id, dataset, version, n): the dataset versions in each examples
+        file, from the Parquet footers' statistics (a file whose dataset or version varies is scanned)."""
+        self.con.execute(
+            "CREATE OR REPLACE TABLE _example_files (file VARCHAR, run_id VARCHAR, dataset VARCHAR, "
+            "version VARCHAR, n BIGINT)"
+        )
+        files = self.files["examples"]
+        if not files:
+            return
+        meta = self.con.execute(
+            f"""SELECT file_name, path_in_schema, min(stats_min_value), max(stats_max_value),
+                       count(*) FILTER (WHERE stats_min_value IS NULL), sum(row_group_num_rows)
+                FROM parquet_metadata({_file_list(files)}) WHERE path_in_schema IN ('dataset', 'version')
+                GROUP BY ALL"""
+        ).fetchall()
+        found: dict[str, dict[str, tuple]] = {}
+        for file, column, low, high, missing, rows in meta:
+            found.setdefault(file, {})[column] = (low, high, missing, rows)
+        entries = []
+        for file in files:
+            run_id = Path(file).parent.name[len("run_id=") :]
+            stats = found.get(file, {})
+            single = all(
+                c in stats and stats[c][2] == 0 and stats[c][0] == stats[c][1] for c in ("dataset", "version")
+            )
+            if single:
+                entries.append(
+                    (file, run_id, stats["dataset"][0], stats["version"][0], int(stats["dataset"][3]))
+                )
+                continue
+            scanned = self.con.execute(
+                f"SELECT dataset, version, count(*) FROM read_parquet([{quote(file)}]) GROUP BY ALL"
+            ).fetchall()
+            entries += [(file, run_id, d, v, n) for d, v, n in scanned]
+        self.con.executemany("INSERT INTO _example_files VALUES (?, ?, ?, ?, ?)", entries)
+
+    def _current_examples(self) -> str:
+        """The examples of each dataset's current version: only those runs' files are read."""
+        current = set(self.con.execute("SELECT run_id, dataset FROM datasets").fetchall())
+        rows = self.con.execute("SELECT file, run_id, dataset FROM _example_files ORDER BY file").fetchall()
+        files = sorted({f for f, r, d in rows if (r, d) in current})
+        if not files:
+            return empty_select(TABLES["examples"])
+        source = f"read_parquet({_file_list(files)}, union_by_name=true, hive_partitioning=false)"
+        mixed = any((r, d) not in current for f, r, d in rows if f in set(files))
+        if mixed:  # a file holding more than one dataset: keep the current one's rows only
+            return (
+                f"SELECT * FROM {source} e WHERE EXISTS "
+                "(SELECT 1 FROM datasets c WHERE c.run_id = e.run_id AND c.dataset = e.dataset)"
+            )
+        return f"SELECT * FROM {source}"
+
+    def define(self, names: Iterable[str]) -> None:
+        """Create the named views (and the views they read); other names are ignored."""
+        for name in names:
+            view = name.lower()
+            if view == "_example_files" and view not in self.defined:
+                self._example_files()
+                self.defined.add(view)
+                continue
+            if view in self.defined or view not in ALL_VIEWS:
+                continue
+            self.define(_NEEDS.get(view, ()))
+            self.con.execute(f"CREATE OR REPLACE VIEW {view} AS {self._sql(view)}")
+            self.defined.add(view)
+
+
+def define_views(con: duckdb.DuckDBPyConnection, root: Path) -> dict[str, list[str]]:
+    """Create all the lake's views on `con`; returns the files each table's view reads."""
+    views = LakeViews(con, root)
+    views.define(ALL_VIEWS)
+    return views.files

@@ -166,7 +166,7 @@ class Gate:
             ":memory:", config={"autoinstall_known_extensions": False, "autoload_known_extensions": False}
         )
         try:
-            catalog.define_views(self.con, self.root)
+            self.views = catalog.LakeViews(self.con, self.root)
             readable = [self.root / name for name in (*TABLES, "runs")]
             listed = ", ".join(catalog.quote(str(p) + "/") for p in readable)
             self.con.execute(f"SET temp_directory={catalog.quote(str(self._temp) if self._temp else '')}")
@@ -228,7 +228,15 @@ class Gate:
 
     def _relation(self, sql: str, params: list | None) -> duckdb.DuckDBPyRelation:
         check_statement(sql)
-        relation = self.con.sql(sql, params=params or None)
+        # Only the views this statement names (and what they read): each costs milliseconds to bind.
+        self.views.define(name.rsplit(".", 1)[-1] for name in duckdb.get_table_names(sql))
+        try:
+            relation = self.con.sql(sql, params=params or None)
+        except duckdb.CatalogException:
+            if len(self.views.defined) == len(catalog.ALL_VIEWS):
+                raise
+            self.views.define(catalog.ALL_VIEWS)  # a name the parser's list missed: define them all
+            relation = self.con.sql(sql, params=params or None)
         if relation is None:  # pragma: no cover - check_statement lets only queries through
             raise UserError("SQL refused: the statement returns no rows")
         return relation
@@ -262,11 +270,13 @@ class Gate:
                 batches.append(batch)
             return pa.Table.from_batches(batches, schema=reader.schema)
 
-    def render(self, sql: str, max_rows: int | None = None, as_json: bool = False) -> Rendered:
+    def render(
+        self, sql: str, max_rows: int | None = None, as_json: bool = False, params: list | None = None
+    ) -> Rendered:
         """The result of one statement as text, rendered by DuckDB itself (every type prints right):
         one VARCHAR cell per column, or with `as_json` one JSON object per row (a single column)."""
         with self._limits():
-            relation = self._relation(sql, params=None)
+            relation = self._relation(sql, params)
             columns, types = list(relation.columns), [str(t) for t in relation.types]
             if as_json:
                 pairs = []

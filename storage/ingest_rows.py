@@ -252,15 +252,26 @@ def normalize_block(
     rows: Sequence[Mapping[str, Any]], first_index: int, where: Callable[[int], str], plan: Plan
 ) -> tuple[pa.Table, list[dict]]:
     """Rows `first_index`, `first_index + 1`, ... as an `examples` table (and the records)."""
-    records = [normalize_row(row, first_index + i, where(i), plan) for i, row in enumerate(rows)]
+    records = []
+    for i, row in enumerate(rows):
+        try:
+            records.append(normalize_row(row, first_index + i, where(i), plan))
+        except UnicodeEncodeError:  # hashing a text with a lone surrogate
+            _refuse_bad_text([row], lambda _, i=i: where(i))
+            raise
     try:
         return records_table(records), records
     except UnicodeEncodeError:
-        for i, row in enumerate(rows):
-            for key, value in row.items():
-                if _bad_text(key) or _bad_text(value):
-                    raise UserError(
-                        f"{where(i)}: column {shorten(key)}: text that is not valid Unicode (a lone "
-                        "surrogate such as \\ud800)"
-                    ) from None
+        _refuse_bad_text(rows, where)
         raise
+
+
+def _refuse_bad_text(rows: Sequence[Mapping[str, Any]], where: Callable[[int], str]) -> None:
+    """UserError naming the first row and column holding text that is not valid Unicode."""
+    for i, row in enumerate(rows):
+        for key, value in row.items():
+            if _bad_text(key) or _bad_text(value):
+                raise UserError(
+                    f"{where(i)}: column {shorten(key)}: text that is not valid Unicode (a lone "
+                    "surrogate such as \\ud800)"
+                ) from None

@@ -148,6 +148,17 @@ def _line_spans(block: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return starts, ends - has_cr, newlines
 
 
+def _valid_utf8(data: bytes) -> bool:
+    """Whether `data` is UTF-8, checked by Arrow's validator without copying the bytes."""
+    offsets = pa.py_buffer(np.array([0, len(data)], dtype=np.int64))
+    raw = pa.Array.from_buffers(pa.large_binary(), 1, [None, offsets, pa.py_buffer(data)])
+    try:
+        raw.cast(pa.large_string())
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
 def _jsonl_fast(block: bytes, starts: np.ndarray, ends: np.ndarray, newlines: np.ndarray) -> pa.Table | None:
     """pyarrow's parse of a block, or None when it might differ from json.loads line by line."""
     import pyarrow.json as pajson
@@ -166,6 +177,8 @@ def _jsonl_fast(block: bytes, starts: np.ndarray, ends: np.ndarray, newlines: np
     ):
         return None
     longest = int((ends - starts).max())
+    if not _valid_utf8(block):
+        return None  # pyarrow does not check every string; the reference names the line
     try:
         table = pajson.read_json(
             pa.BufferReader(block),

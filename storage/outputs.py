@@ -112,7 +112,19 @@ def prepare_output(
         raise ValueError(f"kind must be 'file' or 'folder', not {kind!r}")
     shown = f"{option} {shorten(str(path))[1:-1]}"
     target = _target(path)
-    roots = [_real(p) for p in (default_protected() if protected is None else protected)]
+    _check_place(target, [_real(p) for p in (default_protected() if protected is None else protected)], shown)
+    try:
+        info = os.lstat(target)
+    except FileNotFoundError:
+        return target
+    except OSError as exc:
+        raise UserError(f"{shown}: cannot check it ({exc.strerror or exc})") from None
+    _check_existing(target, info.st_mode, kind, force, shown)
+    return target
+
+
+def _check_place(target: Path, roots: list[Path], shown: str) -> None:
+    """Refuse the protected folders, what holds them, and what is inside the lake or state folder."""
     for root, what in [(r, "the lake or the project's state folder") for r in roots] + [
         (_real(os.getcwd()), "the current folder")
     ]:
@@ -125,13 +137,11 @@ def prepare_output(
             )
     if target == Path("/") or any(_within(home, target) for home in _homes()):
         raise UserError(f"{shown}: refused: that is / or a home folder, or holds one")
-    try:
-        info = os.lstat(target)
-    except FileNotFoundError:
-        return target
-    except OSError as exc:
-        raise UserError(f"{shown}: cannot check it ({exc.strerror or exc})") from None
-    mode = info.st_mode
+
+
+def _check_existing(target: Path, mode: int, kind: Kind, force: bool, shown: str) -> None:
+    """Refuse replacing what exists at `target` unless it is a file (with --force) or a folder that is
+    empty or (with --force) marked as assay's."""
     if stat.S_ISLNK(mode):
         raise UserError(f"{shown}: refused: it is a symlink (name the real path instead)")
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
@@ -141,7 +151,7 @@ def prepare_output(
             raise UserError(f"{shown}: refused: it is a folder, not a file")
         if not force:
             raise UserError(f"{shown}: the file exists; pass --force to replace it")
-        return target
+        return
     if stat.S_ISREG(mode):
         raise UserError(f"{shown}: refused: it is a file, not a folder")
     try:
@@ -149,7 +159,7 @@ def prepare_output(
     except OSError as exc:
         raise UserError(f"{shown}: cannot read it ({exc.strerror or exc})") from None
     if empty:
-        return target
+        return
     if not force:
         raise UserError(
             f"{shown}: the folder exists and is not empty; pass --force to replace a folder assay wrote"
@@ -159,7 +169,6 @@ def prepare_output(
             f"{shown}: refused: assay did not write that folder (no {MARKER} marker); "
             "remove it yourself or choose another path"
         )
-    return target
 
 
 # ------------------------------------------------------------------------------------------ writing
