@@ -244,7 +244,7 @@ def sql(
             sys.stdout.write(render_text(gate, query, fmt)[0])
 
 
-RUNS_SQL = """SELECT {columns} FROM runs WHERE (CAST(? AS VARCHAR) IS NULL OR kind = ?) ORDER BY started_at, run_id"""
+RUNS_SQL = "SELECT {columns} FROM runs {where} ORDER BY started_at, run_id"
 RUNS_TABLE = """run_id, kind, method, status, strftime(started_at, '%Y-%m-%d %H:%M:%S') AS started,
     round(epoch(finished_at) - epoch(started_at), 1) AS seconds, inputs, params, coalesce(error, '') AS error"""
 
@@ -266,16 +266,19 @@ def runs(
     fmt = "json" if as_json else fmt
     if fmt not in FORMATS or fmt == "parquet":
         raise UserError(f"--format {fmt}: expected table, csv or json")
+    from storage.catalog import quote
+
     lake = get_lake()
+    where = "" if kind is None else f"WHERE kind = {quote(kind)}"
     with Gate(lake.root) as gate:
         if fmt == "table":
-            result = gate.render(RUNS_SQL.format(columns=RUNS_TABLE), params=[kind, kind])
+            result = gate.render(RUNS_SQL.format(columns=RUNS_TABLE, where=where))
             if not result.rows:
                 echo("no runs")
                 return
             print_frame(result, title=f"runs in {lake.root}")
             return
-        sys.stdout.write(render_text(gate, RUNS_SQL.format(columns="*"), fmt, params=[kind, kind])[0])
+        sys.stdout.write(render_text(gate, RUNS_SQL.format(columns="*", where=where), fmt)[0])
 
 
 @app.command(cls=PlainHelp)

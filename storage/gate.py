@@ -10,7 +10,9 @@ Limits (each checked before anything runs; a bad value is a UserError):
   starts executing (which DuckDB drops) cannot leave the query unbounded.
 - memory: `memory_limit` ("2GB", "512MiB", ...), between MIN_MEMORY and the machine's RAM. DuckDB spills
   beyond it to a temporary folder private to this connection (`<lake>/.staging/sql-HOST-PID-*`,
-  removed on close; no spilling when the lake does not exist yet).
+  created fresh and removed on close; no spilling when the lake does not exist yet). DuckDB always lets
+  a query read its own spill folder; being private, it holds nothing but this query's spilled blocks.
+  (DuckDB's default, `./.tmp`, is shared by every process started in that folder.)
 - result size: the rows assay holds for the caller are capped at the same number of bytes as the
   memory limit (Arrow bytes, or the text of rendered cells); past it the query stops with a UserError
   saying to aggregate, add a LIMIT, or raise --memory.
@@ -57,8 +59,9 @@ _MEMORY = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)\s*", re.IGNORECASE)
 # EXPLAIN [ANALYZE] [(option, ...)] statement
 _EXPLAIN = re.compile(r"\s*explain\s*(?:analyze\b\s*)?(?:\([^()]*\)\s*)?", re.IGNORECASE)
 # Result columns of these types do not survive DuckDB -> Arrow intact (UHUGEINT max arrives as -1 in a
-# decimal128): they are handed over as text.
-_AS_TEXT = re.compile(r"\b(UHUGEINT|HUGEINT|BIGNUM|VARINT|BIT|UNION|INTERVAL|TIME WITH TIME ZONE)\b")
+# decimal128; Arrow has no arbitrary-precision integer, bit string or time with time zone; Parquet has no
+# union): they are handed over as text.
+_AS_TEXT = re.compile(r"\b(UHUGEINT|BIGNUM|VARINT|BIT|UNION|TIME WITH TIME ZONE)\b")
 
 
 def check_timeout(value: float) -> float:
@@ -270,13 +273,11 @@ class Gate:
                 batches.append(batch)
             return pa.Table.from_batches(batches, schema=reader.schema)
 
-    def render(
-        self, sql: str, max_rows: int | None = None, as_json: bool = False, params: list | None = None
-    ) -> Rendered:
+    def render(self, sql: str, max_rows: int | None = None, as_json: bool = False) -> Rendered:
         """The result of one statement as text, rendered by DuckDB itself (every type prints right):
         one VARCHAR cell per column, or with `as_json` one JSON object per row (a single column)."""
         with self._limits():
-            relation = self._relation(sql, params)
+            relation = self._relation(sql, None)
             columns, types = list(relation.columns), [str(t) for t in relation.types]
             if as_json:
                 pairs = []

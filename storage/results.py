@@ -83,20 +83,20 @@ def json_lines(result: Rendered) -> str:
     return "".join(row[0] + "\n" for row in result.rows)
 
 
-def render_text(gate: Gate, sql: str, fmt: str, params: list | None = None) -> tuple[str, int]:
+def render_text(gate: Gate, sql: str, fmt: str) -> tuple[str, int]:
     """The whole result of `sql` in a text format, and its number of rows."""
     if fmt == "json":
-        result = gate.render(sql, params=params, as_json=True)
+        result = gate.render(sql, as_json=True)
         return json_lines(result), len(result.rows)
-    result = gate.render(sql, params=params)
+    result = gate.render(sql)
     return (csv_text(result) if fmt == "csv" else text_table(result)), len(result.rows)
 
 
-def write_result(gate: Gate, sql: str, fmt: str, out: Path, params: list | None = None) -> int:
+def write_result(gate: Gate, sql: str, fmt: str, out: Path) -> int:
     """Run `sql` and write its result to `out` (checked with prepare_output first) aside-then-rename;
     returns the number of rows."""
     if fmt == "parquet":
-        table = gate.arrow(sql, params)
+        table = gate.arrow(sql)
         try:
             with staged_output(out, kind="file", writer="assay sql") as tmp:
                 pq.write_table(table, tmp)
@@ -105,7 +105,7 @@ def write_result(gate: Gate, sql: str, fmt: str, out: Path, params: list | None 
                 f"--out {out.name}: cannot write this result as Parquet ({shorten(str(exc), 100)[1:-1]})"
             ) from None
         return table.num_rows
-    text, rows = render_text(gate, sql, fmt, params)
+    text, rows = render_text(gate, sql, fmt)
     with staged_output(out, kind="file", writer="assay sql") as tmp:
         tmp.write_text(text, encoding="utf-8")
     return rows
