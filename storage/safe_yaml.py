@@ -108,6 +108,11 @@ def _build(loader: _Composer, node: yaml.Node, path: Path_, lines: dict[Path_, i
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.ScalarNode):
         return _scalar(loader, node)
+    if node.tag not in ("tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"):
+        raise _Refused(
+            node.start_mark,
+            f"tag {shorten(node.tag, 60)[1:-1]} is not allowed (plain lists and mappings only)",
+        )
     if isinstance(node, yaml.SequenceNode):
         return [_build(loader, child, (*path, i), lines) for i, child in enumerate(node.value)]
     if not isinstance(node, yaml.MappingNode):  # pragma: no cover - the composer makes no other kind

@@ -162,10 +162,7 @@ def test_huge_and_unusual_values_come_out_right(lake: Lake) -> None:
     sql = """SELECT 340282366920938463463374607431768211455::UHUGEINT AS u, '-170141183460469231731687303715884105728'::HUGEINT AS h,
              interval 1 day AS i, union_value(k := 1) AS un, NULL::DOUBLE AS missing, 'nan'::DOUBLE AS nan"""
     row = run_sql(lake.root, sql).to_pylist()[0]
-    assert (
-        row["u"] == "340282366920938463463374607431768211455"
-        and row["h"] == -(2**127)
-    )
+    assert row["u"] == "340282366920938463463374607431768211455" and row["h"] == -(2**127)
     assert row["missing"] is None and row["nan"] != row["nan"]
     with Gate(lake.root) as gate:
         text = gate.render(sql)
