@@ -14,6 +14,7 @@ row per dataset; `runs` the registry with `params` and `inputs` as JSON.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -220,6 +221,17 @@ class LakeViews:
             self.define(_NEEDS.get(view, ()))
             self.con.execute(f"CREATE OR REPLACE VIEW {view} AS {self._sql(view)}")
             self.defined.add(view)
+
+
+def referenced(sql: str) -> list[str]:
+    """The lake views a statement names (DuckDB's parser; parameters `?` / `$1` read as NULL), or all of
+    them when it cannot tell."""
+    for text in (sql, re.sub(r"\?|\$\d+", "NULL", sql)):
+        try:
+            return [name.rsplit(".", 1)[-1] for name in duckdb.get_table_names(text)]
+        except (duckdb.Error, RuntimeError):
+            continue
+    return list(ALL_VIEWS)
 
 
 def define_views(con: duckdb.DuckDBPyConnection, root: Path) -> dict[str, list[str]]:

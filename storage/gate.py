@@ -232,7 +232,7 @@ class Gate:
     def _relation(self, sql: str, params: list | None) -> duckdb.DuckDBPyRelation:
         check_statement(sql)
         # Only the views this statement names (and what they read): each costs milliseconds to bind.
-        self.views.define(name.rsplit(".", 1)[-1] for name in duckdb.get_table_names(sql))
+        self.views.define(catalog.referenced(sql))
         try:
             relation = self.con.sql(sql, params=params or None)
         except duckdb.CatalogException:
