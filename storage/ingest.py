@@ -1,15 +1,17 @@
 """Ingest: files of examples (JSONL, JSON, Parquet, CSV, a `datasets` save_to_disk directory) into the
 lake's `examples` table, with column mapping, chat format and stable ids.
 
-How a file goes in (memory holds one block of the file and one chunk of records, plus the ids):
+How a file goes in (memory holds a block of the file, at most SPOOL_BYTES of records, and the ids):
 1. The file is read in blocks (`storage.ingest_sources`). Each block is normalised in bulk
    (`storage.ingest_columnar`) or, when the bulk path declines, row by row (`storage.ingest_rows`, the
    definition of what is stored, which names the first bad line and field). Both give the same
    records.
-2. Records are written to a staging file as an Arrow IPC stream in chunks of VERSION_CHUNK_ROWS rows;
-   the dataset version is the SHA-256 of that stream (for up to VERSION_CHUNK_ROWS rows, the same
-   hash as before streaming). Ids are checked for duplicates over the whole file; `dedupe=True`
-   drops exact duplicates (same id, same record) and keeps the first.
+2. Records are cut into chunks of VERSION_CHUNK_ROWS rows; the dataset version is the SHA-256 of the
+   Arrow IPC stream of those chunks (for up to VERSION_CHUNK_ROWS rows, the same hash as before ingest
+   streamed). The chunks wait for the lake write in memory up to SPOOL_BYTES, beyond that in a staging
+   file (the lake's .staging, or the system's temp folder before the lake exists). Ids are checked for
+   duplicates over the whole file; `dedupe=True` drops exact duplicates (same id, same record) and
+   keeps the first.
 3. Only then is the lake touched: a run whose id derives from the version writes the records as one
    Parquet partition. A bad file writes nothing to the lake.
 
