@@ -219,8 +219,13 @@ def sql(
         float, typer.Option(help="Seconds before the query is stopped (at most 86400).")
     ] = 60.0,
     memory: Annotated[
-        str,
-        typer.Option(help="Memory limit for DuckDB and, separately, for the result assay holds (e.g. 2GB)."),
+        str | None,
+        typer.Option(
+            help="DuckDB's memory limit, e.g. 4GB (default: DuckDB's own, 80% of RAM); it spills beyond."
+        ),
+    ] = None,
+    max_result: Annotated[
+        str, typer.Option(help="Largest result assay holds, e.g. 2GB; past it the query stops.")
     ] = "2GB",
 ) -> None:
     """Run SQL (read-only, gated) over the lake: examples, scores, samples, labels, weights, runs, ...
@@ -231,10 +236,12 @@ def sql(
 
     fmt = output_format(fmt, out)
     check_timeout(timeout)
-    check_memory(memory)
+    if memory is not None:
+        check_memory(memory)
+    check_memory(max_result, "--max-result")
     check_statement(query)
     target = prepare_output(out, kind="file", force=force, protected=protected_paths()) if out else None
-    with Gate(get_lake().root, timeout_s=timeout, memory_limit=memory) as gate:
+    with Gate(get_lake().root, timeout_s=timeout, memory_limit=memory, max_result=max_result) as gate:
         if target is not None:
             rows = write_result(gate, query, fmt, target)
             echo(f"wrote {rows} rows to {out}")

@@ -8,14 +8,15 @@ Limits (each checked before anything runs; a bad value is a UserError):
 - time: `timeout_s`, finite, > 0 and at most MAX_TIMEOUT_S. A watchdog interrupts the query at the
   deadline and keeps interrupting every 50 ms until it returns: an interrupt that lands before DuckDB
   starts executing (which DuckDB drops) cannot leave the query unbounded.
-- memory: `memory_limit` ("2GB", "512MiB", ...), between MIN_MEMORY and the machine's RAM. DuckDB spills
-  beyond it to a temporary folder private to this connection (`<lake>/.staging/sql-HOST-PID-*`,
-  created fresh and removed on close; no spilling when the lake does not exist yet). DuckDB always lets
-  a query read its own spill folder; being private, it holds nothing but this query's spilled blocks.
-  (DuckDB's default, `./.tmp`, is shared by every process started in that folder.)
-- result size: the rows assay holds for the caller are capped at the same number of bytes as the
-  memory limit (Arrow bytes, or the text of rendered cells); past it the query stops with a UserError
-  saying to aggregate, add a LIMIT, or raise --memory.
+- memory: `memory_limit` ("4GB", "512MiB", ...; default DuckDB's own, 80% of RAM), between MIN_MEMORY
+  and the machine's RAM. DuckDB spills beyond it to a temporary folder private to this connection
+  (`<lake>/.staging/sql-HOST-PID-*`, created fresh and removed on close; no spilling when the lake does
+  not exist yet). DuckDB always lets a query read its own spill folder; being private, it holds
+  nothing but this query's spilled blocks. (DuckDB's default, `./.tmp`, is shared by every process
+  started in that folder.)
+- result size: `max_result` (default 2GB) bounds the result assay holds for the caller, which
+  DuckDB's limit does not cover (Arrow bytes, or the text of rendered cells); past it the query stops
+  with a UserError saying to aggregate, add a LIMIT, or raise --max-result.
 
 `Gate` is one connection for one command: views are defined once, and `arrow()` / `render()` run
 statements on it. `run_sql` / `select_where` are the one-statement shortcuts.
@@ -42,7 +43,7 @@ from storage.schemas import TABLES
 MAX_SQL_CHARS = 100_000
 DEFAULT_TIMEOUT_S = 60.0
 MAX_TIMEOUT_S = 24 * 3600.0
-DEFAULT_MEMORY = "2GB"
+DEFAULT_MAX_RESULT = "2GB"
 MIN_MEMORY = 16 * 2**20
 _UNITS = {
     "b": 1,
@@ -81,15 +82,15 @@ def _machine_memory() -> int:
     return int(psutil.virtual_memory().total)
 
 
-def check_memory(text: str) -> int:
-    """A memory limit such as "2GB" or "512MiB" in bytes: at least MIN_MEMORY, at most the machine's RAM."""
+def check_memory(text: str, option: str = "--memory") -> int:
+    """A size such as "2GB" or "512MiB" in bytes: at least MIN_MEMORY, at most the machine's RAM."""
     match = _MEMORY.fullmatch(str(text))
     if match is None:
-        raise UserError(f"--memory {shorten(text)}: expected a size such as 2GB or 512MiB")
+        raise UserError(f"{option} {shorten(text)}: expected a size such as 2GB or 512MiB")
     nbytes = int(float(match[1]) * _UNITS[match[2].lower()])
     if nbytes < MIN_MEMORY or nbytes > _machine_memory():
         raise UserError(
-            f"--memory {text}: expected at least 16MiB and at most this machine's memory "
+            f"{option} {text}: expected at least 16MiB and at most this machine's memory "
             f"({_machine_memory() / 2**30:.1f} GiB)"
         )
     return nbytes
@@ -151,12 +152,15 @@ class Gate:
         lake_root: Path | str,
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
-        memory_limit: str = DEFAULT_MEMORY,
+        memory_limit: str | None = None,
+        max_result: str = DEFAULT_MAX_RESULT,
         threads: int | None = None,
     ):
         self.timeout_s = check_timeout(timeout_s)
         self.memory_limit = memory_limit
-        self.max_result_bytes = check_memory(memory_limit)
+        memory_bytes = None if memory_limit is None else check_memory(memory_limit)
+        self.max_result = max_result
+        self.max_result_bytes = check_memory(max_result, "--max-result")
         self.root = Path(lake_root).absolute()
         from storage.lake import Lake, staging_tag
 
@@ -175,7 +179,8 @@ class Gate:
             self.con.execute(f"SET temp_directory={catalog.quote(str(self._temp) if self._temp else '')}")
             self.con.execute(f"SET allowed_directories=[{listed}]")
             self.con.execute("SET enable_external_access=false")
-            self.con.execute(f"SET memory_limit={catalog.quote(str(self.max_result_bytes) + 'B')}")
+            if memory_bytes is not None:
+                self.con.execute(f"SET memory_limit={catalog.quote(str(memory_bytes) + 'B')}")
             if threads is not None:
                 self.con.execute(f"SET threads={int(threads)}")
             self.con.execute("SET lock_configuration=true")
@@ -217,7 +222,7 @@ class Gate:
             raise UserError(f"SQL stopped: it ran past the time limit of {self.timeout_s:g} s") from None
         except duckdb.OutOfMemoryException:
             raise UserError(
-                f"SQL stopped: it needed more than the memory limit of {self.memory_limit}"
+                f"SQL stopped: it needed more than the memory limit of {self.memory_limit or 'DuckDB (80% of RAM)'}"
             ) from None
         except duckdb.PermissionException as exc:
             raise UserError(f"SQL refused: {_first_line(exc)}") from None
@@ -246,8 +251,8 @@ class Gate:
 
     def _too_big(self) -> UserError:
         return UserError(
-            f"SQL stopped: the result is larger than {self.memory_limit} (the --memory limit); "
-            "aggregate, add a LIMIT, or raise --memory"
+            f"SQL stopped: the result is larger than {self.max_result} (the --max-result limit); "
+            "aggregate, add a LIMIT, or raise --max-result"
         )
 
     def arrow(self, sql: str, params: list | None = None, max_rows: int | None = None) -> pa.Table:
@@ -309,11 +314,12 @@ def run_sql(
     sql: str,
     params: list | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
-    memory_limit: str = DEFAULT_MEMORY,
+    memory_limit: str | None = None,
+    max_result: str = DEFAULT_MAX_RESULT,
 ) -> pa.Table:
     """Run one user statement through the gate; returns the whole result as an Arrow table."""
     check_statement(sql)
-    with Gate(lake_root, timeout_s=timeout_s, memory_limit=memory_limit) as gate:
+    with Gate(lake_root, timeout_s=timeout_s, memory_limit=memory_limit, max_result=max_result) as gate:
         return gate.arrow(sql, params)
 
 

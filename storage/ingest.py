@@ -22,9 +22,12 @@ a registry row (kind ingest, method restore) points at the existing partition; n
 from __future__ import annotations
 
 import hashlib
+import itertools
+import os
 import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,13 +71,14 @@ __all__ = [
 ]
 
 DATASET_NAME = NAME  # `DATASET_NAME.match(name)` is a full match (`\Z`: no trailing newline)
-VERSION_CHUNK_ROWS = 65_536
+VERSION_CHUNK_ROWS = 65_536  # fixed for good: it defines dataset versions (ingest_sources.BLOCK_ROWS too)
 # Dictionaries only where values repeat, statistics only on short columns: the text columns are
 # unique per row, and trying both on them costs a third of the write.
 PARQUET_OPTIONS = {
     "use_dictionary": ["run_id", "dataset", "version", "domain", "answer", "meta"],
     "write_statistics": ["run_id", "dataset", "version", "example_id", "row_index", "domain", "difficulty"],
 }
+MAX_PARTS = 4  # Parquet files written at once for one dataset version
 SPOOL_BYTES = 512 * 2**20  # records held in memory before the rest goes to a staging file
 
 
@@ -117,14 +121,15 @@ class _Hasher:
 
 class Spool:
     """Chunks of records held for the lake write: in memory up to SPOOL_BYTES, beyond that in a staging
-    file (an Arrow IPC stream, read back memory-mapped), so memory stays bounded for any file size."""
+    file (an Arrow IPC file, read back memory-mapped), so memory stays bounded for any file size."""
 
     def __init__(self, folder: Path):
         self.folder = folder
         self.tables: list[pa.Table] = []
         self.nbytes = 0
         self.path: Path | None = None
-        self.writer: pa.ipc.RecordBatchStreamWriter | None = None
+        self.writer: pa.ipc.RecordBatchFileWriter | None = None
+        self.spilled = 0
 
     def add(self, chunk: pa.Table) -> None:
         if self.writer is None and self.nbytes + chunk.nbytes <= SPOOL_BYTES:
@@ -132,24 +137,34 @@ class Spool:
             self.nbytes += chunk.nbytes
             return
         if self.writer is None:
-            self.path = self.folder / f"ingest-{staging_tag()}.arrows"
-            self.writer = pa.ipc.new_stream(str(self.path), EXAMPLE_COLUMNS)
-            for table in self.tables:
-                self.writer.write_table(table)
-            self.tables, self.nbytes = [], 0
+            self.path = self.folder / f"ingest-{staging_tag()}.arrow"
+            self.writer = pa.ipc.new_file(str(self.path), EXAMPLE_COLUMNS)
         self.writer.write_table(chunk)
+        self.spilled += 1
 
     def finish(self) -> None:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
 
-    def batches(self) -> Iterator[pa.RecordBatch]:
-        for table in self.tables:
-            yield from table.to_batches()
-        if self.path is not None:
+    def __len__(self) -> int:
+        return len(self.tables) + self.spilled
+
+    def chunks(self, start: int = 0, stop: int | None = None) -> Iterator[pa.Table]:
+        """Chunks `start`..`stop` in order (the first in memory, the rest from the staging file)."""
+        stop = len(self) if stop is None else stop
+        yield from self.tables[start:stop]
+        first = max(start - len(self.tables), 0)
+        last = stop - len(self.tables)
+        if self.path is not None and last > first:
             with pa.memory_map(str(self.path)) as mapped:
-                yield from pa.ipc.open_stream(mapped)
+                reader = pa.ipc.open_file(mapped)
+                for i in range(first, last):
+                    yield pa.Table.from_batches([reader.get_batch(i)])
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        for chunk in self.chunks():
+            yield from chunk.to_batches()
 
     def remove(self) -> None:
         if self.writer is not None:
@@ -179,8 +194,9 @@ class VersionWriter:
             self._emit(VERSION_CHUNK_ROWS)
 
     def _emit(self, rows: int) -> None:
-        merged = pa.concat_tables(self.pending)
-        # One batch per chunk, whatever the blocks were: the bytes depend on the records only.
+        # One batch per chunk, whatever the blocks were: the bytes depend on the records only. Blocks of
+        # whole chunks (JSONL, CSV, Parquet batches) pass without a copy.
+        merged = self.pending[0] if len(self.pending) == 1 else pa.concat_tables(self.pending)
         chunk, rest = merged.slice(0, rows).combine_chunks(), merged.slice(rows)
         self.writer.write_table(chunk)
         if self.spool is not None:
@@ -290,12 +306,28 @@ def _normalised(
         yield table, block
 
 
+def _ahead(items: Iterator[Any]) -> Iterator[Any]:
+    """`items`, with the next one computed on a second thread while the caller handles this one (reading
+    and normalising a block overlaps hashing and spooling the previous one; both release the GIL)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="assay-ingest") as pool:
+        future = pool.submit(next, items, _END)
+        while True:
+            item = future.result()
+            if item is _END:
+                return
+            future = pool.submit(next, items, _END)
+            yield item
+
+
+_END = object()
+
+
 def _stage(lake: Lake, tables: Iterator[tuple[pa.Table, Block]], source: str, dedupe: bool) -> _Staged:
     spool = Spool(_staging_dir(lake))
     writer = VersionWriter(spool)
     ids, domains = _Ids(), Counter()
     try:
-        for table, block in tables:
+        for table, block in _ahead(tables):
             writer.write(table)
             ids.add(table["example_id"].combine_chunks(), block)
             counts = pc.value_counts(pc.fill_null(table["domain"], "(none)").combine_chunks())
@@ -358,15 +390,19 @@ def _commit(lake: Lake, staged: _Staged, dataset: str, columns: ColumnMap) -> In
     params = {"dataset": dataset, "columns": asdict(columns)}
     version = staged.version
 
-    def with_version() -> Iterator[pa.Table]:
-        for batch in staged.batches():
-            yield pa.Table.from_batches([batch]).add_column(
-                1, "version", pa.repeat(pa.scalar(version), batch.num_rows)
-            )
+    def with_version(start: int, stop: int) -> Iterator[pa.Table]:
+        for chunk in staged.spool.chunks(start, stop):
+            yield chunk.add_column(1, "version", pa.repeat(pa.scalar(version), chunk.num_rows))
 
+    # Parquet encoding is the longest step of the write: up to one partition file per core, each a
+    # contiguous range of chunks (files are read in name order, so rows keep theirs).
+    n = len(staged.spool)
+    files = max(1, min(os.cpu_count() or 1, n, MAX_PARTS))
+    bounds = [round(i * n / files) for i in range(files + 1)]
     with lake.run("ingest", "examples", params=params, inputs={"version": version}) as run:
         if not run.complete:
-            run.write_batches("examples", with_version(), **PARQUET_OPTIONS)
+            groups = [with_version(a, b) for a, b in itertools.pairwise(bounds)]
+            run.write_parallel("examples", groups, **PARQUET_OPTIONS)
         already = run.complete
     restored = False
     if already:

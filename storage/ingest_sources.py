@@ -27,8 +27,9 @@ import pyarrow as pa
 from storage.errors import UserError, shorten
 
 FORMATS = ("jsonl", "json", "parquet", "csv", "hf")
-BLOCK_BYTES = 16 << 20
-BLOCK_ROWS = 65_536
+BLOCK_BYTES = 16 << 20  # reads of the file
+BLOCK_ROWS = 65_536  # rows per block (the dataset version's chunk size)
+MAX_BLOCK_BYTES = 256 << 20  # a block of very long rows is cut sooner
 MAX_FAST_NESTING = 256
 BOM = b"\xef\xbb\xbf"
 
@@ -227,11 +228,59 @@ def _json_reason(exc: Exception) -> str:
     return shorten(str(exc), 80)[1:-1]  # e.g. an integer of more than 4300 digits
 
 
+Spans = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _joined(pieces: list[tuple[bytes, Spans]]) -> tuple[bytes, Spans]:
+    """Consecutive pieces of a file as one block, their line spans shifted to match."""
+    if len(pieces) == 1:
+        return pieces[0]
+    shifts = np.cumsum([0] + [len(raw) for raw, _ in pieces[:-1]])
+    spans = tuple(
+        np.concatenate([sp[k] + shift for (_, sp), shift in zip(pieces, shifts, strict=True)])
+        for k in range(3)
+    )
+    return b"".join(raw for raw, _ in pieces), spans
+
+
+def _row_blocks(path: Path) -> Iterator[tuple[bytes, int, Spans]]:
+    """(bytes, offset, line spans) blocks of whole lines holding BLOCK_ROWS non-empty lines each (the
+    last fewer; fewer also once a block reaches MAX_BLOCK_BYTES): records then come in the version's
+    chunks without being copied together again."""
+    pending: list[tuple[bytes, Spans]] = []
+    pending_rows = pending_bytes = 0
+    offset = None
+    for raw, raw_offset in _raw_blocks(path):
+        offset = raw_offset if offset is None else offset
+        spans = _line_spans(raw)
+        filled = np.flatnonzero(spans[1] > spans[0])
+        while pending_rows + len(filled) >= BLOCK_ROWS:
+            cut = int(spans[2][filled[BLOCK_ROWS - pending_rows - 1]]) + 1
+            keep = spans[2] < cut
+            block, joined = _joined([*pending, (raw[:cut], tuple(a[keep] for a in spans))])
+            yield block, offset, joined
+            offset += len(block)
+            raw, spans = raw[cut:], tuple(a[~keep] - cut for a in spans)
+            filled = np.flatnonzero(spans[1] > spans[0])
+            pending, pending_rows, pending_bytes = [], 0, 0
+        if raw:
+            pending.append((raw, spans))
+            pending_rows += len(filled)
+            pending_bytes += len(raw)
+        if pending_bytes >= MAX_BLOCK_BYTES:
+            block, joined = _joined(pending)
+            yield block, offset, joined
+            offset += len(block)
+            pending, pending_rows, pending_bytes = [], 0, 0
+    if pending:
+        block, joined = _joined(pending)
+        yield block, offset, joined
+
+
 def jsonl_blocks(path: Path, fast: bool = True) -> Iterator[Block]:
     first_row = 0
     next_line = 1
-    for block, offset in _raw_blocks(path):
-        starts, ends, newlines = _line_spans(block)
+    for block, offset, (starts, ends, newlines) in _row_blocks(path):
         first_line, next_line = next_line, next_line + len(starts) - (block[-1:] != b"\n")
         table = _jsonl_fast(block, starts, ends, newlines) if fast else None
         keys = _first_keys(block, starts, ends) if table is not None else None

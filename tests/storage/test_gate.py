@@ -88,6 +88,8 @@ def test_bad_timeouts_are_refused(lake: Lake, timeout) -> None:
 def test_bad_memory_limits_are_refused(lake: Lake, memory: str) -> None:
     with pytest.raises(UserError, match="--memory"):
         run_sql(lake.root, "SELECT 1", memory_limit=memory)
+    with pytest.raises(UserError, match="--max-result"):
+        run_sql(lake.root, "SELECT 1", max_result=memory)
 
 
 @pytest.mark.parametrize("timeout", [1e-6, 1e-3, 0.05])
@@ -101,9 +103,9 @@ def test_a_tiny_timeout_still_stops_an_endless_query(lake: Lake, timeout: float)
 
 
 def test_the_result_size_is_bounded(lake: Lake) -> None:
-    with pytest.raises(UserError, match="result is larger than 20MB"):
-        run_sql(lake.root, "SELECT range, repeat('x', 100) AS pad FROM range(1000000)", memory_limit="20MB")
-    with Gate(lake.root, memory_limit="20MB") as gate, pytest.raises(UserError, match="larger than"):
+    with pytest.raises(UserError, match="result is larger than 20MB .the --max-result limit"):
+        run_sql(lake.root, "SELECT range, repeat('x', 100) AS pad FROM range(1000000)", max_result="20MB")
+    with Gate(lake.root, max_result="20MB") as gate, pytest.raises(UserError, match="larger than"):
         gate.render("SELECT range, repeat('x', 100) AS pad FROM range(1000000)")
     HELD.append("result larger than the limit")
 
@@ -212,6 +214,7 @@ def test_cli_shows_null_as_null_and_json_columns_as_objects(lake: Lake, tmp_path
         (["--timeout", "nan"], "--timeout"),
         (["--timeout", "-1"], "--timeout"),
         (["--memory", "foo"], "--memory"),
+        (["--max-result", "lots"], "--max-result"),
     ],
 )
 def test_cli_option_errors_exit_2(lake: Lake, tmp_path: Path, args: list[str], message: str) -> None:

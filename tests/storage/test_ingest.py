@@ -492,16 +492,24 @@ def test_columnar_path_never_differs_from_the_reference(
     assert outcomes[0] == outcomes[1]
 
 
-def test_blocks_stream_a_file_larger_than_one_block(tmp_path: Path) -> None:
-    path = write_jsonl(
-        tmp_path / "big.jsonl", [{"prompt": f"p{i}", "response": "r"} for i in range(BLOCK_ROWS * 2 + 5)]
-    )
+def test_jsonl_blocks_hold_whole_chunks_of_rows(tmp_path: Path, monkeypatch) -> None:
+    """Blocks of exactly BLOCK_ROWS non-empty lines (blank lines and reads cut anywhere in between), so
+    records come in the version's chunks; line numbers and row numbers stay right across blocks."""
     from storage import ingest_sources
 
-    ingest_sources.BLOCK_BYTES, old = 64 * 1024, ingest_sources.BLOCK_BYTES
-    try:
-        parts = list(blocks(path))
-    finally:
-        ingest_sources.BLOCK_BYTES = old
-    assert len(parts) > 3 and sum(len(b.lines) for b in parts) == BLOCK_ROWS * 2 + 5
-    assert [b.first_row for b in parts] == list(np.cumsum([0] + [len(b.lines) for b in parts[:-1]]))
+    lines = []
+    for i in range(2 * 1000 + 5):
+        lines.append(json.dumps({"prompt": f"p{i}", "response": "r"}))
+        if i % 7 == 0:
+            lines.append("")  # blank lines are skipped, not counted as rows
+    path = tmp_path / "big.jsonl"
+    path.write_text("\n".join(lines))  # no newline at the end
+    monkeypatch.setattr(ingest_sources, "BLOCK_BYTES", 4096)
+    monkeypatch.setattr(ingest_sources, "BLOCK_ROWS", 1000)
+    parts = list(blocks(path))
+    assert [len(b.lines) for b in parts] == [1000, 1000, 5]
+    assert [b.first_row for b in parts] == [0, 1000, 2000]
+    numbers = [n for b in parts for n in b.lines.tolist()]
+    expected = [i + 1 for i, line in enumerate(lines) if line]
+    assert numbers == expected
+    assert [r["prompt"] for b in parts for r in b.rows()] == [f"p{i}" for i in range(2005)]
