@@ -81,11 +81,9 @@ def print_frame(frame, title: str | None = None, max_rows: int = 200) -> None:
     console = Console(width=max(120, Console().width))
     console.print(table)
     if more:
-        console.print(f"... more rows (use --out FILE.csv or .parquet for all {_count(frame)})")
-
-
-def _count(frame) -> str:
-    return f"{len(frame)} rows" if hasattr(frame, "iloc") else "rows"
+        console.print(
+            f"... more rows (first {max_rows} shown; --out FILE.csv or FILE.parquet writes them all)"
+        )
 
 
 def _cell(value) -> str:
