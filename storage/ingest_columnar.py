@@ -45,6 +45,8 @@ def _column(table: pa.Table, name: str) -> pa.Array | None:
     if name not in table.column_names:
         return None
     column = table[name].combine_chunks()
+    if pa.types.is_dictionary(column.type):  # e.g. a pandas categorical written to Parquet
+        column = column.dictionary_decode()
     if pa.types.is_large_string(column.type) or pa.types.is_string_view(column.type):
         column = column.cast(pa.string())
     return column
