@@ -406,8 +406,8 @@ def _write(path: Path, rows: list[dict], fmt: str) -> Path:
     elif fmt == "csv":
         pd.DataFrame(rows).astype(str).replace({"None": "", "": ""}).to_csv(path, index=False)
     else:
-        frame = pd.DataFrame(rows).astype({"difficulty": str, "answer": str})
-        frame.to_parquet(path)
+        frame = pd.DataFrame(rows).astype({"difficulty": str, "answer": str, "domain": "category"})
+        frame.to_parquet(path)  # the domain as a Parquet dictionary column
     return path
 
 
