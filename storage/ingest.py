@@ -157,8 +157,9 @@ class Spool:
         first = max(start - len(self.tables), 0)
         last = stop - len(self.tables)
         if self.path is not None and last > first:
-            with pa.memory_map(str(self.path)) as mapped:
-                reader = pa.ipc.open_file(mapped)
+            # Read, not memory-mapped: mapped pages would count as this process's memory until the end.
+            with pa.OSFile(str(self.path)) as source:
+                reader = pa.ipc.open_file(source)
                 for i in range(first, last):
                     yield pa.Table.from_batches([reader.get_batch(i)])
 
@@ -352,13 +353,15 @@ def _stage(lake: Lake, tables: Iterator[tuple[pa.Table, Block]], source: str, de
 def _drop_exact_duplicates(staged: _Staged, repeats: pa.Table, ids: _Ids, source: str) -> _Staged:
     """Drop rows that repeat an earlier row exactly (all but row_index); a repeated id with different
     content is an error naming both rows."""
-    table = pa.Table.from_batches(staged.batches(), schema=EXAMPLE_COLUMNS).drop(["row_index"])
-    later = table.take(repeats["row"]).to_pylist()
-    earlier = table.take(repeats["first"]).to_pylist()
-    del table
-    for row, first, a, b in zip(
-        repeats["row"].to_pylist(), repeats["first"].to_pylist(), earlier, later, strict=True
-    ):
+    wanted = np.union1d(repeats["row"].to_numpy(), repeats["first"].to_numpy())
+    records, start = {}, 0
+    for chunk in staged.spool.chunks():  # one chunk in memory at a time
+        local = wanted[(wanted >= start) & (wanted < start + chunk.num_rows)]
+        picked = chunk.drop(["row_index"]).take(pa.array(local - start)).to_pylist()
+        records.update(zip(local.tolist(), picked, strict=True))
+        start += chunk.num_rows
+    for row, first in zip(repeats["row"].to_pylist(), repeats["first"].to_pylist(), strict=True):
+        a, b = records[first], records[row]
         if a != b:
             raise UserError(
                 f"{source}: duplicate example id {shorten(a['example_id'])} in {ids.where([first, row])} "

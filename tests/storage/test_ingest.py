@@ -513,3 +513,20 @@ def test_jsonl_blocks_hold_whole_chunks_of_rows(tmp_path: Path, monkeypatch) -> 
     expected = [i + 1 for i, line in enumerate(lines) if line]
     assert numbers == expected
     assert [r["prompt"] for b in parts for r in b.rows()] == [f"p{i}" for i in range(2005)]
+
+
+def test_records_spilled_to_a_staging_file_give_the_same_lake(tmp_path: Path, monkeypatch) -> None:
+    """Past SPOOL_BYTES the records wait in a staging file: same version, rows and dedupe; the file is
+    gone afterwards, on success and on a refusal."""
+    rows = [ROWS[0], ROWS[1], ROWS[0]]
+    path = write_jsonl(tmp_path / "dup.jsonl", rows)
+    in_memory = ingest(Lake(tmp_path / "a"), path, "d", dedupe=True)
+    monkeypatch.setattr("storage.ingest.SPOOL_BYTES", 1)
+    monkeypatch.setattr("storage.ingest.tempfile.gettempdir", lambda: str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    spilled = ingest(Lake(tmp_path / "b"), path, "d", dedupe=True)
+    assert (spilled.version, spilled.rows, spilled.duplicates_dropped) == (in_memory.version, 2, 1)
+    pd.testing.assert_frame_equal(examples(Lake(tmp_path / "a"), "d"), examples(Lake(tmp_path / "b"), "d"))
+    with pytest.raises(UserError, match="duplicate example id"):
+        ingest(Lake(tmp_path / "c"), path, "d")
+    assert not list((tmp_path / "tmp").iterdir()) and not list((tmp_path / "b" / ".staging").iterdir())
