@@ -160,15 +160,20 @@ def _meta(table: pa.Table, plan: Plan, null_may_be_absent: bool) -> pa.Array:
 
 
 def pair_messages(prompt: pa.Array, response: pa.Array) -> pa.Array:
-    """[{user, prompt}, {assistant, response}] for every row."""
+    """[{user, prompt}, {assistant, response}] for every row. The contents are one copy of each row's
+    prompt and response back to back (a sequential join, not a gather), cut by interleaved offsets."""
     n = len(prompt)
-    order = np.empty(2 * n, dtype=np.int64)
-    order[0::2], order[1::2] = np.arange(n), np.arange(n) + n
-    content = pa.concat_arrays([prompt, response]).take(pa.array(order))
+    joined = pc.binary_join_element_wise(prompt, response, "")
+    prompt_offsets = np.frombuffer(prompt.buffers()[1], np.int32, n + 1, prompt.offset * 4)
+    joined_offsets = np.frombuffer(joined.buffers()[1], np.int32, n + 1, joined.offset * 4)
+    offsets = np.empty(2 * n + 1, np.int32)
+    offsets[0::2] = joined_offsets
+    offsets[1:-1:2] = joined_offsets[:-1] + np.diff(prompt_offsets)
+    content = pa.StringArray.from_buffers(2 * n, pa.py_buffer(offsets), joined.buffers()[2])
     role = pa.array(["user", "assistant"]).take(pa.array(np.tile(np.array([0, 1], dtype=np.int8), n)))
     values = pa.StructArray.from_arrays([role, content], fields=list(MESSAGE_TYPE))
-    offsets = pa.array(np.arange(0, 2 * n + 1, 2, dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, values, type=EXAMPLE_COLUMNS.field("messages").type)
+    pairs = pa.array(np.arange(0, 2 * n + 1, 2, dtype=np.int32))
+    return pa.ListArray.from_arrays(pairs, values, type=EXAMPLE_COLUMNS.field("messages").type)
 
 
 def normalize_table(table: pa.Table, first_row: int, plan: Plan, null_may_be_absent: bool) -> pa.Table | None:
