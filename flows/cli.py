@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import pkgutil
 import sys
@@ -13,6 +12,7 @@ from typing import Annotated
 import click
 import typer
 import typer.core
+from typer.core import TyperCommand
 
 from flows.commands import LakeOption
 from flows.runtime import configure_environment
@@ -91,25 +91,48 @@ def echo(message: str) -> None:
     typer.echo(message)
 
 
+class PlainHelp(TyperCommand):
+    """A command whose --help is click's plain text: wrapped to the terminal, never cut (rich's panels
+    truncate options and help with '…' on a narrow terminal or outside one)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rich_markup_mode = None
+
+
 def print_frame(frame, title: str | None = None, max_rows: int = 200) -> None:
-    """A pretty table for people; wide text is cut so tables stay readable."""
+    """A pretty table for people; wide text is cut so tables stay readable. `frame` is a pandas
+    DataFrame or a `storage.gate.Rendered` result; a missing value shows as NULL."""
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title, show_lines=False)
-    for column in frame.columns:
+    if hasattr(frame, "rows") and hasattr(frame, "columns") and not hasattr(frame, "iloc"):
+        columns, rows, more = frame.columns, frame.rows[:max_rows], frame.more or len(frame.rows) > max_rows
+    else:
+        columns, rows = list(frame.columns), list(frame.head(max_rows).itertuples(index=False))
+        more = len(frame) > max_rows
+    for column in columns:
         table.add_column(str(column), overflow="fold", max_width=60)
-    for row in frame.head(max_rows).itertuples(index=False):
+    for row in rows:
         table.add_row(*[_cell(v) for v in row])
     console = Console(width=max(120, Console().width))
     console.print(table)
-    if len(frame) > max_rows:
-        console.print(f"... {len(frame) - max_rows} more rows (use --format csv --out FILE for all)")
+    if more:
+        console.print(
+            f"... more rows (first {max_rows} shown; --out FILE.csv or FILE.parquet writes them all)"
+        )
 
 
 def _cell(value) -> str:
-    if value is None:
-        return ""
+    """One table cell: NULL for a missing value (None, NaN, NaT in a pandas frame), 6 significant digits
+    for floats, long text cut at 200 characters."""
+    import pandas as pd
+
+    if value is None or (
+        not isinstance(value, list | tuple | dict) and pd.api.types.is_scalar(value) and pd.isna(value)
+    ):
+        return "NULL"
     if isinstance(value, float):
         return f"{value:.6g}"
     text = str(value)
@@ -117,13 +140,21 @@ def _cell(value) -> str:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    """`data` as the file `path`, written aside and renamed into place (storage.outputs)."""
+    from storage.outputs import write_file_atomically
+
+    write_file_atomically(path, data)
+
+
+def protected_paths() -> list[Path]:
+    """What no --out may replace or hold: the lake and the project's state folder."""
+    from flows.runtime import state_dir
+
+    return [get_lake().root, state_dir()]
 
 
 # ---------------------------------------------------------------------------------- commands
-@app.command()
+@app.command(cls=PlainHelp)
 def ingest(
     path: Annotated[
         Path, typer.Argument(help="JSONL, JSON, Parquet, CSV, or a datasets save_to_disk directory.")
@@ -150,13 +181,28 @@ def ingest(
         typer.Option(help="Column with stable ids (default: id/example_id/task_id, else a content hash)."),
     ] = None,
     answer_col: Annotated[str, typer.Option(help="Column with the reference final answer.")] = "answer",
+    dedupe: Annotated[
+        bool,
+        typer.Option(
+            "--dedupe",
+            help="Drop rows that repeat an earlier row exactly (same id and content); keep the first.",
+        ),
+    ] = False,
 ) -> None:
-    """Ingest a file of examples as a dataset version. Re-ingesting the same content is a no-op."""
+    """Ingest a file of examples as a dataset version. Re-ingesting the current version is a no-op;
+    re-ingesting an earlier version makes it current again. A bad row is refused with its line and
+    column, and nothing is written."""
     from dataclasses import asdict
 
     from flows.runtime import run_job
-    from storage.ingest import ColumnMap, normalize, read_rows
+    from storage.ingest import FORMATS, ColumnMap
+    from storage.names import check_name
 
+    check_name(dataset, "--dataset")  # cheap checks before any job starts; the file is read once, in the job
+    if fmt is not None and fmt not in FORMATS:
+        raise UserError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
+    if not path.exists():
+        raise UserError(f"{path}: no such file or directory")
     columns = ColumnMap(
         prompt=prompt_col,
         response=response_col,
@@ -167,7 +213,6 @@ def ingest(
         answer=answer_col,
         domain_value=domain,
     )
-    normalize(read_rows(path, fmt, split), dataset, columns, str(path))  # user errors before any job starts
     lake = get_lake()
     result = run_job(
         "flows.ingest:ingest_flow",
@@ -177,100 +222,109 @@ def ingest(
         columns=asdict(columns),
         fmt=fmt,
         split=split,
+        dedupe=dedupe,
     )
-    state = "unchanged (already ingested)" if result["unchanged"] else "new version"
+    if result.get("restored"):
+        state = "restored (an earlier version, current again)"
+    else:
+        state = "unchanged (already ingested)" if result["unchanged"] else "new version"
+    dropped = result.get("duplicates_dropped") or 0
+    if dropped:
+        state += f", {dropped} exact duplicates dropped"
     domains = ", ".join(f"{k}: {v}" for k, v in sorted(result["domains"].items()))
     echo(
         f"{dataset} {result['version']}: {result['rows']} examples, {state} [{domains}] run {result['run_id']}"
     )
 
 
-@app.command()
+OUT_HELP = "Write the result to FILE (.csv, .json/.jsonl, .parquet, .txt: the suffix picks the format)."
+FORMAT_HELP = (
+    "table|csv|json|parquet (json: one JSON object per line). Default: by --out's suffix, else table."
+)
+
+
+@app.command(cls=PlainHelp)
 def sql(
     query: Annotated[
         str, typer.Argument(help="One SELECT / WITH / EXPLAIN statement over the lake's views.")
     ],
-    fmt: Annotated[str, typer.Option("--format", help="table|csv|json|parquet")] = "table",
-    out: Annotated[Path | None, typer.Option("--out", help="Write the result to this file.")] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds before the query is stopped.")] = 60.0,
-    memory: Annotated[str, typer.Option(help="DuckDB memory limit.")] = "2GB",
+    fmt: Annotated[str | None, typer.Option("--format", help=FORMAT_HELP)] = None,
+    out: Annotated[Path | None, typer.Option("--out", help=OUT_HELP)] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file.")] = False,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds before the query is stopped (at most 86400).")
+    ] = 60.0,
+    memory: Annotated[
+        str | None,
+        typer.Option(
+            help="DuckDB's memory limit, e.g. 4GB (default: DuckDB's own, 80% of RAM); it spills beyond."
+        ),
+    ] = None,
+    max_result: Annotated[
+        str, typer.Option(help="Largest result assay holds, e.g. 2GB; past it the query stops.")
+    ] = "2GB",
 ) -> None:
-    """Run SQL (read-only, gated) over the lake: examples, scores, samples, labels, weights, runs, ..."""
-    from storage.gate import run_sql
+    """Run SQL (read-only, gated) over the lake: examples, scores, samples, labels, weights, runs, ...
+    NULL prints as NULL; JSON columns (runs.params, runs.inputs) come out as JSON objects."""
+    from storage.gate import Gate, check_memory, check_statement, check_timeout
+    from storage.outputs import prepare_output
+    from storage.results import output_format, render_text, write_result
 
-    if fmt not in ("table", "csv", "json", "parquet"):
-        raise UserError(f"--format {fmt}: expected table, csv, json or parquet")
-    if fmt == "parquet" and out is None:
-        raise UserError("--format parquet needs --out FILE")
-    if out is not None and not out.parent.exists():
-        raise UserError(f"--out {out}: directory {out.parent} does not exist")
-    lake = get_lake()
-    result = run_sql(lake.root, query, timeout_s=timeout, memory_limit=memory)
-    if fmt == "parquet":
-        import io
-
-        import pyarrow.parquet as pq
-
-        buffer = io.BytesIO()
-        pq.write_table(result, buffer)
-        write_atomic(out, buffer.getvalue())
-        echo(f"wrote {result.num_rows} rows to {out}")
-        return
-    frame = result.to_pandas()
-    if fmt == "table" and out is None:
-        print_frame(frame)
-        return
-    if fmt == "csv":
-        text = frame.to_csv(index=False)
-    elif fmt == "json":
-        text = frame.to_json(orient="records", lines=True, date_format="iso", default_handler=str)
-    else:
-        text = frame.to_string(index=False) + "\n"
-    if out is None:
-        sys.stdout.write(text)
-    else:
-        write_atomic(out, text.encode())
-        echo(f"wrote {len(frame)} rows to {out}")
+    fmt = output_format(fmt, out)
+    check_timeout(timeout)
+    if memory is not None:
+        check_memory(memory)
+    check_memory(max_result, "--max-result")
+    check_statement(query)
+    target = prepare_output(out, kind="file", force=force, protected=protected_paths()) if out else None
+    with Gate(get_lake().root, timeout_s=timeout, memory_limit=memory, max_result=max_result) as gate:
+        if target is not None:
+            rows = write_result(gate, query, fmt, target)
+            echo(f"wrote {rows} rows to {out}")
+        elif fmt == "table":
+            print_frame(gate.render(query, max_rows=200))
+        else:
+            sys.stdout.write(render_text(gate, query, fmt)[0])
 
 
-@app.command()
+RUNS_SQL = "SELECT {columns} FROM runs {where} ORDER BY started_at, run_id"
+RUNS_TABLE = """run_id, kind, method, status, strftime(started_at, '%Y-%m-%d %H:%M:%S') AS started,
+    round(epoch(finished_at) - epoch(started_at), 1) AS seconds, inputs, params, coalesce(error, '') AS error"""
+
+
+@app.command(cls=PlainHelp)
 def runs(
     kind: Annotated[
         str | None, typer.Option(help="Only runs of this kind (ingest, attribute, curate, ...).")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per run.")] = False,
+    fmt: Annotated[
+        str, typer.Option("--format", help="table|csv|json (json: one JSON object per run, like sql).")
+    ] = "table",
+    as_json: Annotated[bool, typer.Option("--json", hidden=True, help="Same as --format json.")] = False,
 ) -> None:
     """Runs in the lake with status and lineage (what each read, with which parameters)."""
-    import pandas as pd
+    from storage.gate import Gate
+    from storage.results import FORMATS, render_text
 
-    records = [r for r in get_lake().runs() if kind is None or r["kind"] == kind]
-    if as_json:
-        for record in records:
-            echo(json.dumps(record, default=str))
-        return
-    if not records:
-        echo("no runs")
-        return
-    rows = []
-    for r in records:
-        seconds = (r["finished_at"] - r["started_at"]).total_seconds() if r["finished_at"] else None
-        rows.append(
-            {
-                "run_id": r["run_id"],
-                "kind": r["kind"],
-                "method": r["method"],
-                "status": r["status"],
-                "started": r["started_at"].strftime("%Y-%m-%d %H:%M:%S"),
-                "seconds": None if seconds is None else round(seconds, 1),
-                "inputs": r["inputs"],
-                "params": r["params"],
-                "error": r["error"] or "",
-            }
-        )
-    print_frame(pd.DataFrame(rows), title=f"runs in {get_lake().root}")
+    fmt = "json" if as_json else fmt
+    if fmt not in FORMATS or fmt == "parquet":
+        raise UserError(f"--format {fmt}: expected table, csv or json")
+    from storage.catalog import quote
+
+    lake = get_lake()
+    where = "" if kind is None else f"WHERE kind = {quote(kind)}"
+    with Gate(lake.root) as gate:
+        if fmt == "table":
+            result = gate.render(RUNS_SQL.format(columns=RUNS_TABLE, where=where))
+            if not result.rows:
+                echo("no runs")
+                return
+            print_frame(result, title=f"runs in {lake.root}")
+            return
+        sys.stdout.write(render_text(gate, RUNS_SQL.format(columns="*", where=where), fmt)[0])
 
 
-@app.command()
+@app.command(cls=PlainHelp)
 def tables() -> None:
     """Tables and views of the lake with their columns and row counts (complete runs)."""
     import pandas as pd

@@ -18,8 +18,9 @@ def ingest_flow(
     columns: dict | None = None,
     fmt: str | None = None,
     split: str | None = None,
+    dedupe: bool = False,
 ) -> dict:
     lake = Lake(lake_root)
-    result = ingest(lake, path, dataset, ColumnMap(**(columns or {})), fmt=fmt, split=split)
+    result = ingest(lake, path, dataset, ColumnMap(**(columns or {})), fmt=fmt, split=split, dedupe=dedupe)
     publish_summary(f"ingest-{dataset}", f"Ingest of {path} as {dataset}", lake, [result.run_id])
     return asdict(result)

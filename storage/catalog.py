@@ -1,11 +1,21 @@
 """DuckDB views over the lake's Parquet files: what `assay sql` and catalog.duckdb users query.
 
-Views read absolute paths and show rows of complete runs only. `examples` shows the latest
-version of each dataset; `examples_all` every version; `datasets` one row per dataset.
+Views show rows of complete runs only, and they name those runs' files explicitly (absolute paths),
+never a glob: a complete run's partitions never change again, so a reader's file list stays valid
+while other runs write, resume or fail (a glob would pick up a resuming run's folder as its parts are
+being redone, and fail with "No files found" when they are all gone for a moment). The price: a view
+defined earlier does not see runs completed later, so catalog.duckdb is rebuilt after every run and
+whenever it is older than the registry (`Lake.refresh_catalog_if_stale`).
+
+`examples` shows the current version of each dataset; `examples_all` every version; `datasets` one
+row per dataset; `runs` the registry with `params` and `inputs` as JSON.
 """
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import duckdb
@@ -14,6 +24,8 @@ import pyarrow as pa
 from storage.schemas import RUNS, TABLES
 
 EXTRA_VIEWS = ("runs", "examples_all", "dataset_versions", "datasets")
+# A registry row of kind "ingest", method RESTORE: re-ingesting an earlier version made it current again.
+RESTORE = "restore"
 
 
 def sql_type(dtype: pa.DataType) -> str:
@@ -45,38 +57,191 @@ def quote(path: Path | str) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
 
-def has_files(pattern_root: Path, pattern: str) -> bool:
-    return pattern_root.is_dir() and next(pattern_root.glob(pattern), None) is not None
+def _parquet_files(folder: Path) -> list[str]:
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [e.path for e in entries if e.name.endswith(".parquet") and not e.name.startswith(".")]
 
 
-def define_views(con: duckdb.DuckDBPyConnection, root: Path) -> None:
-    root = Path(root).absolute()
-    runs_dir = root / "runs"
-    if has_files(runs_dir, "*.parquet"):
-        runs_sql = f"SELECT * FROM read_parquet({quote(runs_dir / '*.parquet')}, union_by_name=true)"
-    else:
-        runs_sql = empty_select(RUNS)
-    con.execute(f"CREATE OR REPLACE VIEW runs AS {runs_sql}")
-    complete = "run_id IN (SELECT run_id FROM runs WHERE status = 'complete')"
-    for name, schema in TABLES.items():
-        folder = root / name
-        view = "examples_all" if name == "examples" else name
-        if has_files(folder, "run_id=*/*.parquet"):
-            source = f"read_parquet({quote(folder / 'run_id=*' / '*.parquet')}, union_by_name=true)"
-            con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM {source} WHERE {complete}")
+def registry_files(root: Path) -> list[str]:
+    return sorted(_parquet_files(Path(root) / "runs"))
+
+
+def complete_run_files(root: Path, complete: set[str]) -> dict[str, list[str]]:
+    """Every table's Parquet files that belong to complete runs, sorted (one scandir per table and run)."""
+    out: dict[str, list[str]] = {}
+    for name in TABLES:
+        files: list[str] = []
+        try:
+            entries = sorted(os.scandir(Path(root) / name), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            entries = []
+        for entry in entries:
+            if entry.name.startswith("run_id=") and entry.name[len("run_id=") :] in complete:
+                files += sorted(_parquet_files(Path(entry.path)))
+        out[name] = files
+    return out
+
+
+def _file_list(files: list[str]) -> str:
+    return "[" + ", ".join(quote(f) for f in files) + "]"
+
+
+_DATASET_VERSIONS = """SELECT f.dataset, f.version, f.run_id, CAST(sum(f.n) AS BIGINT) AS n_examples,
+       any_value(r.finished_at) AS ingested_at, any_value(r.params) AS params
+    FROM _example_files f JOIN runs r ON f.run_id = r.run_id GROUP BY f.dataset, f.version, f.run_id"""
+# The current version of a dataset: the one ingested, or restored by re-ingesting it, last.
+_DATASETS = f"""WITH restored AS (
+      SELECT json_extract_string(inputs, '$.run_id') AS data_run, max(finished_at) AS at,
+             arg_max(run_id, finished_at) AS restore_run FROM runs
+      WHERE kind = 'ingest' AND method = '{RESTORE}' AND status = 'complete' GROUP BY ALL)
+    SELECT v.*, greatest(v.ingested_at, coalesce(r.at, v.ingested_at)) AS current_since,
+           CASE WHEN r.at > v.ingested_at THEN r.restore_run ELSE v.run_id END AS set_by
+    FROM dataset_versions v LEFT JOIN restored r ON v.run_id = r.data_run
+    QUALIFY row_number() OVER (PARTITION BY v.dataset ORDER BY current_since DESC, v.run_id) = 1"""
+# What each derived view reads.
+_NEEDS = {
+    "examples": ("datasets",),
+    "datasets": ("dataset_versions", "runs"),
+    "dataset_versions": ("_example_files", "runs"),
+}
+ALL_VIEWS = (*(("examples_all" if t == "examples" else t) for t in TABLES), *_NEEDS, "runs")
+
+
+class LakeViews:
+    """The lake's views on one connection, defined on demand (`define`): binding a view costs a few
+    milliseconds, so a query defines only what it reads. The registry is read once, at construction:
+    every view shows the runs that were complete then."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, root: Path):
+        self.con, self.root = con, Path(root).absolute()
+        self.defined: set[str] = set()
+        registry = registry_files(self.root)
+        if registry:
+            con.execute(
+                f"CREATE OR REPLACE TABLE _registry AS SELECT * FROM read_parquet({_file_list(registry)}, "
+                "union_by_name=true)"
+            )
+            complete = {
+                r[0] for r in con.execute("SELECT run_id FROM _registry WHERE status = 'complete'").fetchall()
+            }
         else:
-            con.execute(f"CREATE OR REPLACE VIEW {view} AS {empty_select(schema)}")
-    con.execute(
-        """CREATE OR REPLACE VIEW dataset_versions AS
-           SELECT e.dataset, e.version, e.run_id, count(*) AS n_examples,
-                  any_value(r.finished_at) AS ingested_at, any_value(r.params) AS params
-           FROM examples_all e JOIN runs r ON e.run_id = r.run_id GROUP BY e.dataset, e.version, e.run_id"""
-    )
-    con.execute(
-        """CREATE OR REPLACE VIEW datasets AS SELECT * FROM dataset_versions
-           QUALIFY row_number() OVER (PARTITION BY dataset ORDER BY ingested_at DESC) = 1"""
-    )
-    con.execute(
-        "CREATE OR REPLACE VIEW examples AS SELECT * FROM examples_all "
-        "WHERE run_id IN (SELECT run_id FROM datasets)"
-    )
+            complete = set()
+        self.has_registry = bool(registry)
+        self.files = complete_run_files(self.root, complete)
+
+    def _sql(self, view: str) -> str:
+        if view == "runs":
+            if self.has_registry:
+                return (
+                    "SELECT * REPLACE (TRY_CAST(params AS JSON) AS params, TRY_CAST(inputs AS JSON) AS inputs) "
+                    "FROM _registry"
+                )
+            empty = empty_select(RUNS).replace(
+                "CAST(NULL AS VARCHAR) AS params", "CAST(NULL AS JSON) AS params"
+            )
+            return empty.replace("CAST(NULL AS VARCHAR) AS inputs", "CAST(NULL AS JSON) AS inputs")
+        if view == "examples":
+            return self._current_examples()
+        if view in _NEEDS:
+            return {"datasets": _DATASETS, "dataset_versions": _DATASET_VERSIONS}[view]
+        table = "examples" if view == "examples_all" else view
+        if self.files[table]:
+            return f"SELECT * FROM {self._read(self.files[table])}"
+        return empty_select(TABLES[table])
+
+    def _read(self, files: list[str]) -> str:
+        """read_parquet over `files`; by column name only when their schemas differ (a run that wrote
+        extra columns): matching columns by name costs about a sixth of a large scan."""
+        schemas: dict[str, list[tuple]] = {}
+        for row in self.con.execute(f"SELECT * FROM parquet_schema({_file_list(files)})").fetchall():
+            schemas.setdefault(row[0], []).append(row[1:])
+        union = ", union_by_name=true" if len({tuple(rows) for rows in schemas.values()}) > 1 else ""
+        return f"read_parquet({_file_list(files)}{union}, hive_partitioning=false)"
+
+    def _example_files(self) -> None:
+        """Table _example_files(file, run_id, dataset, version, n): the dataset versions in each examples
+        file, from the Parquet footers' statistics (a file whose dataset or version varies is scanned)."""
+        self.con.execute(
+            "CREATE OR REPLACE TABLE _example_files (file VARCHAR, run_id VARCHAR, dataset VARCHAR, "
+            "version VARCHAR, n BIGINT)"
+        )
+        files = self.files["examples"]
+        if not files:
+            return
+        meta = self.con.execute(
+            f"""SELECT file_name, path_in_schema, min(stats_min_value), max(stats_max_value),
+                       count(*) FILTER (WHERE stats_min_value IS NULL), sum(row_group_num_rows)
+                FROM parquet_metadata({_file_list(files)}) WHERE path_in_schema IN ('dataset', 'version')
+                GROUP BY ALL"""
+        ).fetchall()
+        found: dict[str, dict[str, tuple]] = {}
+        for file, column, low, high, missing, rows in meta:
+            found.setdefault(file, {})[column] = (low, high, missing, rows)
+        entries = []
+        for file in files:
+            run_id = Path(file).parent.name[len("run_id=") :]
+            stats = found.get(file, {})
+            single = all(
+                c in stats and stats[c][2] == 0 and stats[c][0] == stats[c][1] for c in ("dataset", "version")
+            )
+            if single:
+                entries.append(
+                    (file, run_id, stats["dataset"][0], stats["version"][0], int(stats["dataset"][3]))
+                )
+                continue
+            scanned = self.con.execute(
+                f"SELECT dataset, version, count(*) FROM read_parquet([{quote(file)}]) GROUP BY ALL"
+            ).fetchall()
+            entries += [(file, run_id, d, v, n) for d, v, n in scanned]
+        self.con.executemany("INSERT INTO _example_files VALUES (?, ?, ?, ?, ?)", entries)
+
+    def _current_examples(self) -> str:
+        """The examples of each dataset's current version: only those runs' files are read."""
+        current = set(self.con.execute("SELECT run_id, dataset FROM datasets").fetchall())
+        rows = self.con.execute("SELECT file, run_id, dataset FROM _example_files ORDER BY file").fetchall()
+        files = sorted({f for f, r, d in rows if (r, d) in current})
+        if not files:
+            return empty_select(TABLES["examples"])
+        source = self._read(files)
+        mixed = any((r, d) not in current for f, r, d in rows if f in set(files))
+        if mixed:  # a file holding more than one dataset: keep the current one's rows only
+            return (
+                f"SELECT * FROM {source} e WHERE EXISTS "
+                "(SELECT 1 FROM datasets c WHERE c.run_id = e.run_id AND c.dataset = e.dataset)"
+            )
+        return f"SELECT * FROM {source}"
+
+    def define(self, names: Iterable[str]) -> None:
+        """Create the named views (and the views they read); other names are ignored."""
+        for name in names:
+            view = name.lower()
+            if view == "_example_files" and view not in self.defined:
+                self._example_files()
+                self.defined.add(view)
+                continue
+            if view in self.defined or view not in ALL_VIEWS:
+                continue
+            self.define(_NEEDS.get(view, ()))
+            self.con.execute(f"CREATE OR REPLACE VIEW {view} AS {self._sql(view)}")
+            self.defined.add(view)
+
+
+def referenced(sql: str) -> list[str]:
+    """The lake views a statement names (DuckDB's parser; parameters `?` / `$1` read as NULL), or all of
+    them when it cannot tell."""
+    for text in (sql, re.sub(r"\?|\$\d+", "NULL", sql)):
+        try:
+            return [name.rsplit(".", 1)[-1] for name in duckdb.get_table_names(text)]
+        except (duckdb.Error, RuntimeError):
+            continue
+    return list(ALL_VIEWS)
+
+
+def define_views(con: duckdb.DuckDBPyConnection, root: Path) -> dict[str, list[str]]:
+    """Create all the lake's views on `con`; returns the files each table's view reads."""
+    views = LakeViews(con, root)
+    views.define(ALL_VIEWS)
+    return views.files

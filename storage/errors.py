@@ -1,21 +1,30 @@
 """Errors that are the user's to fix (bad file, bad option). The CLI prints one line, exits 2."""
 
+from __future__ import annotations
+
+import reprlib
+
 
 class UserError(Exception):
     """Bad input from a user: a file, a row, a column or an option. Never a bug."""
 
 
 def shorten(value: object, limit: int = 80) -> str:
-    """A bounded `repr` of `value`, at most `limit` characters: an error message never echoes a huge or
-    deeply nested value back (reprlib stops after a few levels and items, so the cost is bounded too)."""
-    import reprlib
+    """`value` for an error message: its repr, on one line, at most `limit` characters ('...' when cut).
 
-    brief = reprlib.Repr()
-    brief.maxlevel, brief.maxstring, brief.maxother, brief.maxlong = 3, limit, limit, 40
-    for name in ("maxtuple", "maxlist", "maxarray", "maxdict", "maxset", "maxfrozenset", "maxdeque"):
-        setattr(brief, name, 6)
+    Strings are quoted and escaped like `{value!r}` (a newline or control character never breaks the
+    one-line message); containers show their first few items.
+    """
+    # reprlib formats only the start of a value: shortening a 5 MB string or a long list costs the same
+    # as shortening a short one.
+    bounded = reprlib.Repr()
+    bounded.maxlevel = 3
+    bounded.maxtuple = bounded.maxlist = bounded.maxarray = bounded.maxdict = 4
+    bounded.maxset = bounded.maxfrozenset = bounded.maxdeque = 4
+    bounded.maxstring = bounded.maxother = bounded.maxlong = limit + 8
     try:
-        text = brief.repr(value)
-    except Exception:  # noqa: BLE001 (a value whose repr fails still gets a message)
+        text = repr(value[: limit + 2]) if isinstance(value, str) else bounded.repr(value)
+    except Exception:  # noqa: BLE001 - a broken __repr__ must not hide the user's error
         text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    text = text.replace("\n", "\\n").replace("\r", "\\r")
+    return text if len(text) <= limit else text[: max(0, limit - 3)] + "..."

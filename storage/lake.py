@@ -8,19 +8,24 @@ Layout under the root:
   .staging/, .locks/                     temporary files and per-run locks
 
 Every file is written under .staging and renamed into place, so a reader never sees half a file,
-and views show rows of complete runs only, so a reader never sees half a run.
+and views show rows of complete runs only, so a reader never sees half a run. Temporary names carry
+the writer's host and pid (`HOST-PID-*`): the next run to open removes those of writers that no
+longer run (a SIGKILL leaves them behind).
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import itertools
 import json
 import os
+import re
 import shutil
 import socket
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -92,13 +97,57 @@ class Lake:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def staging_path(self, kind: str, suffix: str = "") -> Path:
+        """A fresh temporary name under .staging, tagged with this host and pid (see clean_staging)."""
+        return self._staging() / f"{kind}-{staging_tag()}{suffix}"
+
+    def clean_staging(self) -> int:
+        """Remove what killed writers left in .staging (their process is gone); returns how many."""
+        folder = self.root / ".staging"
+        if not folder.is_dir():
+            return 0
+        removed = 0
+        for entry in list(os.scandir(folder)):
+            if not _abandoned(entry):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                Path(entry.path).unlink(missing_ok=True)
+            removed += 1
+        return removed
+
     def write_file_atomic(self, table: pa.Table, dest: Path) -> None:
-        tmp = self._staging() / f"{uuid.uuid4().hex}.parquet"
+        tmp = self.staging_path("part", ".parquet")
         pq.write_table(table, tmp)
+        self._move_into_place(tmp, dest)
+
+    def _move_into_place(self, tmp: Path, dest: Path) -> None:
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, dest)
+
+    def write_batches_atomic(
+        self, batches: Iterable[pa.RecordBatch | pa.Table], schema: pa.Schema, dest: Path, **options: Any
+    ) -> int:
+        """Stream record batches into one Parquet file (a row group per batch), renamed into place
+        when whole. Memory holds one batch at a time. Returns the number of rows."""
+        tmp = self.staging_path("part", ".parquet")
+        rows = 0
+        try:
+            with pq.ParquetWriter(tmp, schema, **options) as writer:
+                for batch in batches:
+                    if isinstance(batch, pa.Table):
+                        writer.write_table(batch)
+                    else:
+                        writer.write_batch(batch)
+                    rows += batch.num_rows
+            self._move_into_place(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return rows
 
     # ---------------------------------------------------------------- registry
     def run_record(self, run_id: str) -> dict | None:
@@ -149,6 +198,8 @@ class Lake:
         """
         params, inputs = params or {}, inputs or {}
         run_id = run_id_for(kind, method, params, inputs, model)
+        self.clean_staging()
+        self.refresh_catalog_if_stale()
         with self._run_lock(run_id):
             previous = self.run_record(run_id)
             handle = Run(self, run_id, complete=bool(previous and previous["status"] == "complete"))
@@ -193,9 +244,16 @@ class Lake:
         return con
 
     def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
-        con = self.connect()
+        """Trusted SQL (assay's own, user values as parameters) over the views it names."""
+        con = duckdb.connect(":memory:")
         try:
-            return con.execute(sql, params or []).df()
+            views = catalog.LakeViews(con, self.root)
+            views.define(catalog.referenced(sql))
+            try:
+                return con.execute(sql, params or []).df()
+            except duckdb.CatalogException:
+                views.define(catalog.ALL_VIEWS)  # a name the parser's list missed
+                return con.execute(sql, params or []).df()
         finally:
             con.close()
 
@@ -233,23 +291,57 @@ class Lake:
         return record
 
     # ---------------------------------------------------------------- catalog
+    def _registry_mtime(self) -> int | None:
+        try:
+            return os.stat(self.root / "runs").st_mtime_ns
+        except FileNotFoundError:
+            return None
+
+    def catalog_is_stale(self) -> bool:
+        """Whether catalog.duckdb predates the last change to the registry (a run that was killed
+        between turning complete and refreshing the catalog leaves it so). Two stat calls."""
+        registry = self._registry_mtime()
+        if registry is None:
+            return False
+        try:
+            return os.stat(self.root / "catalog.duckdb").st_mtime_ns < registry
+        except FileNotFoundError:
+            return True
+
+    def refresh_catalog_if_stale(self) -> bool:
+        """Rebuild catalog.duckdb when it is stale; readers call this too, so a read-only lake is not an
+        error (the catalog then stays as it is). Returns whether it was rebuilt."""
+        if not self.catalog_is_stale():
+            return False
+        try:
+            self.refresh_catalog()
+        except OSError:
+            return False
+        return True
+
     def refresh_catalog(self) -> Path:
-        """Rebuild catalog.duckdb beside the data; readers keep the old file until the rename."""
+        """Rebuild catalog.duckdb beside the data; readers keep the old file until the rename.
+
+        The file's mtime is set to the registry's as it was read, so any later registry change makes
+        it stale (`catalog_is_stale`)."""
         lock_dir = self.root / ".locks"
         lock_dir.mkdir(parents=True, exist_ok=True)
         with open(lock_dir / "catalog.lock", "a+") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
-            tmp = self._staging() / f"catalog-{uuid.uuid4().hex}.duckdb"
+            registry = self._registry_mtime()
+            tmp = self.staging_path("catalog", ".duckdb")
             con = duckdb.connect(str(tmp))
             try:
                 catalog.define_views(con, self.root)
             finally:
                 con.close()
-            dest = self.root / "catalog.duckdb"
-            os.replace(tmp, dest)
             wal = tmp.with_name(tmp.name + ".wal")
             if wal.exists():
                 wal.unlink()
+            if registry is not None:
+                os.utime(tmp, ns=(registry, registry))
+            dest = self.root / "catalog.duckdb"
+            os.replace(tmp, dest)
             return dest
 
 
@@ -284,6 +376,49 @@ class Run:
         self.lake.write_file_atomic(data, dest)
         return dest
 
+    def write_batches(self, table: str, batches: Iterable[pa.Table | pa.RecordBatch], **options: Any) -> Path:
+        """Like `write` without a shard, for data larger than memory: the batches are streamed into one
+        Parquet partition (a row group each), which appears whole or not at all. `options` go to
+        pyarrow's ParquetWriter."""
+        if self.complete:
+            raise RuntimeError(f"run {self.run_id} is complete; it cannot be written again")
+        if table not in TABLES:
+            raise KeyError(f"unknown lake table {table!r}")
+        index = self._parts.get(table, 0)
+        self._parts[table] = index + 1
+        return self._write_part(table, batches, index, options)
+
+    def write_parallel(
+        self, table: str, groups: Sequence[Iterable[pa.Table | pa.RecordBatch]], **options: Any
+    ) -> list[Path]:
+        """`write_batches` of each group at once, one partition file per group on its own thread
+        (Parquet encoding releases the GIL); the files are numbered in the groups' order."""
+        if len(groups) <= 1:
+            return [self.write_batches(table, groups[0] if groups else [], **options)]
+        if self.complete:
+            raise RuntimeError(f"run {self.run_id} is complete; it cannot be written again")
+        if table not in TABLES:
+            raise KeyError(f"unknown lake table {table!r}")
+        from concurrent.futures import ThreadPoolExecutor
+
+        start = self._parts.get(table, 0)
+        self._parts[table] = start + len(groups)
+        with ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="assay-parquet") as pool:
+            futures = [
+                pool.submit(self._write_part, table, batches, start + i, options)
+                for i, batches in enumerate(groups)
+            ]
+            return [f.result() for f in futures]
+
+    def _write_part(self, table: str, batches: Iterable, index: int, options: dict) -> Path:
+        dest = self.lake.run_dir(table, self.run_id) / f"part-{index:05d}.parquet"
+        converted = (to_table(table, batch, self.run_id) for batch in batches)
+        first = next(converted, None)
+        if first is None:
+            first = to_table(table, pa.Table.from_pylist([], schema=TABLES[table]), self.run_id)
+        self.lake.write_batches_atomic(itertools.chain([first], converted), first.schema, dest, **options)
+        return dest
+
     def has_shard(self, table: str, shard: int) -> bool:
         return (self.lake.run_dir(table, self.run_id) / f"shard-{shard:06d}.parquet").exists()
 
@@ -294,6 +429,37 @@ class Run:
         if not files:
             return to_table(table, pa.Table.from_pylist([], schema=TABLES[table]), self.run_id).to_pandas()
         return pa.concat_tables([pq.read_table(f) for f in files], promote_options="default").to_pandas()
+
+
+STALE_UNTAGGED_S = 3600.0
+
+
+def staging_tag() -> str:
+    """HOST-PID-RANDOM: who wrote a temporary file, so a later writer can tell if it was abandoned."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+_TAGGED = re.compile(r"[a-z]+-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{12}(\..*)?")
+
+
+def _abandoned(entry: os.DirEntry) -> bool:
+    """A .staging entry whose writer no longer runs: same host, pid gone. Names without a tag (older
+    versions of assay) count as abandoned after an hour; other hosts' entries are never touched."""
+    tagged = _TAGGED.fullmatch(entry.name)
+    if tagged is not None:
+        if tagged["host"] != socket.gethostname():
+            return False
+        try:
+            os.kill(int(tagged["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    try:
+        return time.time() - entry.stat(follow_symlinks=False).st_mtime > STALE_UNTAGGED_S
+    except FileNotFoundError:
+        return False
 
 
 def remove_run(lake: Lake, run_id: str) -> None:

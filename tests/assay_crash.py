@@ -44,6 +44,26 @@ def finish(args: list[str], cwd: Path, timeout: float = 900) -> float:
     return time.perf_counter() - began
 
 
+def check_no_leftovers(folder: Path) -> None:
+    """Nothing a killed writer left behind remains under `folder` (lake staging files, `.NAME.tmp-*` /
+    `.NAME.old-*` beside an output) once a later write has run."""
+    import socket
+
+    host = socket.gethostname()
+    for path in folder.rglob("*"):
+        name = path.name
+        tagged = f"-{host}-" in name and (
+            ".tmp-" in name or ".old-" in name or path.parent.name == ".staging"
+        )
+        if not tagged:
+            continue
+        pid = int(name.split(f"-{host}-", 1)[1].split("-", 1)[0])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            raise AssertionError(f"leftover of a killed writer: {path}") from None
+
+
 def check_consistent(lake: Lake) -> None:
     for path in lake.root.rglob("*.parquet"):
         if ".staging" not in path.parts:
@@ -91,6 +111,8 @@ def kill_points(
         lake = Lake(crash_dir / "lake")
         check_consistent(lake)
         finish(args, crash_dir)
+        assert not lake.catalog_is_stale(), "catalog.duckdb older than the registry after the rerun"
+        check_no_leftovers(lake.root)
         got = result(lake)
         pd.testing.assert_frame_equal(got.reset_index(drop=True), expected.reset_index(drop=True))
         held += 1

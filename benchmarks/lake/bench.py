@@ -3,13 +3,21 @@
 Queries over a `scores` table (quick: 5M rows, full: 50M) joined to `examples`:
   top-k: the 10 most helpful training examples per target;
   by-group: mean influence by (train domain, train difficulty) x target domain (Infra's table).
-Engines: assay's gated SQL (`storage.gate.run_sql`), raw DuckDB over the same files, pandas, polars.
-Ingest: `storage.ingest.ingest` of a JSONL file against a bare pyarrow JSON read + Parquet write.
+Engines, each in its documented best idiom, each call from a fresh start (a new connection / scan):
+  assay's gate (`storage.gate.run_sql`: statement check, views, limits, a fresh connection);
+  raw DuckDB over the same files (a fresh connection; DuckDB 2 plans the row_number <= k window as a
+  per-group top-N); pandas (sort + head per group, merges); polars (lazy scans; `top_k_by` per group,
+  joins).
+Ingest: `storage.ingest.ingest` of a JSONL file (quick: 200k rows; full: 200k and 5M) against a bare
+pyarrow JSON read + Parquet write of the same file. Each runs in its own process; seconds exclude
+start-up and imports, peak RSS is the whole process's (from its start).
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,12 +27,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.json as pajson
-import pyarrow.parquet as pq
 
 from storage import Lake
 from storage.gate import run_sql
-from storage.ingest import ingest
 
 TOPK = """SELECT target_id, train_id, score FROM (
   SELECT target_id, train_id, score, row_number() OVER (PARTITION BY target_id ORDER BY score DESC) AS r
@@ -122,11 +127,13 @@ def query_engines(lake: Lake) -> dict[str, dict[str, callable]]:
         import polars as pl
 
         def polars_topk():
+            # polars' own top-k per group (`top_k_by`), not a sort of the whole table
             return (
                 pl.scan_parquet(scores_glob)
-                .sort(["target_id", "score"], descending=[False, True])
                 .group_by("target_id")
-                .head(10)
+                .agg(pl.col("train_id").top_k_by("score", 10), pl.col("score").top_k(10))
+                .explode(["train_id", "score"])
+                .sort(["target_id", "score"], descending=[False, True])
                 .collect()
             )
 
@@ -154,7 +161,13 @@ def bench_queries(quick: bool) -> dict:
         lake = build_lake(Path(tmp) / "lake", n_train, n_target)
         rows = n_train * n_target
         engines = query_engines(lake)
-        times = {name: {q: timed(fn)[0] for q, fn in queries.items()} for name, queries in engines.items()}
+        # Round robin: each repeat runs every engine once, so load from elsewhere on the machine falls
+        # on all of them alike; the best of the repeats is kept.
+        times = {name: dict.fromkeys(queries, float("inf")) for name, queries in engines.items()}
+        for _ in range(3):
+            for name, queries in engines.items():
+                for q, fn in queries.items():
+                    times[name][q] = min(times[name][q], timed(fn, repeats=1)[0])
     base = times["raw duckdb"]
     table_rows = [
         [
@@ -167,20 +180,52 @@ def bench_queries(quick: bool) -> dict:
         for name, t in times.items()
     ]
     return {
-        "title": f"Queries over {rows:,} score rows (best of 2)",
+        "title": f"Queries over {rows:,} score rows (best of 3, engines in turn)",
         "columns": ["engine", "top-k s", "top-k vs raw duckdb", "by-group s", "by-group vs raw duckdb"],
         "rows": table_rows,
         "notes": "top-k: 10 most helpful train examples per target; by-group: mean influence by (train "
-        "domain, difficulty) x target domain. The gate adds statement parsing, view setup and "
-        "limits over raw DuckDB on the same files.",
+        "domain, difficulty) x target domain. The gate adds statement parsing, views of complete runs "
+        "(explicit file lists, defined only for the tables a statement names), limits and a watchdog "
+        "over raw DuckDB on the same files; both open a fresh connection per query. polars uses "
+        "`top_k_by` per group; pandas sorts and takes the head of each group.",
     }
 
 
-def bench_ingest(quick: bool) -> dict:
-    n = 50_000 if quick else 500_000
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "data.jsonl"
-        with open(path, "w") as fh:
+INGEST_RUNNER = """
+import json, sys, time
+from pathlib import Path
+kind, path, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+if kind == "bare":
+    import pyarrow.json as pajson, pyarrow.parquet as pq
+    start, cpu = time.perf_counter(), time.process_time()
+    pq.write_table(pajson.read_json(path), out / "bare.parquet")
+else:
+    from storage import Lake
+    from storage.ingest import ingest
+    start, cpu = time.perf_counter(), time.process_time()
+    ingest(Lake(out / "lake"), path, "bench")
+seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+# VmHWM: this process's peak (ru_maxrss would carry over the parent's peak through fork and exec)
+peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"seconds": seconds, "cpu": cpu, "rss_mb": peak / 1024}))
+"""
+
+
+def _ingest_once(kind: str, path: Path, workdir: Path) -> dict:
+    out = Path(tempfile.mkdtemp(dir=workdir))
+    proc = subprocess.run(
+        [sys.executable, "-c", INGEST_RUNNER, kind, str(path), str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _write_jsonl(path: Path, n: int) -> None:
+    with open(path, "w") as fh:
+        for start in range(0, n, 100_000):
             fh.writelines(
                 json.dumps(
                     {
@@ -192,24 +237,57 @@ def bench_ingest(quick: bool) -> dict:
                     }
                 )
                 + "\n"
-                for i in range(n)
+                for i in range(start, min(n, start + 100_000))
             )
-        ours, _ = timed(lambda: ingest(Lake(Path(tmp) / f"lake-{time.perf_counter_ns()}"), path, "bench"), 1)
-        bare, _ = timed(lambda: pq.write_table(pajson.read_json(path), Path(tmp) / "bare.parquet"), 1)
+
+
+def bench_ingest(quick: bool) -> dict:
+    sizes = [200_000] if quick else [200_000, 5_000_000]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sizes:
+            path = Path(tmp) / f"data-{n}.jsonl"
+            _write_jsonl(path, n)
+            repeats = 3 if n <= 1_000_000 else 1
+            runs = [
+                (_ingest_once("bare", path, Path(tmp)), _ingest_once("assay", path, Path(tmp)))
+                for _ in range(repeats)
+            ]
+            bare = min((b for b, _ in runs), key=lambda r: r["seconds"])
+            ours = min((a for _, a in runs), key=lambda r: r["seconds"])
+            size_mb = path.stat().st_size / 2**20
+            rows.append(
+                [
+                    f"{n:,} rows ({size_mb:,.0f} MB)",
+                    round(ours["seconds"], 3),
+                    round(bare["seconds"], 3),
+                    round(ours["seconds"] / bare["seconds"], 2),
+                    round(ours["cpu"] / bare["cpu"], 2),
+                    round(ours["rss_mb"]),
+                    round(bare["rss_mb"]),
+                ]
+            )
     return {
-        "title": f"Ingest of a {n:,}-row JSONL file",
-        "columns": ["path", "seconds", "rows / s", "ratio vs bare pyarrow"],
-        "rows": [
-            [
-                "assay ingest (validate, ids, version, atomic write)",
-                round(ours, 3),
-                round(n / ours),
-                round(ours / bare, 2),
-            ],
-            ["bare pyarrow read_json + write_table", round(bare, 3), round(n / bare), 1.0],
+        "title": "Ingest of a JSONL file: assay ingest vs a bare pyarrow read + Parquet write",
+        "columns": [
+            "file",
+            "assay s",
+            "bare pyarrow s",
+            "ratio (wall)",
+            "ratio (CPU s, all threads)",
+            "assay peak RSS MB",
+            "bare peak RSS MB",
         ],
-        "notes": "assay validates every row in Python (types, ids, duplicates) to name the bad row; that "
-        "is the price over a bare columnar copy.",
+        "rows": rows,
+        "notes": "assay ingest reads the file in 16 MB blocks, validates and normalises each block as "
+        "columns (pyarrow compute; the row-by-row reference only for blocks the columnar path declines), "
+        "hashes the records into the dataset version, checks ids over the whole file, and writes one "
+        "Parquet partition with a registry row and the catalog; it writes twice the text of the bare copy "
+        "(the messages column repeats prompt and response). Each figure is one process; seconds exclude "
+        "start-up and imports, peak RSS counts the whole process from its start (VmHWM). Records beyond "
+        "512 MB go to a staging file, so assay's memory levels off as the file grows; the bare read holds "
+        "the whole table. The CPU ratio (process CPU seconds, all threads) depends less on other load "
+        "on the machine than the wall-clock ratio.",
     }
 
 

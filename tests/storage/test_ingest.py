@@ -1,17 +1,26 @@
-"""Ingest: every format, column mapping, chat format, stable ids, versions, and every bad input."""
+"""Ingest: every format, column mapping, chat format, stable ids, versions, restores, and every bad input
+(refused with the line and column, the lake byte-for-byte unchanged)."""
 
 from __future__ import annotations
 
+import csv
+import datetime as dt
 import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from assay_testing import run_cli, tree_digest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from storage import Lake, UserError
-from storage.ingest import ColumnMap, ingest
+from storage import Lake, UserError, ingest_columnar
+from storage.ingest import VERSION_CHUNK_ROWS, ColumnMap, dataset_version, ingest, normalize, records_table
+from storage.ingest_sources import BLOCK_ROWS, blocks
 
 ROWS = [
     {
@@ -29,6 +38,10 @@ ROWS = [
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def examples(lake: Lake, dataset: str) -> pd.DataFrame:
+    return lake.examples(dataset).drop(columns=["run_id"])
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "json", "parquet", "csv", "hf"])
@@ -49,11 +62,11 @@ def test_every_format_gives_the_same_examples(tmp_path: Path, fmt: str) -> None:
         datasets.Dataset.from_pandas(frame).save_to_disk(str(path))
     lake = Lake(tmp_path / "lake")
     result = ingest(lake, path, "d")
-    examples = lake.examples("d")
-    assert result.rows == 2 and examples["domain"].tolist() == ["math", "code"]
-    assert examples["difficulty"].tolist() == [1.0, 5.0]  # 'hard' maps to 5
-    assert json.loads(examples["meta"][0]) == {"src": "a"}
-    assert examples["messages"][0][1]["content"] == "4"
+    got = lake.examples("d")
+    assert result.rows == 2 and got["domain"].tolist() == ["math", "code"]
+    assert got["difficulty"].tolist() == [1.0, 5.0]  # 'hard' maps to 5
+    assert json.loads(got["meta"][0]) == {"src": "a"}
+    assert got["messages"][0][1]["content"] == "4"
 
 
 def test_chat_format_and_id_column(tmp_path: Path) -> None:
@@ -87,9 +100,109 @@ def test_content_ids_are_stable_and_reingest_is_a_no_op(tmp_path: Path) -> None:
     write_jsonl(path, ROWS + [{"prompt": "3 * 3?", "response": "9", "domain": "math"}])
     changed = ingest(lake, path, "d")
     assert not changed.unchanged and changed.version != first.version
-    examples = lake.examples("d")
-    assert len(examples) == 3 and examples["example_id"].tolist()[:2] == ids  # same content, same ids
+    got = lake.examples("d")
+    assert len(got) == 3 and got["example_id"].tolist()[:2] == ids  # same content, same ids
     assert len(lake.query("SELECT * FROM dataset_versions WHERE dataset = 'd'")) == 2
+
+
+def test_reingesting_an_earlier_version_makes_it_current_again(tmp_path: Path) -> None:
+    """A, B, A: `examples` shows A again (a restore row in the registry, no data copied); A, B, A, B, A
+    keeps following the latest ingest."""
+    lake = Lake(tmp_path / "lake")
+    a = write_jsonl(tmp_path / "a.jsonl", ROWS)
+    b = write_jsonl(tmp_path / "b.jsonl", ROWS + [{"prompt": "1 + 1?", "response": "2"}])
+    first = ingest(lake, a, "d")
+    second = ingest(lake, b, "d")
+    files = sorted(p.name for p in (lake.root / "examples").rglob("*.parquet"))
+    third = ingest(lake, a, "d")
+    assert third.restored and not third.unchanged and third.version == first.version
+    assert lake.dataset_version("d") == first.version and len(lake.examples("d")) == 2
+    assert sorted(p.name for p in (lake.root / "examples").rglob("*.parquet")) == files  # nothing copied
+    again = ingest(lake, a, "d")
+    assert again.unchanged and not again.restored  # A is current: a no-op
+    for path, version, rows in [(b, second.version, 3), (a, first.version, 2), (b, second.version, 3)]:
+        result = ingest(lake, path, "d")
+        assert result.restored and lake.dataset_version("d") == version and len(lake.examples("d")) == rows
+    restores = lake.query("SELECT count(*) AS n FROM runs WHERE method = 'restore'")["n"][0]
+    assert restores == 4
+
+
+def test_csv_keeps_newlines_inside_quoted_fields(tmp_path: Path) -> None:
+    code = 'def f(x):\n    return "a,b"\n\n# done\r\nprint(f(1))'
+    path = tmp_path / "code.csv"
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "prompt", "response", "notes"])
+        writer.writerow(["t1", "Write f.\nTwo lines.", code, "line1\nline2"])
+        writer.writerow(["t2", "plain", "x", ""])
+    lake = Lake(tmp_path / "lake")
+    ingest(lake, path, "code")
+    got = lake.examples("code")
+    assert got["prompt"].tolist() == ["Write f.\nTwo lines.", "plain"]
+    assert got["response"][0] == code
+    assert json.loads(got["meta"][0]) == {"notes": "line1\nline2"} and json.loads(got["meta"][1]) == {
+        "notes": None
+    }
+
+
+def test_csv_errors_name_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text('prompt,response\n"multi\nline",ok\na,b,c\n')
+    with pytest.raises(UserError, match=r"line 4: wrong number of fields \(3, the header has 2\)"):
+        ingest(Lake(tmp_path / "lake"), path, "d")
+    path.write_text("prompt,prompt\na,b\n")
+    with pytest.raises(UserError, match="line 1: the header names column 'prompt' twice"):
+        ingest(Lake(tmp_path / "lake"), path, "d")
+    assert not (tmp_path / "lake").exists()
+
+
+def test_json_line_separators_inside_strings_are_text(tmp_path: Path) -> None:
+    """U+2028, U+2029 and U+0085 are valid inside JSON strings; only "\\n" ends a JSONL line."""
+    rows = [{"prompt": "a\u2028b\u0085c", "response": "d\u2029e"}, {"prompt": "x", "response": "y"}]
+    path = tmp_path / "sep.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    lake = Lake(tmp_path / "lake")
+    ingest(lake, path, "sep")
+    assert lake.examples("sep")["prompt"].tolist() == ["a\u2028b\u0085c", "x"]
+
+
+def test_ids_are_detected_over_all_rows(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    late = [{"prompt": "a", "response": "b"}, {"prompt": "c", "response": "d", "id": 5}]
+    with pytest.raises(UserError, match="line 2: has an id column 'id' but the first row has none"):
+        ingest(lake, write_jsonl(tmp_path / "late.jsonl", late), "d")
+    missing = [{"id": 1, "prompt": "a", "response": "b"}, {"prompt": "c", "response": "d"}]
+    with pytest.raises(UserError, match="line 2: column 'id' must hold an id, got None"):
+        ingest(lake, write_jsonl(tmp_path / "missing.jsonl", missing), "d")
+    rival = [
+        {"task_id": "t1", "prompt": "a", "response": "b"},
+        {"task_id": "t2", "id": 9, "prompt": "c", "response": "d"},
+    ]
+    with pytest.raises(UserError, match="line 2: has an id column 'id' but the first row has 'task_id'"):
+        ingest(lake, write_jsonl(tmp_path / "rival.jsonl", rival), "d")
+    assert not lake.root.exists()
+
+
+def test_dedupe_drops_exact_duplicates_only(tmp_path: Path) -> None:
+    rows = [ROWS[0], ROWS[1], ROWS[0], {**ROWS[1], "src": "b"}]
+    path = write_jsonl(tmp_path / "dup.jsonl", rows)
+    lake = Lake(tmp_path / "lake")
+    with pytest.raises(UserError, match="duplicate example id .* in lines 1 and 3 .*--dedupe"):
+        ingest(lake, path, "d")
+    result = ingest(lake, path, "d", dedupe=True)
+    got = lake.examples("d")
+    assert result.rows == 2 and result.duplicates_dropped == 2 and got["row_index"].tolist() == [0, 1]
+    assert result.version == ingest(lake, write_jsonl(tmp_path / "clean.jsonl", ROWS), "d").version
+    clash = write_jsonl(tmp_path / "clash.jsonl", [{"id": 1, **ROWS[0]}, {"id": 1, **ROWS[1]}])
+    with pytest.raises(UserError, match="id '1' in lines 1 and 2 with different content"):
+        ingest(lake, clash, "e", dedupe=True)
+
+
+@pytest.mark.parametrize("name", ["bad name!", "name\n", "", ".hidden", "x" * 129, "a/b"])
+def test_dataset_names_are_checked_whole(tmp_path: Path, name: str) -> None:
+    with pytest.raises(UserError, match="--dataset"):
+        ingest(Lake(tmp_path / "lake"), write_jsonl(tmp_path / "ok.jsonl", ROWS), name)
+    assert not (tmp_path / "lake").exists()
 
 
 BAD_INPUTS = {
@@ -98,29 +211,150 @@ BAD_INPUTS = {
         "line 2: malformed JSON",
     ),
     "missing_column": ('{"prompt": "a"}\n', "missing required column 'response'"),
-    "wrong_type": ('{"prompt": "a", "response": ["b"]}\n', "row 1: column 'response' must be text"),
-    "bad_difficulty": ('{"prompt": "a", "response": "b", "difficulty": "very"}\n', "column 'difficulty'"),
+    "wrong_type": ('{"prompt": "a", "response": ["b"]}\n', "line 1: column 'response' must be text"),
+    "bad_difficulty": (
+        '{"prompt": "a", "response": "b", "difficulty": "very"}\n',
+        "line 1: column 'difficulty'",
+    ),
     "empty_file": ("", "holds no examples"),
     "duplicate_ids": (
         '{"id": 1, "prompt": "a", "response": "b"}\n{"id": 1, "prompt": "c", "response": "d"}\n',
-        "duplicate example id '1' in rows 1 and 2",
+        "duplicate example id '1' in lines 1 and 2",
     ),
-    "not_utf8": (b'{"prompt": "\xff", "response": "b"}\n', "not valid UTF-8"),
-    "not_object": ("[1, 2]\n", "expected a JSON object"),
+    "not_utf8": (
+        b'{"prompt": "a", "response": "b"}\n{"prompt": "\xff", "response": "b"}\n',
+        "line 2: not valid UTF-8",
+    ),
+    "not_object": ("[1, 2]\n", "line 1: expected a JSON object"),
+    "lone_surrogate": (
+        '{"prompt": "a", "response": "b"}\n{"prompt": "x\\ud800y", "response": "b"}\n',
+        "line 2: column 'prompt': text that is not valid Unicode",
+    ),
+    "lone_surrogate_in_other_column": (
+        '{"prompt": "a", "response": "b", "note": "\\udfff"}\n',
+        "line 1: column 'note': text that is not valid Unicode",
+    ),
+    "deep_nesting": (
+        '{"prompt": "a", "response": "b"}\n{"prompt": "a", "response": "b", "x": '
+        + "[" * 100_000
+        + "]" * 100_000
+        + "}\n",
+        "line 2: malformed JSON (nested too deeply)",
+    ),
+    "deep_messages_in_a_string": (
+        '{"prompt": "a", "response": "b", "messages": "' + "[" * 100_000 + '"}\n',
+        "line 1: column 'messages' must be a list",
+    ),
+    "huge_integer_difficulty": (
+        '{"prompt": "a", "response": "b", "difficulty": ' + "9" * 400 + "}\n",
+        "line 1: column 'difficulty' must be a finite number",
+    ),
+    "integer_beyond_python_digits": (
+        '{"prompt": "a", "response": "b", "x": ' + "9" * 5000 + "}\n",
+        "line 1: malformed JSON (Exceeds the limit",
+    ),
+    "nan_difficulty": (
+        '{"prompt": "a", "response": "b", "difficulty": NaN}\n',
+        "line 1: column 'difficulty' must be a finite",
+    ),
+    "two_objects_on_a_line": (
+        '{"prompt": "a", "response": "b"}{"prompt": "c", "response": "d"}\n',
+        "line 1: malformed JSON (Extra data)",
+    ),
+    "duplicate_key_keeps_the_last_like_json": (
+        '{"prompt": "a", "prompt": 5, "response": "b"}\n',
+        "line 1: column 'prompt' must be text, got int",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_is_refused_and_leaves_the_lake_as_it_was(tmp_path: Path, case: str) -> None:
+@pytest.mark.parametrize("columnar", [True, False])
+def test_bad_input_is_refused_and_leaves_the_lake_as_it_was(
+    tmp_path: Path, case: str, columnar: bool
+) -> None:
     content, message = BAD_INPUTS[case]
     lake = Lake(tmp_path / "lake")
     ingest(lake, write_jsonl(tmp_path / "good.jsonl", ROWS), "good")
     before = tree_digest(lake.root)
     path = tmp_path / "bad.jsonl"
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
-    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        ingest(lake, path, "bad")
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")) as caught:
+        ingest(lake, path, "bad", columnar=columnar)
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 400
     assert tree_digest(lake.root) == before
+
+
+def _parquet_with(tmp_path: Path, column: pa.Array) -> Path:
+    n = len(column)
+    table = pa.table(
+        {"prompt": pa.array(["p"] * n), "response": pa.array([f"r{i}" for i in range(n)]), "x": column}
+    )
+    path = tmp_path / "typed.parquet"
+    pq.write_table(table, path)
+    return path
+
+
+PARQUET_VALUES = {
+    # Parquet holds what Python's datetime cannot (years past 9999): the row and column are named.
+    "timestamp_out_of_range": (
+        pa.array([0, 20_000 * 365 * 86_400 * 10**6], pa.timestamp("us")),
+        "row 2: column 'x': a value Python cannot represent",
+    ),
+    "date_out_of_range": (
+        pa.array([0, 5_000_000], pa.date32()),
+        "row 2: column 'x': a value Python cannot represent",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PARQUET_VALUES))
+def test_parquet_values_python_cannot_hold_are_refused(tmp_path: Path, case: str) -> None:
+    column, message = PARQUET_VALUES[case]
+    lake = Lake(tmp_path / "lake")
+    with pytest.raises(UserError, match=message):
+        ingest(lake, _parquet_with(tmp_path, column), "d")
+    assert not lake.root.exists()
+
+
+def test_parquet_typed_columns_are_stored_in_meta(tmp_path: Path) -> None:
+    """Dates, decimals, lists and structs of a Parquet file land in `meta` as JSON (dates as text)."""
+    import decimal
+
+    table = pa.table(
+        {
+            "prompt": ["p", "q"],
+            "response": ["r", "s"],
+            "when": pa.array([dt.date(2024, 1, 2), None], pa.date32()),
+            "price": pa.array([decimal.Decimal("1.50"), decimal.Decimal("-2.25")], pa.decimal128(5, 2)),
+            "tags": pa.array([["a", "b"], []]),
+            "info": pa.array([{"k": 1}, {"k": None}]),
+        }
+    )
+    pq.write_table(table, tmp_path / "typed.parquet")
+    lake = Lake(tmp_path / "lake")
+    ingest(lake, tmp_path / "typed.parquet", "d")
+    meta = [json.loads(m) for m in lake.examples("d")["meta"]]
+    assert meta == [
+        {"when": "2024-01-02", "price": "1.50", "tags": ["a", "b"], "info": {"k": 1}},
+        {"when": None, "price": "-2.25", "tags": [], "info": {"k": None}},
+    ]
+
+
+def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "a", "response": "b"}\n{oops}\n')
+    result = run_cli("ingest", "bad.jsonl", "--dataset", "d", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: bad.jsonl: line 2: malformed JSON (Expecting property name enclosed in double quotes)"
+    ]
+    assert not (tmp_path / "lake").exists()
+    for name in ["bad name", "ok\n"]:
+        refused = run_cli("ingest", "bad.jsonl", "--dataset", name, cwd=tmp_path)
+        assert refused.returncode == 2 and "--dataset" in refused.stderr and "Traceback" not in refused.stderr
+    unknown = run_cli("sql", "select 1", "--format", "xml", cwd=tmp_path)
+    assert unknown.returncode == 2 and "--format 'xml'" in unknown.stderr
 
 
 def test_unreadable_and_missing_files_are_user_errors(tmp_path: Path) -> None:
@@ -132,20 +366,167 @@ def test_unreadable_and_missing_files_are_user_errors(tmp_path: Path) -> None:
     if os.access(locked, os.R_OK):  # root reads anything: use a directory posing as a file instead
         locked = tmp_path / "dir.jsonl"
         locked.mkdir()
-    with pytest.raises(UserError, match="cannot read|not a Hugging Face"):
+    with pytest.raises(UserError, match="cannot read|not a Hugging Face|a directory"):
         ingest(lake, locked, "d")
-    with pytest.raises(UserError, match="--dataset"):
-        ingest(lake, write_jsonl(tmp_path / "ok.jsonl", ROWS), "bad name!")
     assert not lake.root.exists()
 
 
-def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path: Path) -> None:
-    (tmp_path / "bad.jsonl").write_text('{"prompt": "a", "response": "b"}\n{oops}\n')
-    result = run_cli("ingest", "bad.jsonl", "--dataset", "d", cwd=tmp_path)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        ("error: bad.jsonl: line 2: malformed JSON (Expecting property name enclosed in double quotes)")
-    ]
-    assert not (tmp_path / "lake").exists() and not (tmp_path / ".assay").exists()
-    unknown = run_cli("sql", "select 1", "--format", "xml", cwd=tmp_path)
-    assert unknown.returncode == 2 and "--format xml" in unknown.stderr
+# ------------------------------------------------------------------------------- both paths agree
+def varied_rows(n: int, seed: int, numeric_difficulty: bool = False) -> list[dict]:
+    """Rows in the shapes real files have: words or numbers for difficulty (one kind per file in JSONL,
+    where pyarrow needs one type per column), answers as text, nulls in the known columns, other
+    columns of text (quotes, backslashes, newlines, non-ASCII), integers and booleans."""
+    rng = np.random.default_rng(seed)
+    texts = ["What is 2 + 2?", 'say "hi"\\n', "tab\tand\nnewline", "Ünïcödé \u2028 ok", "", "x" * 300]
+    rows = []
+    for i in range(n):
+        row = {
+            "id": int(i * 7 + 3),
+            "prompt": f"{texts[int(rng.integers(len(texts)))]} #{i}",
+            "response": f"{texts[int(rng.integers(len(texts)))]} -> {i}",
+            "domain": ["math", "code", None][int(rng.integers(3))],
+            "difficulty": ([1, 4.5, None] if numeric_difficulty else ["hard", "easy", "2", "", None])[
+                int(rng.integers(3 if numeric_difficulty else 5))
+            ],
+            "answer": ["4", "x = 1", None][int(rng.integers(3))],
+            "source": texts[int(rng.integers(len(texts)))],
+            "n_tests": int(rng.integers(-3, 10**12)),
+            "checked": bool(rng.integers(2)),
+        }
+        rows.append(row)
+    return rows
+
+
+def _write(path: Path, rows: list[dict], fmt: str) -> Path:
+    if fmt == "jsonl":
+        path.write_text(
+            "".join(json.dumps(r, ensure_ascii=bool(i % 2)) + "\n" for i, r in enumerate(rows)),
+            encoding="utf-8",
+        )
+    elif fmt == "csv":
+        pd.DataFrame(rows).astype(str).replace({"None": "", "": ""}).to_csv(path, index=False)
+    else:
+        frame = pd.DataFrame(rows).astype({"difficulty": str, "answer": str, "domain": "category"})
+        frame.to_parquet(path)  # the domain as a Parquet dictionary column
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_columnar_and_row_by_row_ingest_store_the_same_lake(tmp_path: Path, fmt: str, monkeypatch) -> None:
+    """A varied file of more than one block and more than one version chunk: the columnar path takes
+    the blocks (counted), and the lake rows and version equal the row-by-row reference's."""
+    n = max(BLOCK_ROWS, VERSION_CHUNK_ROWS) + 1234
+    path = _write(tmp_path / f"varied.{fmt}", varied_rows(n, seed=1, numeric_difficulty=fmt == "jsonl"), fmt)
+    taken = []
+    original = ingest_columnar.normalize_table
+
+    def counting(*args, **kwargs):
+        out = original(*args, **kwargs)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr("storage.ingest.normalize_table", counting)
+    fast = ingest(Lake(tmp_path / "fast"), path, "v", columnar=True)
+    reference = ingest(Lake(tmp_path / "ref"), path, "v", columnar=False)
+    assert taken and all(taken), taken  # every block went the columnar way
+    assert fast.version == reference.version and fast.rows == reference.rows == n
+    a = examples(Lake(tmp_path / "fast"), "v")
+    b = examples(Lake(tmp_path / "ref"), "v")
+    pd.testing.assert_frame_equal(a.drop(columns=["messages"]), b.drop(columns=["messages"]))
+    assert a["messages"].map(list).map(str).tolist() == b["messages"].map(list).map(str).tolist()
+
+
+def test_version_is_the_same_hash_as_before_streaming(tmp_path: Path) -> None:
+    """Up to VERSION_CHUNK_ROWS rows the version is the SHA-256 of one Arrow IPC batch, as assay
+    computed it before ingest streamed: re-ingesting an existing dataset stays a no-op after upgrading."""
+    records = normalize(ROWS, "d", ColumnMap(), "t")
+    table = records_table(records)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    import hashlib
+
+    assert dataset_version(table) == hashlib.sha256(sink.getvalue()).hexdigest()[:12]
+    lake = Lake(tmp_path / "lake")
+    assert ingest(lake, write_jsonl(tmp_path / "a.jsonl", ROWS), "d").version == dataset_version(table)
+
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**20), 10**20)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=12)
+)
+fuzz_rows = st.fixed_dictionaries(
+    {"prompt": st.text(max_size=20) | st.integers(), "response": st.text(max_size=20)},
+    optional={
+        "id": st.integers(0, 40) | st.text(max_size=3),
+        "domain": st.none() | st.sampled_from(["math", "code", ""]) | st.integers(),
+        "difficulty": json_scalars | st.sampled_from(["hard", "Easy", " 3 ", "1e400", "nan", "1_0"]),
+        "answer": json_scalars,
+        "extra": json_scalars
+        | st.lists(st.integers(), max_size=2)
+        | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    },
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(fuzz_rows, min_size=1, max_size=8), ascii_only=st.booleans())
+def test_columnar_path_never_differs_from_the_reference(
+    tmp_path_factory, rows: list[dict], ascii_only: bool
+) -> None:
+    """Whatever the rows, both paths store the same records or refuse with the same message."""
+    tmp = tmp_path_factory.mktemp("diff")
+    path = tmp / "f.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=ascii_only) + "\n" for r in rows), encoding="utf-8")
+    outcomes = []
+    for columnar in (True, False):
+        lake = Lake(tmp / f"lake-{columnar}")
+        try:
+            result = ingest(lake, path, "f", columnar=columnar)
+            outcomes.append((result.version, examples(lake, "f").drop(columns=["messages"]).to_json()))
+        except UserError as exc:
+            outcomes.append(("error", str(exc)))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_jsonl_blocks_hold_whole_chunks_of_rows(tmp_path: Path, monkeypatch) -> None:
+    """Blocks of exactly BLOCK_ROWS non-empty lines (blank lines and reads cut anywhere in between), so
+    records come in the version's chunks; line numbers and row numbers stay right across blocks."""
+    from storage import ingest_sources
+
+    lines = []
+    for i in range(2 * 1000 + 5):
+        lines.append(json.dumps({"prompt": f"p{i}", "response": "r"}))
+        if i % 7 == 0:
+            lines.append("")  # blank lines are skipped, not counted as rows
+    path = tmp_path / "big.jsonl"
+    path.write_text("\n".join(lines))  # no newline at the end
+    monkeypatch.setattr(ingest_sources, "BLOCK_BYTES", 4096)
+    monkeypatch.setattr(ingest_sources, "BLOCK_ROWS", 1000)
+    parts = list(blocks(path))
+    assert [len(b.lines) for b in parts] == [1000, 1000, 5]
+    assert [b.first_row for b in parts] == [0, 1000, 2000]
+    numbers = [n for b in parts for n in b.lines.tolist()]
+    expected = [i + 1 for i, line in enumerate(lines) if line]
+    assert numbers == expected
+    assert [r["prompt"] for b in parts for r in b.rows()] == [f"p{i}" for i in range(2005)]
+
+
+def test_records_spilled_to_a_staging_file_give_the_same_lake(tmp_path: Path, monkeypatch) -> None:
+    """Past SPOOL_BYTES the records wait in a staging file: same version, rows and dedupe; the file is
+    gone afterwards, on success and on a refusal."""
+    rows = [ROWS[0], ROWS[1], ROWS[0]]
+    path = write_jsonl(tmp_path / "dup.jsonl", rows)
+    in_memory = ingest(Lake(tmp_path / "a"), path, "d", dedupe=True)
+    monkeypatch.setattr("storage.ingest.SPOOL_BYTES", 1)
+    monkeypatch.setattr("storage.ingest.tempfile.gettempdir", lambda: str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    spilled = ingest(Lake(tmp_path / "b"), path, "d", dedupe=True)
+    assert (spilled.version, spilled.rows, spilled.duplicates_dropped) == (in_memory.version, 2, 1)
+    pd.testing.assert_frame_equal(examples(Lake(tmp_path / "a"), "d"), examples(Lake(tmp_path / "b"), "d"))
+    with pytest.raises(UserError, match="duplicate example id"):
+        ingest(Lake(tmp_path / "c"), path, "d")
+    assert not list((tmp_path / "tmp").iterdir()) and not list((tmp_path / "b" / ".staging").iterdir())

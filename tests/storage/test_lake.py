@@ -151,3 +151,104 @@ def test_readers_during_a_write_see_old_or_new_state(lake_dir: Path) -> None:
     writer.communicate(timeout=60)
     seen.add(int(lake.query("SELECT count(*) AS n FROM scores")["n"][0]))
     assert seen <= {10, 10 + 80000} and 10 + 80000 in seen
+
+
+KILLED_BEFORE_CATALOG = textwrap.dedent("""
+    import os, sys, pandas as pd
+    from storage import Lake
+    lake = Lake(sys.argv[1])
+    Lake.refresh_catalog = lambda self: os._exit(9)  # killed between registry complete and catalog refresh
+    with lake.run("attribute", "first-metrics") as run:
+        run.write("metrics", pd.DataFrame({"name": ["m"], "key": ["k"], "value": [1.0]}))
+""")
+
+
+def test_a_catalog_older_than_the_registry_is_rebuilt_on_open(lake_dir: Path) -> None:
+    import duckdb
+
+    lake = Lake(lake_dir)
+    with lake.run("attribute", "base") as run:
+        run.write("scores", scores_frame(3))
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_BEFORE_CATALOG, str(lake_dir)], cwd=REPO, check=False
+    )
+    assert killed.returncode == 9 and lake.catalog_is_stale()
+
+    def outside_client_sees() -> int:
+        con = duckdb.connect(str(lake_dir / "catalog.duckdb"), read_only=True)
+        try:
+            return con.execute("SELECT count(*) FROM metrics").fetchall()[0][0]
+        finally:
+            con.close()
+
+    assert outside_client_sees() == 0  # stale: the run completed after the catalog was built
+    assert lake.refresh_catalog_if_stale() and not lake.catalog_is_stale()
+    assert outside_client_sees() == 1
+    assert not lake.refresh_catalog_if_stale()  # fresh: nothing to do (two stat calls)
+
+
+def test_any_gated_query_rebuilds_a_stale_catalog(lake_dir: Path) -> None:
+    from storage.gate import run_sql
+
+    subprocess.run([sys.executable, "-c", KILLED_BEFORE_CATALOG, str(lake_dir)], cwd=REPO, check=False)
+    lake = Lake(lake_dir)
+    assert lake.catalog_is_stale()
+    assert run_sql(lake_dir, "SELECT count(*) AS n FROM metrics").to_pylist() == [{"n": 1}]
+    assert not lake.catalog_is_stale()
+
+
+def test_leftovers_of_killed_writers_are_removed_on_the_next_write(lake_dir: Path) -> None:
+    import socket
+
+    lake = Lake(lake_dir)
+    with lake.run("attribute", "first") as run:
+        run.write("scores", scores_frame(1))
+    staging = lake_dir / ".staging"
+    host, dead = socket.gethostname(), 2**22 + 4321
+    left = [
+        staging / f"part-{host}-{dead}-0123456789ab.parquet",
+        staging / f"catalog-{host}-{dead}-0123456789ab.duckdb",
+        staging / f"ingest-{host}-{dead}-0123456789ab.arrows",
+    ]
+    (staging / f"sql-{host}-{dead}-0123456789ab").mkdir()
+    for path in left:
+        path.write_bytes(b"half a file")
+    live = staging / f"part-{host}-{os.getpid()}-0123456789ab.parquet"
+    remote = staging / f"part-otherhost-{dead}-0123456789ab.parquet"
+    for path in (live, remote):
+        path.write_bytes(b"someone else's")
+    with lake.run("attribute", "second") as run:
+        run.write("scores", scores_frame(1))
+    assert sorted(p.name for p in staging.iterdir()) == sorted([live.name, remote.name])
+
+
+def test_readers_never_see_a_resuming_runs_partitions(lake_dir: Path) -> None:
+    """A run resumed after a failure redoes its whole-piece partitions; readers in the meantime read
+    only complete runs' files (a listed file never disappears, no 'No files found')."""
+    lake = Lake(lake_dir)
+    with pytest.raises(RuntimeError), lake.run("attribute", "resumed") as run:
+        run.write("metrics", pd.DataFrame({"name": ["m"], "key": ["k"], "value": [1.0]}))
+        raise RuntimeError("first attempt fails")
+    writer = subprocess.Popen(
+        [sys.executable, "-c", RESUMER, str(lake_dir)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    seen = set()
+    from storage.gate import run_sql
+
+    while writer.poll() is None:
+        seen.add(run_sql(lake_dir, "SELECT count(*) AS n FROM metrics").to_pylist()[0]["n"])
+    assert writer.returncode == 0
+    seen.add(run_sql(lake_dir, "SELECT count(*) AS n FROM metrics").to_pylist()[0]["n"])
+    assert seen <= {0, 200} and 200 in seen
+
+
+RESUMER = textwrap.dedent("""
+    import sys, time, pandas as pd
+    from storage import Lake
+    lake = Lake(sys.argv[1])
+    with lake.run("attribute", "resumed") as run:
+        for part in range(20):
+            run.write("metrics", pd.DataFrame({"name": ["m"] * 10, "key": [str(i) for i in range(10)],
+                                               "value": [float(part)] * 10}))
+            time.sleep(0.05)
+""")
