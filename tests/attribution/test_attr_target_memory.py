@@ -55,3 +55,29 @@ def test_peak_memory_is_flat_in_the_number_of_targets():
     assert sixty_four <= 1.25 * eight, (eight, sixty_four)
     one_pass = _peak_mb(64, query_batch_size=64)
     assert one_pass > 1.25 * eight, (eight, one_pass)
+
+
+def test_query_batch_from_free_device_memory():
+    """On CUDA with query_batch_size None, the first query's measured peak sizes the rest: half the free
+    memory over one query's bytes, at least 1, at most 512."""
+    from attribution.ekfac import batch_from_memory
+
+    assert batch_from_memory(free_bytes=10 * 2**30, per_example_bytes=2**28) == 20
+    assert batch_from_memory(free_bytes=2**20, per_example_bytes=2**30) == 1
+    assert batch_from_memory(free_bytes=2**40, per_example_bytes=1) == 512
+
+
+def test_target_gradients_are_keyed_by_content():
+    """Stored target gradients are found again by the targets' contents (another process, a copy of
+    the items), never by identity; any change of a token or of the order is another key."""
+    import torch
+
+    from attribution.ekfac import content_digest
+
+    items = [{"input_ids": torch.tensor([1, 2, 3]), "labels": torch.tensor([-100, 2, 3])} for _ in range(2)]
+    items[1]["input_ids"] = torch.tensor([4, 5, 6])
+    copy = [{k: v.clone() for k, v in item.items()} for item in items]
+    assert content_digest(items) == content_digest(copy)
+    copy[1]["labels"] = torch.tensor([-100, 5, 7])
+    assert content_digest(items) != content_digest(copy)
+    assert content_digest(items) != content_digest(items[::-1])
