@@ -37,11 +37,19 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks --quick
 
-# The GPU section, on a machine with an NVIDIA GPU (a few minutes):
+# The GPU section, on a machine with an NVIDIA GPU, in one command (prints everything it measured):
 #   make bench-gpu TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+# It first installs fast_jl (traker's CUDA projector; it compiles a kernel, so it needs nvcc) or says why not.
+FAST_JL := fast_jl==0.1.3
 bench-gpu: $(STAMP)
 	@$(PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'bench-gpu: no CUDA device (torch.cuda.is_available() is False)')"
-	$(PY) -m benchmarks gpu
+	@nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv || true
+	@if $(PY) -c "import fast_jl" 2>/dev/null; then echo "bench-gpu: fast_jl already installed"; \
+	elif ! command -v nvcc >/dev/null; then echo "bench-gpu: fast_jl NOT installed: it compiles a CUDA kernel and needs nvcc (the CUDA toolkit), not found here; dense TRAK projections use traker's BasicProjector"; \
+	else $(PY) -m pip install -q --no-deps --no-build-isolation -c $(VENV)/constraints.txt $(FAST_JL) $(QUIET_PIP) \
+	  && $(PY) -c "import fast_jl; print('bench-gpu: fast_jl installed')" \
+	  || echo "bench-gpu: fast_jl failed to build (pip's output above); dense TRAK projections use traker's BasicProjector"; fi
+	@$(PY) -m benchmarks gpu; status=$$?; cat benchmarks/results/gpu.md 2>/dev/null || true; exit $$status
 
 clean:
 	rm -rf $(VENV) lake .assay

@@ -1,9 +1,10 @@
 """Gradient similarity, the cheap baseline: dot or cosine of randomly projected per-example gradients.
 
 score(z, target) = <P grad L(z), P grad(-f(target))> (or its cosine), i.e. influence with the Hessian
-replaced by the identity, after a Johnson-Lindenstrauss projection P (traker's projector). Positive =
-helpful, as for the other methods. Target gradients are kept (n_targets x proj_dim); training
-gradients are streamed shard by shard.
+replaced by the identity, after a Johnson-Lindenstrauss projection P (traker's projector, or the
+factored one: attribution.trak_adapter). Positive = helpful, as for the other methods. Target
+gradients are kept (n_targets x proj_dim); training gradients are streamed shard by shard, taken
+`batch_size` examples at a time and projected in chunks of `projection_rows` (as TRAK's).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import nn
 from attribution.scoring import Scorer, ShardScores, TokenTargets
 from attribution.tasks import FunctionModule, PerExample
 from attribution.training import move_to_device
-from attribution.trak_adapter import make_projector, use_eager_attention
+from attribution.trak_adapter import PROJECTIONS, chunk_rows, make_projector, use_eager_attention
 
 if TYPE_CHECKING:
     from attribution.sources import Prepared
@@ -29,11 +30,15 @@ class GradSimConfig:
     # the cheap baseline: a smaller projection than TRAK's (memory and the one-off matrix grow with it)
     proj_dim: int = 512
     similarity: str = "cosine"  # or "dot"
-    batch_size: int = 8
+    batch_size: int = 8  # examples per per-example-gradient pass
+    projection_rows: int = 64  # examples projected together (trak_adapter.chunk_rows)
+    projection: str = "dense"  # or "factored" (trak_adapter.FactoredProjector)
 
     def __post_init__(self) -> None:
         if self.similarity not in ("cosine", "dot"):
             raise ValueError(f"unknown similarity {self.similarity!r}; use 'cosine' or 'dot'")
+        if self.projection not in PROJECTIONS:
+            raise ValueError(f"unknown projection {self.projection!r}; use one of {', '.join(PROJECTIONS)}")
 
     def params(self) -> dict:
         return asdict(self)
@@ -58,9 +63,13 @@ class GradSimScorer:
         self.names = param_names or [k for k, p in named.items() if p.requires_grad]
         self.frozen = {k: v.detach() for k, v in named.items() if k not in self.names}
         self.buffers = dict(self.model.named_buffers())
+        shapes = {k: tuple(named[k].shape) for k in self.names}
         grad_dim = sum(named[k].numel() for k in self.names)
         torch.manual_seed(seed)
-        self.projector = make_projector(grad_dim, config.proj_dim, device, torch.float32)
+        self.projector = make_projector(
+            grad_dim, config.proj_dim, device, torch.float32, projection=config.projection, shapes=shapes
+        )
+        self.rows = chunk_rows(grad_dim, config.projection_rows, config.batch_size)
         self._targets: torch.Tensor | None = None
 
     def _per_example(self, fn: PerExample, item_batch: Any) -> dict[str, torch.Tensor]:
@@ -79,13 +88,16 @@ class GradSimScorer:
         )
 
     def _project(self, items: Sequence[Any], fn: PerExample) -> torch.Tensor:
+        """Projected gradients of fn, one projection per chunk of `self.rows` items."""
         out = []
         bs = self.config.batch_size
-        for start in range(0, len(items), bs):
-            batch = move_to_device(self.collate_fn(list(items[start : start + bs])), self.device)
-            grads = self._per_example(fn, batch)
-            flat = torch.cat([grads[k].reshape(grads[k].shape[0], -1) for k in self.names], dim=1)
-            out.append(self.projector.project(flat.float(), model_id=0).float().cpu())
+        for first in range(0, len(items), self.rows):
+            parts = [
+                self._per_example(fn, move_to_device(self.collate_fn(list(items[a : a + bs])), self.device))
+                for a in range(first, min(len(items), first + self.rows), bs)
+            ]
+            grads = {k: torch.cat([p[k] for p in parts]).float() for k in self.names}
+            out.append(self.projector.project(grads, model_id=0).float().cpu())
         feats = torch.cat(out)
         if self.config.similarity == "cosine":
             feats = torch.nn.functional.normalize(feats, dim=1)

@@ -110,3 +110,21 @@ def causal_lm_retrain_eval(
             return (-example_loss(forward_logits(model, batch), batch["labels"])).cpu().numpy()
 
     return run
+
+
+def lds_standard_error(
+    scores: np.ndarray, masks: np.ndarray, outputs: np.ndarray, n_boot: int = 200, seed: int = 0
+) -> float:
+    """Bootstrap standard error of the LDS that includes subset noise: each replicate redraws the
+    subsets (rows of masks / outputs) and the targets with replacement and recomputes the mean
+    Spearman. A standard error over targets alone treats the subsets as fixed."""
+    rng = np.random.default_rng(seed)
+    n_subsets, n_targets = outputs.shape
+    means = []
+    for _ in range(n_boot):
+        rows = rng.integers(0, n_subsets, n_subsets)
+        cols = rng.integers(0, n_targets, n_targets)
+        res = lds_from_outputs(scores[:, cols], masks[rows], outputs[np.ix_(rows, cols)])
+        if np.isfinite(res.mean):
+            means.append(res.mean)
+    return float(np.std(means, ddof=1)) if len(means) > 1 else float("nan")

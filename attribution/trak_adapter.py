@@ -18,11 +18,25 @@ Workarounds for traker 0.3.2, each tested in tests/attribution/test_attr_workaro
   collapse to ~0: `lambda_reg` defaults to a small ridge in that case.
 - `finalize_scores` builds the full train x targets matrix in memory: targets are scored in chunks
   (one traker experiment each), so memory holds train x chunk.
+- `featurize` / `score` project each call's gradients at once: on 8-row batches the projection matmul
+  runs far below the machine's rate, and an uncached projector regenerates its matrix per call. Ours
+  calls them on chunks of `projection_rows` examples (64; fewer when 64 rows of gradients exceed
+  GRADIENT_BUFFER_MB) and `ChunkedGradientComputer` takes the per-example gradients `batch_size` at a
+  time, so activation memory stays that of one small batch.
+
+Projections (`TrakConfig.projection`): "dense" is traker's Gaussian JL matrix (grad_dim x proj_dim),
+kept in memory while it fits `projection_cache_mb` and regenerated block by block per chunk beyond;
+"factored" (`FactoredProjector`) projects each parameter's gradient matrix G (d_out x d_in) as
+A G B^T with small Gaussian A (k_out x d_out) and B (k_in x d_in): a Kronecker-structured JL map whose
+matrices take kilobytes at any model size and whose cost is a fraction of the dense one's, at the
+price of a noisier embedding for the same proj_dim (benchmarks/attribution measures both).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import shutil
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -33,8 +47,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from trak import TRAKer
+from trak.gradient_computers import FunctionalGradientComputer
 from trak.modelout_functions import AbstractModelOutput
-from trak.projectors import BasicProjector, ProjectionType
+from trak.projectors import AbstractProjector, BasicProjector, ProjectionType
 from trak.utils import vectorize
 
 from attribution.lm_data import IGNORE_INDEX
@@ -99,18 +114,63 @@ def lm_batch(batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
     return batch["input_ids"], batch["attention_mask"], batch["labels"]
 
 
+PROJECTIONS = ("dense", "factored")
+# Per-example gradients buffered for one projection chunk (rows x grad_dim floats) stay under this.
+GRADIENT_BUFFER_MB = 1024
+
+
 @dataclass
 class TrakConfig:
     proj_dim: int = 2048
     lambda_reg: float | None = None  # None: 1e-3 when train examples < proj_dim (singular kernel), else 0
-    batch_size: int = 8
+    batch_size: int = 8  # examples per per-example-gradient pass (activation memory grows with it)
+    projection_rows: int = 64  # examples projected together (see chunk_rows)
     target_chunk: int = 256
     half_precision: bool | None = None  # None: on CUDA only
     modules: Sequence[str] | str | None = None  # parameters of these modules only (None: all)
-    projection_cache_mb: int = 1024  # keep the random projection in memory up to this size
+    projection_cache_mb: int = 1024  # keep the dense random projection in memory up to this size
+    projection: str = "dense"  # or "factored" (FactoredProjector)
+
+    def __post_init__(self) -> None:
+        if self.projection not in PROJECTIONS:
+            raise ValueError(f"unknown projection {self.projection!r}; use one of {', '.join(PROJECTIONS)}")
 
     def params(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+def chunk_rows(grad_dim: int, rows: int, batch_size: int, buffer_mb: float = GRADIENT_BUFFER_MB) -> int:
+    """Examples per projection chunk: `rows`, fewer when their float32 gradients exceed `buffer_mb`,
+    never fewer than one gradient batch."""
+    fit = int(buffer_mb * 2**20) // max(1, 4 * grad_dim)
+    return max(1, batch_size, min(rows, fit))
+
+
+class ChunkedGradientComputer(FunctionalGradientComputer):
+    """traker's FunctionalGradientComputer taking per-example gradients `micro_batch` examples at a time,
+    so one featurize / score call (one projection) can cover a chunk of many examples while the
+    activations are those of `micro_batch` examples. Pass it to TRAKer as
+    `functools.partial(ChunkedGradientComputer, micro_batch=...)`."""
+
+    def __init__(self, *args: Any, micro_batch: int = 8, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.micro_batch = micro_batch
+
+    def _parts(self, batch: Iterable[Tensor]) -> list[tuple[Tensor, ...]]:
+        batch = tuple(batch)
+        n, size = batch[0].shape[0], self.micro_batch
+        return [tuple(t[a : a + size] for t in batch) for a in range(0, n, size)]
+
+    def compute_per_sample_grad(self, batch: Iterable[Tensor]) -> dict[str, Tensor]:
+        parts = [super(ChunkedGradientComputer, self).compute_per_sample_grad(b) for b in self._parts(batch)]
+        if len(parts) == 1:
+            return parts[0]
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    def compute_loss_grad(self, batch: Iterable[Tensor]) -> Tensor:
+        return torch.cat(
+            [super(ChunkedGradientComputer, self).compute_loss_grad(b) for b in self._parts(batch)]
+        )
 
 
 class CachedProjector(BasicProjector):
@@ -157,9 +217,96 @@ class CachedProjector(BasicProjector):
         return grads @ self._matrix(model_id)
 
 
+def _as_matrix(shape: Sequence[int]) -> tuple[int, int]:
+    """A parameter's gradient as a (d_out x d_in) matrix: a vector is one column, a convolution
+    kernel's input dimensions are flattened."""
+    return (int(shape[0]), 1) if len(shape) == 1 else (int(shape[0]), math.prod(shape[1:]))
+
+
+def factored_dims(shapes: dict[str, Sequence[int]], proj_dim: int) -> dict[str, tuple[int, int, int]]:
+    """(k, k_out, k_in) per parameter: proj_dim shared equally (a parameter with fewer entries than its
+    share keeps them all and the rest goes to the others), each share k taken from a k_out x k_in grid
+    as square as the parameter's shape allows."""
+    sizes = {n: math.prod(s) for n, s in shapes.items()}
+    if proj_dim > sum(sizes.values()):
+        raise ValueError(f"proj_dim {proj_dim} exceeds the {sum(sizes.values())} gradient entries")
+    share, remaining = {}, proj_dim
+    for i, name in enumerate(sorted(sizes, key=sizes.__getitem__)):
+        share[name] = min(sizes[name], remaining // (len(sizes) - i))
+        remaining -= share[name]
+    plan = {}
+    for name, shape in shapes.items():  # the parameters' own order: features are laid out in it
+        k, (d_out, d_in) = share[name], _as_matrix(shape)
+        k_in = min(d_in, math.ceil(math.sqrt(k)))
+        k_out = min(d_out, math.ceil(k / k_in))
+        k_in = min(d_in, math.ceil(k / k_out))
+        plan[name] = (k, k_out, k_in)
+    return plan
+
+
+class FactoredProjector(AbstractProjector):
+    """A Kronecker-structured Gaussian JL projection, parameter by parameter: a gradient matrix G
+    (d_out x d_in) becomes the first k entries of A G B^T, A (k_out x d_out) and B (k_in x d_in) with
+    N(0, 1) entries, so every feature is a^T G b with E[(a^T G b)^2] = ||G||^2 as for traker's dense
+    Gaussian rows. Its matrices take (k_out d_out + k_in d_in) floats per parameter instead of
+    k d_out d_in, and projecting costs d_out d_in k_in + k_out d_out k_in per example instead of
+    d_out d_in k. Takes traker's per-parameter gradient dicts; one model id's matrices are kept."""
+
+    def __init__(
+        self,
+        shapes: dict[str, Sequence[int]],
+        proj_dim: int,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        grad_dim = sum(math.prod(s) for s in shapes.values())
+        super().__init__(grad_dim, proj_dim, seed, ProjectionType.normal, device)
+        self.shapes = {n: tuple(s) for n, s in shapes.items()}
+        self.plan = factored_dims(self.shapes, proj_dim)
+        self._model_id: int | None = None
+        self._matrices: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def matrices(self, model_id: int) -> dict[str, tuple[Tensor, Tensor]]:
+        if self._model_id != model_id:  # seeded per model id, as traker's projectors are
+            generator = torch.Generator().manual_seed(self.seed + int(1e4) * model_id)
+            self._matrices = {}
+            for name, (_, k_out, k_in) in self.plan.items():
+                d_out, d_in = _as_matrix(self.shapes[name])
+                a = torch.randn(k_out, d_out, generator=generator)
+                b = torch.randn(k_in, d_in, generator=generator)
+                self._matrices[name] = (a.to(self.device), b.to(self.device))
+            self._model_id = model_id
+        return self._matrices
+
+    def project(self, grads: Tensor | dict, model_id: int) -> Tensor:
+        if not isinstance(grads, dict):
+            raise TypeError(
+                "FactoredProjector takes per-parameter gradients: a dict of name -> (batch x shape)"
+            )
+        parts = []
+        for name, (a, b) in self.matrices(model_id).items():
+            g = grads[name].to(dtype=a.dtype)
+            g = g.reshape(g.shape[0], *_as_matrix(self.shapes[name]))
+            sketch = torch.matmul(a, torch.matmul(g, b.T))  # (batch x k_out x k_in)
+            parts.append(sketch.reshape(g.shape[0], -1)[:, : self.plan[name][0]])
+        return torch.cat(parts, dim=1)
+
+
 def make_projector(
-    grad_dim: int, proj_dim: int, device: torch.device, dtype: torch.dtype, cache_mb: int = 1024
+    grad_dim: int,
+    proj_dim: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    cache_mb: int = 1024,
+    projection: str = "dense",
+    shapes: dict[str, Sequence[int]] | None = None,
 ) -> Any:
+    """traker's projector for `projection` "dense" (fast_jl's CudaProjector on CUDA when installed, else
+    CachedProjector), or a FactoredProjector over the parameters' `shapes`."""
+    if projection == "factored":
+        if shapes is None:
+            raise ValueError("a factored projection needs the parameters' shapes")
+        return FactoredProjector(shapes, proj_dim, seed=0, device=device)
     if device.type == "cuda":
         try:
             from trak.projectors import CudaProjector
@@ -170,7 +317,7 @@ def make_projector(
                 seed=0,
                 proj_type=ProjectionType.rademacher,
                 device=device,
-                max_batch_size=8,
+                max_batch_size=32,  # traker's default
             )
         except (ImportError, ValueError, RuntimeError) as exc:  # no fast_jl, or an unsupported proj_dim
             logging.getLogger(__name__).info("CudaProjector unavailable (%s); using BasicProjector", exc)
@@ -225,10 +372,10 @@ class TrakScorer:
         self.grad_wrt, self.progress = grad_wrt, progress
         self._scores: list[tuple[int, np.ndarray]] = []  # (first target index, train x chunk memmap)
 
-    def _batches(self, items: Sequence[Any]) -> Iterable[tuple[int, tuple]]:
-        bs = self.config.batch_size
-        for start in range(0, len(items), bs):
-            batch = self.collate_fn(list(items[start : start + bs]))
+    def _batches(self, items: Sequence[Any], rows: int) -> Iterable[tuple[int, tuple]]:
+        """Chunks of `rows` items (one projection each; the gradient computer splits them further)."""
+        for start in range(0, len(items), rows):
+            batch = self.collate_fn(list(items[start : start + rows]))
             batch = tuple(t.to(self.device) for t in self.to_tuple(batch))
             yield start, batch
 
@@ -252,8 +399,13 @@ class TrakScorer:
             )
         half = cfg.half_precision if cfg.half_precision is not None else self.device.type == "cuda"
         params = dict(self.model.named_parameters())
-        grad_dim = sum(params[k].numel() for k in (self.grad_wrt or params))
+        shapes = {k: tuple(params[k].shape) for k in (self.grad_wrt or params)}
+        grad_dim = sum(math.prod(s) for s in shapes.values())
         dtype = torch.float16 if half else torch.float32
+        rows = chunk_rows(grad_dim, cfg.projection_rows, cfg.batch_size)
+        projector = make_projector(
+            grad_dim, cfg.proj_dim, self.device, dtype, cfg.projection_cache_mb, cfg.projection, shapes
+        )
         shutil.rmtree(self.work_dir, ignore_errors=True)  # traker refuses to re-featurize a model id
         traker = TRAKer(
             model=self.model,
@@ -264,13 +416,14 @@ class TrakScorer:
             proj_dim=cfg.proj_dim,
             use_half_precision=half,
             lambda_reg=lam,
-            projector=make_projector(grad_dim, cfg.proj_dim, self.device, dtype, cfg.projection_cache_mb),
+            projector=projector,
+            gradient_computer=functools.partial(ChunkedGradientComputer, micro_batch=cfg.batch_size),
             grad_wrt=self.grad_wrt,
             logging_level=logging.WARNING,
         )
         for model_id, ckpt in enumerate(checkpoints):
             traker.load_checkpoint(ckpt, model_id=model_id)
-            for start, batch in self._batches(train_items):
+            for start, batch in self._batches(train_items, rows):
                 traker.featurize(batch=batch, inds=np.arange(start, start + batch[0].shape[0]))
         traker.finalize_features()
         for first in range(0, len(target_items), cfg.target_chunk):
@@ -280,7 +433,7 @@ class TrakScorer:
                 traker.start_scoring_checkpoint(
                     exp_name=name, checkpoint=ckpt, model_id=model_id, num_targets=len(chunk)
                 )
-                for start, batch in self._batches(chunk):
+                for start, batch in self._batches(chunk, rows):
                     traker.score(batch=batch, inds=np.arange(start, start + batch[0].shape[0]))
             scores = traker.finalize_scores(exp_name=name)
             self._scores.append((first, scores))

@@ -13,6 +13,7 @@ import importlib
 import json
 import os
 import platform
+import resource
 import time
 import traceback
 from datetime import UTC, datetime
@@ -37,6 +38,12 @@ LIBRARIES = (
     "cvxpy",
     "statsmodels",
 )
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size since it started (getrusage ru_maxrss; KiB on Linux), MiB.
+    Benchmarks that compare memory run each path in its own process and read this at its end."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def available() -> list[str]:

@@ -360,35 +360,69 @@ def test_cached_projector_over_budget_regenerates_like_basicmake_projector():
     assert small._full is None and big._full is not None
 
 
-def test_query_batches_cover_every_target_when_memory_allows(lm):
-    """Why: kronfluence recomputes every training gradient once per query batch, so a fixed query batch
-    smaller than the targets multiplies the training-side cost. Ours puts all targets in one batch while
-    their gradients fit `query_memory_mb`; the scores do not depend on the batching."""
+def test_target_gradients_once_per_run_in_micro_batches(lm):
+    """Why: kronfluence's pairwise scores put all queries through one forward pass (every target's
+    activations and logits at once), a smaller query batch recomputes every training gradient per query
+    batch, and every call (shard) recomputes the query gradients. Ours computes the targets'
+    preconditioned gradients once, `query_batch_size` at a time, and scores each shard with one training
+    pass per group of targets fitting `query_memory_mb`; the scores are kronfluence's with all queries in
+    one batch, and a second scorer on the same work folder (a shard worker) reuses the stored gradients."""
     import copy
     from unittest import mock
 
-    from kronfluence.module.tracked_module import TrackedModule
+    model, items, tok = lm
+    queries = [dict(i) for i in items[:7]]
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = _scorer(copy.deepcopy(model), tok, tmp)
+        ours.config.query_batch_size = 3
+        tracked = sum(p.numel() for m in ours._modules()[1] for p in m.original_module.parameters())
+        ours.config.query_memory_mb = 3.5 * 4 * tracked / 2**20  # groups of 3 targets
+        assert ours.targets_per_pass(7) == 3 and ours.targets_per_pass(2) == 2
+        ours.fit(items)
+        task = ours.task
+        with (
+            mock.patch.object(task, "compute_measurement", wraps=task.compute_measurement) as queries_run,
+            mock.patch.object(task, "compute_train_loss", wraps=task.compute_train_loss) as train_run,
+        ):
+            shard_a, shard_b = ours.score(queries, items[:4]), ours.score(queries, items[4:])
+        assert queries_run.call_count == 3  # 3 + 3 + 1 queries, once for both shards
+        assert train_run.call_count == 3 * (1 + 1)  # 3 target groups x one batch of 4 per shard
+        assert ours.target_gradients(queries).sizes == [3, 3, 1]
+
+        # kronfluence's own pairwise scores, all queries in one batch, on the same fitted factors
+        ours.analyzer.compute_pairwise_scores(
+            "s",
+            ours.factors_name,
+            query_dataset=queries,
+            train_dataset=items,
+            per_device_query_batch_size=len(queries),
+            per_device_train_batch_size=4,
+            score_args=ours.score_args(),
+        )
+        theirs = ours.analyzer.load_pairwise_scores("s")["all_modules"]
+        torch.testing.assert_close(torch.cat([shard_a, shard_b], dim=1), theirs, rtol=1e-4, atol=1e-3)
+
+        worker = _scorer(copy.deepcopy(model), tok, tmp)
+        worker.fit(items)
+        with mock.patch.object(worker.task, "compute_measurement") as worker_queries:
+            torch.testing.assert_close(worker.score(queries, items[:4]), shard_a)
+        worker_queries.assert_not_called()
+
+
+def test_unfinished_target_gradients_are_recomputed(lm):
+    """Why: a kill while the target gradients are written leaves a partial folder. Ours trusts a folder
+    only with its completion marker, and recomputes it otherwise."""
+    import copy
 
     model, items, tok = lm
     with tempfile.TemporaryDirectory() as tmp:
         ours = _scorer(copy.deepcopy(model), tok, tmp)
-        tracked = sum(
-            p.numel()
-            for m in ours.analyzer.model.modules()
-            if isinstance(m, TrackedModule)
-            for p in m.original_module.parameters()
-        )
-        assert tracked > 0 and ours.query_batch_size(5) == 5
-        ours.config.query_memory_mb = 1
-        assert ours.query_batch_size(10_000) == max(1, 2**20 // (4 * tracked)) < 10_000
-        ours.config.query_batch_size = 3
-        assert ours.query_batch_size(8) == 3 and ours.query_batch_size(2) == 2
         ours.fit(items)
-        by_three = ours.score(items, items)
-        ours.config.query_batch_size = None
-        with mock.patch.object(
-            ours.analyzer, "compute_pairwise_scores", wraps=ours.analyzer.compute_pairwise_scores
-        ) as call:
-            at_once = ours.score(items, items)
-        assert call.call_args.kwargs["per_device_query_batch_size"] == len(items)
-        torch.testing.assert_close(at_once, by_three, rtol=1e-4, atol=1e-4)
+        good = ours.score(items[:3], items)
+        folder = ours.target_gradients(items[:3]).folder
+        (folder / "done.json").unlink()
+        for path in folder.glob("*.safetensors"):
+            path.write_bytes(path.read_bytes()[:10])
+        fresh = _scorer(copy.deepcopy(model), tok, tmp)
+        fresh.fit(items)
+        torch.testing.assert_close(fresh.score(items[:3], items), good)
