@@ -45,6 +45,7 @@ def export_run_step(
     materialise: bool = False,
     force: bool = False,
     seed: int = 0,
+    languages: list[str] | None = None,
 ) -> dict:
     from curation.exporter import export_run
 
@@ -57,6 +58,7 @@ def export_run_step(
         materialise=materialise,
         force=force or is_assay_export(out),
         seed=seed,
+        languages=languages,
     )
     return {
         "run_id": run_id,
@@ -64,6 +66,7 @@ def export_run_step(
         "rows": int(result.rows),
         "format": fmt,
         "files": list(result.files),
+        "order": result.order,
     }
 
 
@@ -76,11 +79,11 @@ def export_step(
     materialise: bool = False,
     force: bool = False,
     seed: int = 0,
+    languages: list[str] | None = None,
 ) -> dict:
-    """Export, reusing a cached export only while the folder still holds it. A recipe names its
-    destination, so the folder's parent is created when missing."""
+    """Export, reusing a cached export only while the folder still holds it (the exporter creates missing
+    parent folders)."""
     out = str(Path(out).expanduser().absolute())
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
     return cached(
         export_run_step,
         str(Lake(lake_root).root),
@@ -91,6 +94,7 @@ def export_step(
         materialise,
         force,
         seed,
+        languages,
         valid=export_holds,
     )
 
@@ -105,9 +109,10 @@ def export_flow(
     materialise: bool = False,
     force: bool = False,
     seed: int = 0,
+    languages: list[str] | None = None,
 ) -> dict:
     lake = Lake(lake_root)
-    result = export_step(str(lake.root), run_id, out, fmt, style, materialise, force, seed)
+    result = export_step(str(lake.root), run_id, out, fmt, style, materialise, force, seed, languages)
     publish_summary(
         f"export-{run_id}",
         f"Export of {run_id}",
