@@ -192,7 +192,9 @@ def export_run(
         raise UserError(f"record style {style!r}: use one of {', '.join(records_mod.STYLES)}") from None
     bad = [code for code in languages or [] if not LANGUAGE.fullmatch(code)]
     if bad:
-        raise UserError(f"--language {bad[0][:40]!r}: use an ISO 639 code (en, fr, ...), code or multilingual")
+        raise UserError(
+            f"--language {bad[0][:40]!r}: use an ISO 639 code (en, fr, ...), code or multilingual"
+        )
     out = _check_out(out, force)
     data = _read_run(lake, run_id)
     try:

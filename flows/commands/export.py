@@ -21,7 +21,8 @@ def register(app: typer.Typer) -> None:
         fmt: Annotated[
             str,
             typer.Option(
-                "--format", help="jsonl | parquet | hf (a DatasetDict: load_from_disk and load_dataset read it)"
+                "--format",
+                help="jsonl | parquet | hf (a DatasetDict: load_from_disk and load_dataset read it)",
             ),
         ] = "jsonl",
         style: Annotated[
@@ -45,7 +46,9 @@ def register(app: typer.Typer) -> None:
         ] = 0,
         language: Annotated[
             list[str] | None,
-            typer.Option("--language", help="language code(s) of the data for the card (repeatable: en, code)"),
+            typer.Option(
+                "--language", help="language code(s) of the data for the card (repeatable: en, code)"
+            ),
         ] = None,
         lake: LakeOption = None,
     ) -> None:
