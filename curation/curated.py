@@ -2,7 +2,7 @@
 
 Every curated example row carries
 - `copies`: how often the example is drawn (sampling: temperature mixing, upsampling, a replacement;
-  0 = not in the set);
+  0 = never drawn: a mix that subsamples a large group, or a reweighting asked to drop);
 - `loss_weight`: what its loss is multiplied by (scalarization, influence weights).
 They are never multiplied into one number: a stage acts on one channel (its Params say which) and passes
 the other through, so composing stages composes each channel once.

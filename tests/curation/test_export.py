@@ -367,6 +367,12 @@ def test_an_unmaterialised_export_has_one_row_per_example_with_copies_and_loss_w
     assert not (tmp_path / "out" / "data" / "phase_0.jsonl").exists()
     card = (tmp_path / "out" / "README.md").read_text()
     assert "ScheduleSampler.from_export" in card
+    # One definition of effective epochs: the mix's metrics (what `assay mix` prints) and the card's table.
+    metrics = lake.table("metrics", "run_id = ? AND name = 'effective_epochs'", [run_id]).set_index("key")
+    np.testing.assert_allclose(
+        result.summary["effective_epochs"], metrics["value"].reindex(result.summary.index)
+    )
+    assert "| code | 10 | 10 |" in card
 
 
 def test_export_refuses_bad_requests_and_writes_nothing(mixed: tuple[Lake, str], tmp_path: Path) -> None:
