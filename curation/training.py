@@ -184,13 +184,11 @@ class _LossWeightMixin:
         self.train_sampler = train_sampler
         if not isinstance(self.data_collator, WeightedLossCollator):
             self.data_collator = WeightedLossCollator(self.data_collator)
-        if train_sampler is not None and getattr(train_sampler, "n_rows", None) not in (
-            None,
-            len(self.train_dataset),
-        ):
+        rows = getattr(train_sampler, "n_rows", None)
+        if rows is not None and hasattr(self.train_dataset, "__len__") and rows != len(self.train_dataset):
             raise ValueError(
-                f"the sampler indexes {train_sampler.n_rows} rows, the training dataset has "
-                f"{len(self.train_dataset)} (were examples dropped, e.g. truncated to nothing?)"
+                f"the sampler indexes {rows} rows, the training dataset has {len(self.train_dataset)} "
+                "(were examples dropped, e.g. truncated to nothing?)"
             )
 
     def _set_signature_columns_if_needed(self) -> None:

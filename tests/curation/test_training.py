@@ -80,6 +80,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
     materialised, per_example = root / "materialised", root / "per_example"
     export_run(lake, mix, materialised, style="prompt_completion", materialise=True)
     export_run(lake, mix, per_example, style="prompt_completion", fmt="parquet")
+    export_run(lake, mix, root / "chat", style="chat", materialise=True, fmt="hf")
     texts = [f"{e['prompt']}\n{e['response']}" for e in lake.examples("toy").to_dict("records")]
     tokenizer = build_tokenizer(texts, vocab_size=400)
     return {"root": root, "materialised": materialised, "per_example": per_example, "tokenizer": tokenizer}
@@ -345,3 +346,22 @@ def test_settings_that_would_break_the_weights_or_the_order_are_refused(setup) -
         )
     with pytest.raises(ValueError, match="not in the schedule"):
         ScheduleSampler(["a", "c"], pd.DataFrame({"a": [1.0]}), batch_size=2)
+
+
+def test_trl_trains_on_the_chat_export_through_the_chat_template(setup) -> None:
+    tokenizer, root = setup["tokenizer"], setup["root"]
+    train = datasets.load_from_disk(str(root / "chat"))["train"]
+    code = next(m for m in train["messages"] if m[0]["role"] == "system")
+    assert code[0]["content"] == "Answer with Python code only."
+    recorder = Recorder()
+    trainer = recording(WeightedSFTTrainer, recorder)(
+        model=tiny_model(tokenizer),
+        args=sft_config(root, max_steps=2),
+        train_dataset=train,
+        processing_class=tokenizer,
+    )
+    result = trainer.train()
+    assert result.global_step == 2 and math.isfinite(result.training_loss)
+    first = tokenizer.apply_chat_template(train["messages"][0], tokenize=True)
+    first = first["input_ids"] if isinstance(first, dict) else first
+    assert recorder.batches[0][0] == list(first)  # the first row of the file, rendered by the template
