@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	cp constraints.txt $(VENV)/constraints.txt
 	$(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" >> $(VENV)/constraints.txt
 	$(PY) -m pip install -q -c $(VENV)/constraints.txt --no-deps kronfluence traker dattri $(QUIET_PIP)
-	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e '.[dev]' $(QUIET_PIP)
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e '.[dev,train]' $(QUIET_PIP)
 	$(PY) -c "import transformers, kronfluence, trak, torch; import importlib.util as u; assert u.find_spec('torchvision') is None, 'torchvision must stay out'; print('install ok: torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 	touch $(STAMP)
 

@@ -69,7 +69,8 @@ def read_examples(lake: Lake, versions: dict[str, str], columns: list[str]) -> p
 
 
 def read_weights(lake: Lake, run_id: str) -> pd.DataFrame:
-    return read_table(lake, "weights", [run_id], columns=[*KEY, "weight", "copies"]).compute()
+    """A run's weights rows (the two channels; curation/curated.py)."""
+    return read_table(lake, "weights", [run_id], columns=[*KEY, "copies", "loss_weight"]).compute()
 
 
 def read_scores(lake: Lake, run_id: str) -> Any:

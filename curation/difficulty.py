@@ -1,24 +1,24 @@
 """Infra (arXiv 2505.19949) curation by difficulty and by influence. Pure: frames in, frames out.
 
-Difficulty flip: a replacement, not a duplication (METHODS.md). Per domain with a direction,
-`hard` moves a `fraction` of the easy examples' weight onto the hard examples (the paper's math),
-`easy` moves a fraction of the hard examples' weight onto the easy ones (the paper's code); medium
-examples and domains without a direction keep weight 1, so every domain keeps its size and the set
-keeps its size. Easy / hard bands come from thresholds on the numeric `difficulty` (higher =
-harder), per domain; by default the domain's lower and upper tertiles (ours: the paper's exact
-counts are unconfirmed).
+Difficulty flip: a replacement, not a duplication (METHODS.md). Per domain with a direction, `hard`
+replaces a `fraction` of the mix's easy examples by hard examples of the same domain from a candidate
+pool that are not already in the mix (the paper's math); `easy` replaces hard examples by easy ones (the
+paper's code). Every domain keeps its number of distinct examples; no example is repeated. Easy / hard
+bands come from thresholds on the numeric `difficulty` (higher = harder), per domain; by default the
+mix's lower and upper tertiles (ours: the paper's exact counts are unconfirmed), applied to the pool too.
 
 Influence reweighting: an example's influence on each target group is the mean of its scores over
 that group's targets (positive = helpful, assay's sign convention); groups combine with weights.
 The aggregate is standardised (median / MAD), mapped to weights by exp(z / temperature) (or
 1 + z / temperature, `transform="linear"`), then scaled and clipped so that they lie in
-[clip_min, clip_max] with mean 1. Integer `copies` (largest remainder; they sum to the set size, or to
-`total`) serve materialised upsampling.
+[clip_min, clip_max] with mean 1. The stage applies them on one channel (curation/curated.py): as loss
+weights, or as integer copies (`copies_from_weights`: largest remainder, never below `min_copies`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -46,10 +46,54 @@ def largest_remainder(weights: np.ndarray, total: int) -> np.ndarray:
 # ---- difficulty flip ----------------------------------------------------------------------------
 
 
+class PoolTooSmall(ValueError):
+    """The candidate pool holds fewer fresh examples of a band than the flip replaces."""
+
+    def __init__(self, domain: str, band: str, needed: int, available: int, replaced_band: str):
+        super().__init__(
+            f"the pool has {available} {band} {domain} examples not already in the mix; replacing "
+            f"{needed} {replaced_band} {domain} examples needs {needed}"
+        )
+        self.domain, self.band, self.needed, self.available = domain, band, needed, available
+
+
 def _threshold(value: float | Mapping[str, float] | None, domain: str) -> float | None:
     if isinstance(value, Mapping):
         return value.get(domain)
     return value
+
+
+def band_thresholds(
+    examples: pd.DataFrame,
+    easy_max: float | Mapping[str, float] | None = None,
+    hard_min: float | Mapping[str, float] | None = None,
+) -> dict[str, tuple[float, float]]:
+    """Per domain: (easy_max, hard_min). Thresholds are scalars or per-domain mappings; a missing one is
+    the domain's 1/3 (easy_max) or 2/3 (hard_min) quantile of `examples`. Domains whose thresholds meet
+    (one level) are left out: nothing to flip there."""
+    out = {}
+    for domain, group in examples.groupby(examples["domain"].fillna("(none)"), sort=False):
+        known = pd.to_numeric(group["difficulty"], errors="coerce").dropna()
+        if known.empty:
+            continue
+        lo, hi = _threshold(easy_max, domain), _threshold(hard_min, domain)
+        lo = float(known.quantile(1 / 3, interpolation="lower")) if lo is None else float(lo)
+        hi = float(known.quantile(2 / 3, interpolation="higher")) if hi is None else float(hi)
+        if lo < hi:
+            out[str(domain)] = (lo, hi)
+    return out
+
+
+def assign_bands(examples: pd.DataFrame, thresholds: Mapping[str, tuple[float, float]]) -> pd.Series:
+    """`easy` / `medium` / `hard` per example by its domain's thresholds (None: no difficulty or no
+    thresholds for its domain)."""
+    domain = examples["domain"].fillna("(none)").astype(str).to_numpy(dtype=object)
+    level = pd.to_numeric(examples["difficulty"], errors="coerce").to_numpy(dtype=np.float64)
+    lo = np.array([thresholds.get(d, (np.nan, np.nan))[0] for d in domain], dtype=np.float64)
+    hi = np.array([thresholds.get(d, (np.nan, np.nan))[1] for d in domain], dtype=np.float64)
+    band = np.where(level <= lo, "easy", np.where(level >= hi, "hard", "medium")).astype(object)
+    band[np.isnan(level) | np.isnan(lo)] = None
+    return pd.Series(band, index=examples.index, dtype=object)
 
 
 def difficulty_bands(
@@ -57,36 +101,37 @@ def difficulty_bands(
     easy_max: float | Mapping[str, float] | None = None,
     hard_min: float | Mapping[str, float] | None = None,
 ) -> pd.Series:
-    """`easy` / `medium` / `hard` per example (None without a difficulty). Thresholds are scalars or
-    per-domain mappings; a missing one is the domain's 1/3 (easy_max) or 2/3 (hard_min) quantile."""
-    bands = pd.Series([None] * len(examples), index=examples.index, dtype=object)
-    for domain, group in examples.groupby(examples["domain"].fillna("(none)"), sort=False):
-        d = pd.to_numeric(group["difficulty"], errors="coerce")
-        known = d.dropna()
-        if known.empty:
-            continue
-        lo = _threshold(easy_max, domain)
-        hi = _threshold(hard_min, domain)
-        lo = float(known.quantile(1 / 3, interpolation="lower")) if lo is None else float(lo)
-        hi = float(known.quantile(2 / 3, interpolation="higher")) if hi is None else float(hi)
-        if lo >= hi:  # a domain with one level (or thresholds that meet): nothing to flip
-            continue
-        for index, value in d.items():
-            if not pd.isna(value):
-                bands.at[index] = "easy" if value <= lo else "hard" if value >= hi else "medium"
-    return bands
+    """`easy` / `medium` / `hard` per example by its own domain's thresholds (`band_thresholds`)."""
+    return assign_bands(examples, band_thresholds(examples, easy_max, hard_min))
+
+
+@dataclass
+class Flip:
+    """The outcome of a flip. `removed`: mix rows replaced; `added`: pool rows that replace them (in the
+    same order: added[k] takes removed[k]'s place and copies); bands of both; per-domain counts."""
+
+    mix_bands: pd.Series
+    pool_bands: pd.Series
+    removed: np.ndarray
+    added: np.ndarray
+    counts: pd.DataFrame
 
 
 def difficulty_flip(
-    examples: pd.DataFrame,
+    mix: pd.DataFrame,
+    pool: pd.DataFrame,
     directions: Mapping[str, str],
     fraction: float = 1.0,
     easy_max: float | Mapping[str, float] | None = None,
     hard_min: float | Mapping[str, float] | None = None,
-) -> pd.DataFrame:
-    """Weights and copies per example (aligned with `examples`: columns domain, difficulty).
-
-    Returns band, weight (mean 1 within each domain) and copies (summing to the domain's size)."""
+    seed: int = 0,
+) -> Flip:
+    """Infra's flip as a replacement. `mix` and `pool`: frames with domain, difficulty and `key` (a content
+    identity: a pool example whose key is in the mix is not fresh). Per domain with direction `hard`, a
+    `fraction` of the mix's easy examples (chosen at random, seeded) are replaced by as many hard fresh pool
+    examples of that domain (also chosen at random); `easy` the reverse; `none` nothing. Bands come from the
+    mix's thresholds (`band_thresholds`), applied to the pool too. Every domain keeps its number of
+    distinct examples. Raises PoolTooSmall when the pool lacks fresh examples of the wanted band."""
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction!r}")
     for domain, direction in directions.items():
@@ -94,25 +139,41 @@ def difficulty_flip(
             raise ValueError(
                 f"direction for {domain!r} must be one of {', '.join(DIRECTIONS)}, got {direction!r}"
             )
-    bands = difficulty_bands(examples, easy_max, hard_min)
-    weight = np.ones(len(examples))
-    copies = np.ones(len(examples), dtype=np.int64)
-    domains = examples["domain"].fillna("(none)").to_numpy(dtype=object)
-    band = bands.to_numpy(dtype=object)
-    for domain, direction in directions.items():
-        in_domain = domains == domain
+    thresholds = band_thresholds(mix, easy_max, hard_min)
+    mix_bands, pool_bands = assign_bands(mix, thresholds), assign_bands(pool, thresholds)
+    rng = np.random.default_rng(seed)
+    mix_domain = mix["domain"].fillna("(none)").astype(str).to_numpy(dtype=object)
+    pool_domain = pool["domain"].fillna("(none)").astype(str).to_numpy(dtype=object)
+    _, first = np.unique(pool["key"].to_numpy(dtype=object), return_index=True)
+    fresh = np.zeros(len(pool), dtype=bool)
+    fresh[first] = True  # a pool example listed twice counts once
+    fresh &= ~pool["key"].isin(set(mix["key"])).to_numpy()
+    removed, added, rows = [], [], []
+    for domain, direction in sorted(directions.items()):
+        in_domain = mix_domain == domain
         if direction == "none" or not in_domain.any():
             continue
-        source, dest = ("easy", "hard") if direction == "hard" else ("hard", "easy")
-        src, dst = in_domain & (band == source), in_domain & (band == dest)
-        if not src.any() or not dst.any():
-            continue  # nothing to move, or nowhere to move it: the domain stays as it is
-        moved = fraction * src.sum()
-        weight[src] = 1.0 - fraction
-        weight[dst] = 1.0 + moved / dst.sum()
-        copies[in_domain] = largest_remainder(weight[in_domain], int(in_domain.sum()))
-    return pd.DataFrame(
-        {"band": bands.to_numpy(dtype=object), "weight": weight, "copies": copies}, index=examples.index
+        out_band, in_band = ("easy", "hard") if direction == "hard" else ("hard", "easy")
+        source = np.flatnonzero(in_domain & (mix_bands.to_numpy(dtype=object) == out_band))
+        candidates = np.flatnonzero(
+            fresh & (pool_domain == domain) & (pool_bands.to_numpy(dtype=object) == in_band)
+        )
+        needed = int(np.floor(fraction * len(source) + 0.5))
+        if len(candidates) < needed:
+            raise PoolTooSmall(domain, in_band, needed, len(candidates), out_band)
+        removed.append(np.sort(rng.choice(source, size=needed, replace=False)))
+        added.append(rng.choice(candidates, size=needed, replace=False))
+        rows.append((domain, direction, int(in_domain.sum()), len(source), len(candidates), needed))
+    counts = pd.DataFrame(
+        rows, columns=["domain", "direction", "examples", "source_band", "pool_candidates", "replaced"]
+    ).set_index("domain")
+    empty = np.zeros(0, dtype=np.int64)
+    return Flip(
+        mix_bands,
+        pool_bands,
+        np.concatenate(removed) if removed else empty,
+        np.concatenate(added) if added else empty,
+        counts,
     )
 
 
@@ -168,12 +229,11 @@ def influence_weights(
     transform: str = "exp",
     clip_min: float = 0.25,
     clip_max: float = 4.0,
-    total: int | None = None,
 ) -> pd.DataFrame:
-    """Weights (mean 1, within [clip_min, clip_max]) and integer copies from aggregated influence.
+    """Weights (mean 1, within [clip_min, clip_max]) from aggregated influence.
 
-    Examples with no influence (NaN) get weight 1 before normalisation. Returns z, weight, copies
-    indexed like `influence`."""
+    Examples with no influence (NaN) get weight 1 before normalisation. Returns z and weight, indexed
+    like `influence`."""
     if transform not in TRANSFORMS:
         raise ValueError(f"transform must be one of {', '.join(TRANSFORMS)}, got {transform!r}")
     if temperature <= 0:
@@ -193,9 +253,22 @@ def influence_weights(
     raw = np.exp(np.clip(z / temperature, -50, 50)) if transform == "exp" else 1.0 + z / temperature
     w = np.where(known, np.clip(raw, clip_min, clip_max), 1.0)
     w = _clip_normalise(w, clip_min, clip_max)
-    n = len(w) if total is None else int(total)
-    copies = largest_remainder(w, n)
-    return pd.DataFrame({"z": z, "weight": w, "copies": copies}, index=influence.index)
+    return pd.DataFrame({"z": z, "weight": w}, index=influence.index)
+
+
+def copies_from_weights(
+    weights: np.ndarray, copies: np.ndarray | None = None, min_copies: int = 1
+) -> np.ndarray:
+    """Integer copies in proportion to `weights` x `copies` (the examples' current copies; default 1 each),
+    summing to the current total before the floor (largest remainder), then raised to `min_copies` for every
+    example that had copies: reweighting never drops an example unless `min_copies` is 0. Examples with no
+    copies keep none."""
+    w = np.clip(np.asarray(weights, dtype=np.float64), 0.0, None)
+    current = np.ones(len(w), dtype=np.int64) if copies is None else np.asarray(copies, dtype=np.int64)
+    if min_copies < 0:
+        raise ValueError(f"min_copies must be at least 0, got {min_copies}")
+    out = largest_remainder(w * current, int(current.sum()))
+    return np.where(current > 0, np.maximum(out, min_copies), 0).astype(np.int64)
 
 
 def _clip_normalise(w: np.ndarray, lo: float, hi: float) -> np.ndarray:

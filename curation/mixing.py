@@ -114,6 +114,15 @@ def schedule_probabilities(counts: pd.Series, taus: np.ndarray) -> pd.DataFrame:
     return frame
 
 
+def schedule_phases(taus: np.ndarray) -> np.ndarray:
+    """Phase number of each step: a new phase starts wherever the temperature changes (a Cooldown has
+    two; a constant schedule one; a gradual decay one per distinct step)."""
+    taus = np.asarray(taus, dtype=np.float64)
+    if len(taus) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.concatenate([[0], np.cumsum(taus[1:] != taus[:-1])]).astype(np.int64)
+
+
 def schedule_long(probs: pd.DataFrame, taus: np.ndarray) -> pd.DataFrame:
     """The per-step frame as long rows (step, group, tau, probability): the exported schedule file."""
     long = probs.reset_index().melt(id_vars="step", var_name="group", value_name="probability")
@@ -186,6 +195,21 @@ def materialise_copies(
     )
 
 
+def step_group_counts(probs: np.ndarray, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+    """Draws per group at each step (steps x groups, each row summing to `batch_size`) by systematic
+    sampling: the step's slots sit at u_b = (b + U) / batch_size, one uniform U per step, and slot b goes to
+    the group whose cumulative-probability interval holds u_b. Each count is the floor or the ceiling of its
+    expectation batch_size x p and equals it on average, so a phase of the schedule holds each group's
+    share to within a draw per step (a multinomial would scatter it by sqrt(p (1 - p) / draws))."""
+    probs = np.asarray(probs, dtype=np.float64)
+    cum = np.cumsum(probs / probs.sum(axis=1, keepdims=True), axis=1)
+    cum[:, -1] = 1.0
+    offset = rng.random(len(probs))[:, None]
+    # Slots below a boundary c: #{b : (b + U) / B < c} = ceil(c B - U), within [0, B].
+    below = np.clip(np.ceil(cum * batch_size - offset), 0, batch_size).astype(np.int64)
+    return np.diff(below, axis=1, prepend=0)
+
+
 def sample_steps(
     groups: Sequence | pd.Series | np.ndarray,
     step_probs: pd.DataFrame,
@@ -196,10 +220,11 @@ def sample_steps(
     """A seeded sequence of example indices, `batch_size` per step, following per-step group
     probabilities (`schedule_probabilities`). Returns rows (step, slot, index, group), step-major.
 
-    Each step draws its batch's group counts from a multinomial, then examples within each group:
-    with `replace`, uniformly at random; without, by walking a shuffled order of the group and
-    reshuffling when it is used up (so no example repeats before its whole group has been seen).
-    Vectorised over steps: a million steps take seconds.
+    Each step's group counts come from `step_group_counts` (systematic sampling: each count is the floor
+    or the ceiling of batch_size x p, unbiased), then examples within each group: with `replace`,
+    uniformly at random; without, by walking a shuffled order of the group and reshuffling when it is
+    used up (so no example repeats before its whole group has been seen). Vectorised over steps: a
+    million steps take seconds.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
@@ -211,7 +236,7 @@ def sample_steps(
     codes = _codes(groups, counts)
     probs = step_probs[list(counts.index)].to_numpy(dtype=np.float64)
     probs = probs / probs.sum(axis=1, keepdims=True)
-    per_step = rng.multinomial(batch_size, probs)  # steps x groups
+    per_step = step_group_counts(probs, batch_size, rng)  # steps x groups
     n_steps = len(probs)
     step_parts, index_parts, code_parts = [], [], []
     for k in range(len(counts)):
@@ -259,7 +284,10 @@ def copies_from_sequence(indices: np.ndarray, n_examples: int) -> np.ndarray:
 def effective_epochs(groups: Sequence | pd.Series | np.ndarray, copies: np.ndarray) -> pd.DataFrame:
     """Per group: examples, draws (sum of copies), effective epochs (draws / examples) and the share
     of examples never drawn. Effective epochs well above 1 flag over-repeated small groups, which
-    temperature sampling overfits (the paper's caveat)."""
+    temperature sampling overfits (the paper's caveat).
+
+    The one definition of effective epochs: the mix stage's metrics, `assay mix`, `assay export` and the
+    dataset card all call this on a run's `weights` rows (the examples of its set, one row each)."""
     frame = pd.DataFrame({"group": np.asarray(groups, dtype=object), "copies": np.asarray(copies)})
     out = frame.groupby("group", sort=True).agg(
         examples=("copies", "size"),

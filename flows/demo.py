@@ -168,8 +168,9 @@ JOIN examples e ON e.example_id = l.example_id AND e.dataset = l.dataset
 WHERE l.run_id = '{ppp}' AND l.name = 'ppp_cluster' GROUP BY ALL ORDER BY ALL""",
     ),
     (
-        "The curated mixture: examples, total weight and materialised copies per domain",
-        """SELECT e.domain, count(*) AS examples, round(sum(w.weight), 1) AS weight, sum(w.copies) AS copies
+        "The curated mixture: examples, draws (copies), mean loss weight per domain, and the flip's newcomers",
+        """SELECT e.domain, count(*) AS examples, sum(w.copies) AS draws, round(avg(w.loss_weight), 2) AS loss_weight,
+       count(*) FILTER (WHERE w.dataset <> 'demo_train') AS from_pool
 FROM weights w JOIN examples e ON e.example_id = w.example_id AND e.dataset = w.dataset
 WHERE w.run_id = '{mix}' GROUP BY ALL ORDER BY ALL""",
     ),

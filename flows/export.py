@@ -1,8 +1,8 @@
 """The export job: a curation run (one that wrote `weights`) as a fine-tuning dataset folder.
 
 The writing itself is `curation.exporter.export_run` (records, schedule, dataset card, all
-written aside and renamed into place). A folder that already holds an assay export is replaced;
-any other non-empty folder is refused unless `force`.
+written aside and renamed into place). A folder that holds an earlier assay export (its output marker
+says `assay export`) is replaced, so a recipe can be rerun; any other non-empty folder is refused.
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ EXPORT_MARK = "Exported by assay from run `"
 
 
 def is_assay_export(out: str | Path) -> bool:
-    card = Path(out) / "README.md"
-    try:
-        return card.is_file() and EXPORT_MARK in card.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
+    from curation.exporter import EXPORT_WRITER
+    from storage.outputs import marker_writer
+
+    return marker_writer(Path(out)) == EXPORT_WRITER
 
 
 def export_holds(result: dict) -> bool:
@@ -43,6 +42,7 @@ def export_run_step(
     materialise: bool = False,
     force: bool = False,
     seed: int = 0,
+    languages: list[str] | None = None,
 ) -> dict:
     from curation.exporter import export_run
 
@@ -55,6 +55,7 @@ def export_run_step(
         materialise=materialise,
         force=force or is_assay_export(out),
         seed=seed,
+        languages=languages,
     )
     return {
         "run_id": run_id,
@@ -62,6 +63,7 @@ def export_run_step(
         "rows": int(result.rows),
         "format": fmt,
         "files": list(result.files),
+        "order": result.order,
     }
 
 
@@ -74,11 +76,11 @@ def export_step(
     materialise: bool = False,
     force: bool = False,
     seed: int = 0,
+    languages: list[str] | None = None,
 ) -> dict:
-    """Export, reusing a cached export only while the folder still holds it. A recipe names its
-    destination, so the folder's parent is created when missing."""
+    """Export, reusing a cached export only while the folder still holds it (the exporter creates missing
+    parent folders)."""
     out = str(Path(out).expanduser().absolute())
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
     return cached(
         export_run_step,
         str(Lake(lake_root).root),
@@ -89,6 +91,7 @@ def export_step(
         materialise,
         force,
         seed,
+        languages,
         valid=export_holds,
     )
 
@@ -103,9 +106,10 @@ def export_flow(
     materialise: bool = False,
     force: bool = False,
     seed: int = 0,
+    languages: list[str] | None = None,
 ) -> dict:
     lake = Lake(lake_root)
-    result = export_step(str(lake.root), run_id, out, fmt, style, materialise, force, seed)
+    result = export_step(str(lake.root), run_id, out, fmt, style, materialise, force, seed, languages)
     publish_summary(
         f"export-{run_id}",
         f"Export of {run_id}",

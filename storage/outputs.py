@@ -87,7 +87,7 @@ def _target(path: Path | str) -> Path:
     return _real(head or os.sep) / name
 
 
-def _marker_writer(folder: Path) -> str | None:
+def marker_writer(folder: Path) -> str | None:
     marker = folder / MARKER
     try:
         if not stat.S_ISREG(os.lstat(marker).st_mode):
@@ -164,7 +164,7 @@ def _check_existing(target: Path, mode: int, kind: Kind, force: bool, shown: str
         raise UserError(
             f"{shown}: the folder exists and is not empty; pass --force to replace a folder assay wrote"
         )
-    if _marker_writer(target) is None:
+    if marker_writer(target) is None:
         raise UserError(
             f"{shown}: refused: assay did not write that folder (no {MARKER} marker); "
             "remove it yourself or choose another path"

@@ -96,14 +96,17 @@ register_table(
         ]
     ),
 )
+# A curated set: each example's two channels, never multiplied into one. `copies`: how often it is drawn
+# (sampling: temperature mixing, upsampling; 0 = not in the set); `loss_weight`: what its loss is multiplied
+# by (scalarization, influence weights). Stages say which channel they act on (their Params).
 register_table(
     "weights",
     pa.schema(
         [
             ("dataset", pa.string()),
             ("example_id", pa.string()),
-            ("weight", pa.float64()),
             ("copies", pa.int64()),
+            ("loss_weight", pa.float64()),
         ]
     ),
 )
@@ -123,6 +126,20 @@ register_table(
             ("group_name", pa.string()),
             ("tau", pa.float64()),
             ("probability", pa.float64()),
+        ]
+    ),
+)
+# The training order of a mix run: the example drawn at each (step, slot), following mixture_schedule.
+# An example's copies in `weights` are its rows here; the materialised export is this sequence.
+register_table(
+    "mixture_draws",
+    pa.schema(
+        [
+            ("step", pa.int64()),
+            ("slot", pa.int64()),
+            ("dataset", pa.string()),
+            ("example_id", pa.string()),
+            ("group_name", pa.string()),
         ]
     ),
 )

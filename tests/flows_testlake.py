@@ -12,6 +12,7 @@ from storage import Lake
 from storage.ingest import ColumnMap, ingest_records, normalize
 
 TRAIN, TARGETS = "tiny_train", "tiny_targets"
+POOL = "tiny_pool"  # candidates for the difficulty flip (add_pool)
 
 
 def records(n: int, prefix: str, seed: int) -> list[dict]:
@@ -68,6 +69,13 @@ def make_lake(root: Path, n_train: int = 60, n_targets: int = 12, shards: int = 
             ids = {r["id"] for r in train[k * per_shard : (k + 1) * per_shard]}
             run.write("scores", scores[scores["train_id"].isin(ids)], shard=k)
     return lake, run.run_id
+
+
+def add_pool(lake: Lake, n: int = 90) -> str:
+    """A third dataset of the same shape: the candidate pool a difficulty flip draws replacements from."""
+    rows = records(n, "p", 2)
+    ingest_records(lake, normalize(rows, POOL, ColumnMap(), "pool.jsonl"), POOL, ColumnMap(), "pool.jsonl")
+    return POOL
 
 
 def recipe(**extra: object) -> dict:

@@ -45,6 +45,7 @@ from attribution.stages.unlearn_work import (
 from attribution.unlearning.health import unlearning_problem
 from storage import Lake, Run, UserError
 from storage.fingerprint import model_reference
+from storage.outputs import default_protected, prepare_output
 from storage.params import (
     REQUIRED,
     RUN_ID,
@@ -246,10 +247,6 @@ def check_scores(lake: Lake, run_id: str, model_ref: str, train_dataset: str, tr
     return record
 
 
-def occupied(path: Path) -> bool:
-    return path.is_file() or path.is_symlink() or (path.is_dir() and any(path.iterdir()))
-
-
 # ------------------------------------------------------------------------------------------ the outcome
 class UnlearningNoOp(UserError):
     """An unlearning run that would change nothing worth keeping; the message says why and what to try."""
@@ -276,13 +273,10 @@ class Unlearn(Stage):
         model_dir = Path(p.model).expanduser().absolute()
         if not (model_dir / "config.json").is_file():
             raise UserError(f"--model {model_dir}: not a Hugging Face model directory (no config.json)")
-        out = Path(p.out).expanduser().absolute()
-        if not out.parent.is_dir():
-            raise UserError(f"--out {out}: the folder {out.parent} does not exist")
-        if out == model_dir:
-            raise UserError("--out must not be the --model directory")
-        if occupied(out) and not p.force:
-            raise UserError(f"--out {out} exists and is not empty; pass --force to replace it")
+        # the output policy (storage/outputs.py), with the model itself protected like the lake
+        out = prepare_output(
+            p.out, kind="folder", force=p.force, protected=[lake.root, model_dir, *default_protected()]
+        )
         train = lake.examples(train_name)
         forget_ids = read_forget_file(p.forget) if p.forget is not None else p.forget_ids
         forget = resolve_forget(

@@ -6,10 +6,7 @@ baselines, and the before / after metrics. Inputs are validated by the stage bef
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from storage import Lake, UserError
+from storage.outputs import staged_output
 from storage.progress import Progress, progress, say
 
 METHODS = ("dmm", "oracle", "ga", "gd", "ga+gd")
@@ -339,21 +337,10 @@ def unlearn(lake: Lake, plan: Plan, show_progress: bool = True) -> Outcome:
 
 # ------------------------------------------------------------------------------------------ output
 def write_model_dir(model: Any, tokenizer: Any, out: Path, provenance: dict) -> Path:
-    """Save a Hugging Face directory aside and rename it into place (an old `out` is moved away first)."""
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
+    """Save a Hugging Face directory aside and rename it into place (storage/outputs.py; `out` was
+    checked with prepare_output when the run was planned)."""
+    with staged_output(out, kind="folder", writer="assay unlearn") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, default=str))
-        old = None
-        if out.exists() or out.is_symlink():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
     return out

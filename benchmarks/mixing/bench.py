@@ -1,4 +1,5 @@
-"""Mixing benchmark: (a) the "Upsample or Upweight?" reproduction, (b) materialising at scale with Dask.
+"""Mixing benchmark: (a) the "Upsample or Upweight?" reproduction, (b) materialising at scale with Dask,
+(c) the cost of applying `loss_weight` in training (curation/training.py's trainers against their bases).
 
 (a) The reference model (`attribution.reference_model`: Qwen2 from a config, tokenizer trained locally)
     is fine-tuned on an imbalanced two-group mixture from the demo corpus (90% synthetic math, 10%
@@ -479,8 +480,116 @@ def scale(quick: bool) -> list[dict]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+# ============================================================================ (c) applying loss_weight
+def _timed_train(trainer: Any) -> float:
+    start = time.perf_counter()
+    trainer.train()
+    return time.perf_counter() - start
+
+
+def loss_weight_cost(quick: bool) -> list[dict]:
+    """Seconds per optimizer step of the trainers that apply `loss_weight` (curation/training.py) against
+    the trainer they extend, on the same data, model and steps, measured alternately in the same run."""
+    import datasets
+    import torch
+    import transformers
+    import trl
+
+    from curation.training import WeightedSFTTrainer, WeightedTrainer, encode_export
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    n, steps, repeats = 256, (60 if quick else 200), 3
+    prompts = [f"What is {i} * {i + 7}?\n" for i in range(n)]
+    completions = [f"{i} * {i + 7} = {i * (i + 7)}. The answer is {i * (i + 7)}." for i in range(n)]
+    weights = rng.uniform(0.25, 4.0, size=n).round(3).tolist()
+    data = datasets.Dataset.from_dict({"prompt": prompts, "completion": completions, "loss_weight": weights})
+    tokenizer, _ = _tokenizer_and_model([p + c for p, c in zip(prompts, completions, strict=True)], 64, 2, 0)
+    encoded = encode_export(data, tokenizer, max_length=64)
+    work = Path(tempfile.mkdtemp(prefix="assay-bench-train-"))
+
+    def config(cls: Any) -> Any:
+        return cls(
+            output_dir=str(work),
+            max_steps=steps,
+            per_device_train_batch_size=16,
+            report_to=[],
+            save_strategy="no",
+            use_cpu=True,
+            disable_tqdm=True,
+            train_sampling_strategy="sequential",
+        )
+
+    def build(kind: str) -> Any:
+        _, model = _tokenizer_and_model(prompts[:8], 64, 2, 0)
+        model.resize_token_embeddings(len(tokenizer))
+        if kind == "sft":
+            return trl.SFTTrainer(
+                model=model, args=config(trl.SFTConfig), train_dataset=data, processing_class=tokenizer
+            )
+        if kind == "weighted sft":
+            return WeightedSFTTrainer(
+                model=model, args=config(trl.SFTConfig), train_dataset=data, processing_class=tokenizer
+            )
+        collator = transformers.DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+        if kind == "trainer":
+            plain = encoded.remove_columns(["loss_weight"])
+            return transformers.Trainer(
+                model=model,
+                args=config(transformers.TrainingArguments),
+                train_dataset=plain,
+                data_collator=collator,
+            )
+        return WeightedTrainer(
+            model=model,
+            args=config(transformers.TrainingArguments),
+            train_dataset=encoded,
+            processing_class=tokenizer,
+        )
+
+    try:
+        times: dict[str, list[float]] = {
+            k: [] for k in ("sft", "weighted sft", "trainer", "weighted trainer")
+        }
+        for _ in range(repeats):
+            for kind, measured in times.items():
+                measured.append(_timed_train(build(kind)) / steps)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    median = {k: float(np.median(v)) for k, v in times.items()}
+    rows_out = [
+        ["TRL SFTTrainer", round(median["sft"] * 1000, 1), 1.0],
+        [
+            "WeightedSFTTrainer",
+            round(median["weighted sft"] * 1000, 1),
+            round(median["weighted sft"] / median["sft"], 2),
+        ],
+        ["transformers Trainer", round(median["trainer"] * 1000, 1), 1.0],
+        [
+            "WeightedTrainer",
+            round(median["weighted trainer"] * 1000, 1),
+            round(median["weighted trainer"] / median["trainer"], 2),
+        ],
+    ]
+    notes = (
+        f"{steps} optimizer steps of 16 prompt-completion rows (max 64 tokens) on the reference model (Qwen2, "
+        f"2 layers x 64, vocab {len(tokenizer)}), CPU, one thread; median of {repeats} runs, each pair measured "
+        "alternately in the same process. Ratio: weighted / the trainer it extends (WeightedSFTTrainer scales "
+        "the fused LM head's per-token log-probs; WeightedTrainer computes the loss from the logits as the "
+        "model would, times the weights). The plain pair reads the same pre-tokenised rows."
+    )
+    return [
+        {
+            "title": "Applying loss_weight in training: seconds per step against the trainer it extends",
+            "columns": ["trainer", "ms per step", "vs its base (x)"],
+            "rows": rows_out,
+            "notes": notes,
+        }
+    ]
+
+
 def run(quick: bool = True) -> list[dict]:
-    return reproduction(quick) + scale(quick)
+    return reproduction(quick) + scale(quick) + loss_weight_cost(quick)
 
 
 if __name__ == "__main__":

@@ -421,8 +421,8 @@ class DartSampling(Stage):
                     {
                         "dataset": out_name,
                         "example_id": [r["example_id"] for r in records],
-                        "weight": 1.0,
                         "copies": 1,
+                        "loss_weight": 1.0,
                     }
                 ),
             )

@@ -2,11 +2,16 @@
 
 Parameters: `MixParams` (each field's help says what it does). The grouping `by` is an `examples` column
 (domain, dataset, difficulty, ...) or `label:NAME` for a per-example label an earlier stage wrote (e.g.
-`label:ppp_cluster`). `weights_from` names an earlier stage whose weights to build on (its copies define
-the pool, its weight multiplies ours): `auto` = the latest earlier stage that wrote weights, `none` =
-every example once.
-Writes `weights` (weight, copies per example), `mixture_schedule` (step, group_name, tau, probability) and
-`metrics` (per group: pool (size, prior copies counted), draws, effective_epochs; F(tau) per tau).
+`label:ppp_cluster`). `weights_from` names an earlier stage whose weights to build on (curation/curated.py:
+its copies define the pool, its loss weights pass through).
+
+`method` says which channel the mix acts on: `temperature` on the copies (a Cooldown draws the first phase
+at tau, then tau_end), `scalarization` on the loss weights (proportional draws, loss weight x
+p_g(tau) / p_g(1)). Either way the run holds the training order: `mixture_draws` (step, slot, dataset,
+example_id, group_name), which the materialised export writes as it is.
+Writes `weights` (copies = draws, loss_weight per pool example), `mixture_schedule` (step, group_name, tau,
+probability: what the sampler draws from), `mixture_draws` and `metrics` (per group: pool (draws the pool
+holds, prior copies counted), examples, draws, effective_epochs (draws / examples), unseen; F(tau)).
 """
 
 from __future__ import annotations
@@ -18,11 +23,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from curation import mixing
-from curation.stages import RunSpec, Stage, StageContext, load_examples
+from curation import curated, mixing
+from curation.stages import RunSpec, Stage, StageContext
 from storage import Lake, Run, UserError
 from storage.params import (
-    NAME,
     SEED,
     Choice,
     Flag,
@@ -47,8 +51,8 @@ class MixParams(Params):
     by: str = param("domain", "grouping: an examples column (domain, dataset, ...) or label:NAME", GROUPING)
     method: str = param(
         "temperature",
-        "temperature: draw groups with p_i(tau) (copies = draws); scalarization: proportional draws, "
-        "loss weight p_i(tau)/p_i(1) (needs schedule constant)",
+        "the channel it acts on: temperature = sampling (groups drawn with p_i(tau); copies = draws); "
+        "scalarization = loss weight (proportional draws, loss_weight x p_i(tau)/p_i(1); schedule constant)",
         Choice(METHODS),
     )
     schedule: str = param(
@@ -70,9 +74,7 @@ class MixParams(Params):
     batch_size: int = param(16, "examples per training step", integer(1, 1_000_000))
     seed: int = param(0, "sampling seed", SEED)
     replace: bool = param(False, "draw with replacement within a group", Flag())
-    weights_from: str | None = param(
-        "auto", "earlier stage whose weights to build on: auto | none | a stage name", optional(NAME)
-    )
+    weights_from: str | None = param("auto", curated.WEIGHTS_FROM_HELP, curated.WEIGHTS_FROM)
 
     def validate(self) -> None:
         if self.method == "scalarization" and self.schedule != "constant":
@@ -113,79 +115,59 @@ def example_groups(lake: Lake, examples: pd.DataFrame, by: str, label_run: str |
     return text.reset_index(drop=True).rename("group")
 
 
-def find_inputs(ctx: StageContext, p: dict[str, Any]) -> tuple[str | None, str | None]:
-    """(run id of the labels to group by, run id of the weights to build on)."""
-    label_run = None
-    if p["by"].startswith("label:"):
-        label_run = ctx.earlier_run("labels", "name = ?", [p["by"].split(":", 1)[1]])
-    choice = p["weights_from"]
-    if choice in (None, "none"):
-        weights_run = None
-    elif choice == "auto":
-        weights_run = ctx.earlier_run("weights")
-    elif choice in ctx.previous:
-        weights_run = ctx.previous[choice]
-    else:
-        raise UserError(
-            f"stage mix: weights_from {choice!r} is not an earlier stage of this recipe "
-            f"({', '.join(ctx.previous) or 'none'}); use auto or none"
-        )
-    return label_run, weights_run
-
-
 def mix_examples(
-    examples: pd.DataFrame, groups: pd.Series, prior: pd.DataFrame | None, p: dict[str, Any]
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(weights, schedule, metrics) frames for the lake. Pure: no I/O.
+    examples: pd.DataFrame, groups: pd.Series, copies: np.ndarray, loss_weight: np.ndarray, p: dict[str, Any]
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(weights, schedule, draws, metrics) frames for the lake. Pure: no I/O.
 
-    The pool is a multiset: each example as many times as its prior copies (once without a prior);
-    examples with prior weight or copies 0 are out of the pool and get copies 0."""
-    key = ["dataset", "example_id"]
-    base = examples[key].reset_index(drop=True)
-    if prior is not None:
-        merged = base.merge(prior[[*key, "weight", "copies"]], on=key, how="left")
-        prior_w = merged["weight"].fillna(0.0).to_numpy(dtype=np.float64)
-        prior_c = merged["copies"].fillna(0).to_numpy(dtype=np.int64)
-        prior_c = np.where(prior_w > 0, prior_c, 0)
-    else:
-        prior_w, prior_c = np.ones(len(base)), np.ones(len(base), dtype=np.int64)
-    pool = np.repeat(np.arange(len(base)), prior_c)
+    The pool is a multiset: each example as many times as its copies (`curated.drawable` ones only). The
+    sampler draws `steps` batches following the schedule's group probabilities; an example's new copies
+    are its draws. Temperature sampling acts on the copies and passes the loss weights through;
+    scalarization draws proportionally and multiplies the loss weights by p_g(tau) / p_g(1). The weights
+    rows are the pool's distinct examples (copies 0: never drawn)."""
+    keys = examples[curated.KEY].reset_index(drop=True)
+    in_pool = curated.drawable(copies, loss_weight)
+    pool = np.repeat(np.arange(len(keys)), np.where(in_pool, copies, 0))
     if len(pool) == 0:
         raise UserError("stage mix: no examples left to mix (the earlier weights keep none)")
-    pool_groups = groups.to_numpy(dtype=object)[pool]
-    counts = mixing.group_counts(pool_groups)
+    group_of = groups.to_numpy(dtype=object)
+    counts = mixing.group_counts(group_of[pool])
     steps = schedule_steps(p, len(pool))
-
+    new_weight = np.asarray(loss_weight, dtype=np.float64)
     if p["method"] == "scalarization":
-        taus = mixing.tau_schedule(steps, "constant", tau_start=p["tau"])
-        scal = mixing.scalarization_weights(counts, p["tau"])
-        weight = prior_w * scal.reindex(groups.to_numpy(dtype=object)).fillna(0.0).to_numpy()
-        copies = prior_c
-        # A proportional schedule: what the sampler draws; the loss weights carry the mixture.
-        probs = mixing.schedule_probabilities(counts, np.ones(steps))
-        draws = mixing.schedule_effective_epochs(counts, probs, p["batch_size"]) * counts
+        taus = np.ones(steps)  # the sampler draws proportionally; the loss weights carry the mixture
+        ratio = mixing.scalarization_weights(counts, p["tau"])
+        new_weight = new_weight * pd.Series(group_of).map(ratio).fillna(1.0).to_numpy(dtype=np.float64)
     else:
         taus = mixing.tau_schedule(steps, p["schedule"], p["tau"], p["tau_end"], p["switch"])
-        probs = mixing.schedule_probabilities(counts, taus)
-        drawn = mixing.sample_steps(pool_groups, probs, p["batch_size"], seed=p["seed"], replace=p["replace"])
-        copies = mixing.copies_from_sequence(pool[drawn["index"].to_numpy()], len(base))
-        weight = np.where(copies > 0, prior_w, 0.0)
-        draws = drawn.groupby("group").size().reindex(counts.index, fill_value=0)
+    probs = mixing.schedule_probabilities(counts, taus)
+    drawn = mixing.sample_steps(group_of[pool], probs, p["batch_size"], seed=p["seed"], replace=p["replace"])
+    index = pool[drawn["index"].to_numpy()]
+    new_copies = mixing.copies_from_sequence(index, len(keys))
 
-    weights = base.assign(weight=weight, copies=copies.astype(np.int64))
-    schedule = mixing.schedule_long(mixing.schedule_probabilities(counts, taus), taus).rename(
-        columns={"group": "group_name"}
+    members = np.flatnonzero(in_pool)
+    weights = curated.weights_frame(keys.iloc[members], new_copies[members], new_weight[members])
+    draws = pd.DataFrame(
+        {
+            "step": drawn["step"].to_numpy(),
+            "slot": drawn["slot"].to_numpy(),
+            "dataset": keys["dataset"].to_numpy(dtype=object)[index],
+            "example_id": keys["example_id"].to_numpy(dtype=object)[index],
+            "group_name": drawn["group"].astype(str).to_numpy(),
+        }
     )
-    epochs = (draws / counts).rename("effective_epochs")
+    schedule = mixing.schedule_long(probs, taus).rename(columns={"group": "group_name"})
+    epochs = mixing.effective_epochs(group_of[members], new_copies[members])
     rows = [("pool", g, float(n)) for g, n in counts.items()]
-    rows += [("draws", g, float(d)) for g, d in draws.items()]
-    rows += [("effective_epochs", g, float(e)) for g, e in epochs.items()]
+    for column in ("examples", "draws", "effective_epochs", "unseen"):
+        rows += [(column, g, float(v)) for g, v in epochs[column].items()]
+    variance_taus = [p["tau"]] if p["method"] == "scalarization" else np.unique(taus)
     rows += [
-        ("variance_factor", f"tau={t:g}", mixing.variance_factor(counts, float(t))) for t in np.unique(taus)
+        ("variance_factor", f"tau={t:g}", mixing.variance_factor(counts, float(t))) for t in variance_taus
     ]
     metrics = pd.DataFrame(rows, columns=["name", "key", "value"])
     metrics["key"] = metrics["key"].astype(str)
-    return weights, schedule, metrics
+    return weights, schedule, draws, metrics
 
 
 def check_grouping(lake: Lake, by: str, label_run: str | None) -> None:
@@ -206,36 +188,26 @@ def schedule_steps(p: dict[str, Any], pool_size: int) -> int:
     return p["steps"] or max(1, math.ceil(p["epochs"] * pool_size / p["batch_size"]))
 
 
-def pool_size(lake: Lake, versions: dict[str, str], weights_run: str | None) -> int:
-    """How many draws the pool holds: the prior weights' copies (weight > 0), else one per example."""
-    if weights_run:
-        found = lake.query(
-            "SELECT coalesce(sum(copies), 0) AS n FROM weights WHERE run_id = ? AND weight > 0", [weights_run]
-        )
-    else:
-        sql = " UNION ALL ".join(
-            "SELECT count(*) AS n FROM examples_all WHERE dataset = ? AND version = ?" for _ in versions
-        )
-        found = lake.query(f"SELECT sum(n) AS n FROM ({sql})", [v for item in versions.items() for v in item])
-    return int(found["n"].iloc[0] or 0)
-
-
 class Mix(Stage):
     """Mix groups of examples by temperature sampling, scalarization or a Cooldown schedule."""
 
     name = "mix"
     Params = MixParams
     reads = ("examples", "labels", "weights")
-    writes = ("weights", "mixture_schedule", "metrics")
+    writes = ("weights", "mixture_schedule", "mixture_draws", "metrics")
     executors = ("local", "dask")
     dataset_help = "dataset(s) to mix (repeatable)"
 
     def plan(self, ctx: StageContext) -> RunSpec:
         p = self.params.to_dict()
-        versions = ctx.dataset_versions(self.name)
-        label_run, weights_run = find_inputs(ctx, p)
+        ctx.dataset_versions(self.name)  # no dataset given: the user's error, before anything else
+        label_run = None
+        if p["by"].startswith("label:"):
+            label_run = ctx.earlier_run("labels", "name = ?", [p["by"].split(":", 1)[1]])
+        weights_run = curated.resolve_weights_from(ctx, self.name, p["weights_from"])
+        versions = curated.stage_versions(ctx, self.name, weights_run)
         check_grouping(ctx.lake, p["by"], label_run)
-        pool = pool_size(ctx.lake, versions, weights_run)
+        pool = curated.drawable_count(ctx.lake, versions, weights_run)
         if pool == 0:
             raise UserError("stage mix: no examples left to mix (the earlier weights keep none)")
         steps = schedule_steps(p, pool)
@@ -249,10 +221,9 @@ class Mix(Stage):
 
     def execute(self, ctx: StageContext, run: Run, spec: RunSpec) -> None:
         lake, inputs = ctx.lake, spec.inputs
-        examples = load_examples(lake, inputs["datasets"])
+        examples, copies, loss_weight = curated.load_curated(lake, inputs["datasets"], inputs["weights"])
         groups = example_groups(lake, examples, spec.params["by"], inputs["labels"])
-        prior = lake.table("weights", "run_id = ?", [inputs["weights"]]) if inputs["weights"] else None
-        self.write(ctx, run, mix_examples(examples, groups, prior, spec.params))
+        self.write(ctx, run, mix_examples(examples, groups, copies, loss_weight, spec.params))
 
     def execute_dask(self, ctx: StageContext, run: Run, spec: RunSpec) -> None:
         """The same mix reading only the id and grouping columns, chunk by chunk (never the texts)."""
@@ -263,27 +234,30 @@ class Mix(Stage):
         with dask_stages.cluster(ctx):
             examples = dask_stages.read_examples(lake, inputs["datasets"], columns)
             prior = dask_stages.read_weights(lake, inputs["weights"]) if inputs["weights"] else None
+        examples, copies, loss_weight = curated.restrict_to(examples, prior)
         groups = example_groups(lake, examples, by, inputs["labels"])
-        self.write(ctx, run, mix_examples(examples, groups, prior, spec.params))
+        self.write(ctx, run, mix_examples(examples, groups, copies, loss_weight, spec.params))
 
     def executor_for(self, ctx: StageContext, spec: RunSpec) -> Any:
         from curation import dask_stages
 
         return self.execute_dask if dask_stages.wants_dask(ctx, spec.inputs["datasets"]) else self.execute
 
-    def write(
-        self, ctx: StageContext, run: Run, frames: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]
-    ) -> None:
-        weights, schedule, metrics = frames
+    def write(self, ctx: StageContext, run: Run, frames: tuple[pd.DataFrame, ...]) -> None:
+        weights, schedule, draws, metrics = frames
         run.write("weights", weights)
         run.write("mixture_schedule", schedule)
+        run.write("mixture_draws", draws)
         run.write("metrics", metrics)
         if not ctx.quiet:
-            summary = metrics[metrics["name"] == "effective_epochs"]
-            print(
-                "mix: effective epochs per group: "
-                + ", ".join(f"{k} {v:.2f}" for k, v in zip(summary["key"], summary["value"], strict=True))
-            )
+            print("mix: " + epochs_line(metrics))
 
     def report(self, ctx: StageContext, run_id: str) -> list[str]:
         return [f"export with: assay export {run_id} --out FOLDER"]
+
+
+def epochs_line(metrics: pd.DataFrame) -> str:
+    """Effective epochs per group (draws / examples), as the mix's metrics hold them."""
+    rows = metrics[metrics["name"] == "effective_epochs"].sort_values("key")
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in zip(rows["key"], rows["value"], strict=True))
+    return f"effective epochs per group (draws / examples): {parts}"

@@ -1,5 +1,5 @@
-"""`assay export RUN --format jsonl|parquet|hf --out PATH`: a curation run as a fine-tuning dataset
-(curation/exporter.py writes it)."""
+"""`assay export RUN --out PATH [--format jsonl|parquet|hf] [--style chat|prompt_completion|text]
+[--materialise]`: a curation run as a fine-tuning dataset (curation/exporter.py writes it)."""
 
 from __future__ import annotations
 
@@ -17,22 +17,42 @@ def register(app: typer.Typer) -> None:
         run: Annotated[
             str, typer.Argument(help="run id of a curation run that wrote weights (e.g. stage mix)")
         ],
-        out: Annotated[Path, typer.Option("--out", help="folder to create")],
+        out: Annotated[Path, typer.Option("--out", help="folder to create (missing parents are created)")],
         fmt: Annotated[
-            str, typer.Option("--format", help="jsonl | parquet | hf (datasets save_to_disk)")
+            str,
+            typer.Option(
+                "--format",
+                help="jsonl | parquet | hf (a DatasetDict: load_from_disk and load_dataset read it)",
+            ),
         ] = "jsonl",
+        style: Annotated[
+            str,
+            typer.Option(
+                "--style",
+                help="chat (messages) | prompt_completion (prompt, completion: TRL) | text (text)",
+            ),
+        ] = "chat",
         materialise: Annotated[
             bool,
             typer.Option(
-                "--materialise", help="repeat each example by its copies (else one row with a weight)"
+                "--materialise",
+                help="one row per draw in training order (step, slot, phase), with per-phase files; "
+                "else one row per example with copies",
             ),
         ] = False,
-        chat: Annotated[bool, typer.Option("--chat/--prompt-response", help="record style")] = True,
         force: Annotated[bool, typer.Option("--force", help="replace an existing non-empty --out")] = False,
-        seed: Annotated[int, typer.Option("--seed", help="shuffle seed of materialised rows")] = 0,
+        seed: Annotated[
+            int, typer.Option("--seed", help="shuffle seed of a materialised run that has no schedule")
+        ] = 0,
+        language: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--language", help="language code(s) of the data for the card (repeatable: en, code)"
+            ),
+        ] = None,
         lake: LakeOption = None,
     ) -> None:
-        """Export a curated run as fine-tuning records with a weight column, schedule and dataset card."""
+        """Export a curated run as fine-tuning records (copies, loss_weight), its schedule and a dataset card."""
         from curation.exporter import export_run
         from flows.cli import get_lake  # the app's global --lake, when this command's own is not given
 
@@ -41,10 +61,11 @@ def register(app: typer.Typer) -> None:
             run,
             out,
             fmt=fmt,
-            style="chat" if chat else "prompt_response",
+            style=style,
             materialise=materialise,
             force=force,
             seed=seed,
+            languages=language,
         )
-        typer.echo(f"exported {result.rows} rows of run {run} to {result.path}")
-        typer.echo(result.summary.to_string())
+        typer.echo(f"exported {result.rows} rows of run {run} to {result.path} ({result.order})")
+        typer.echo(result.summary.to_string(float_format=lambda v: f"{v:.3g}"))

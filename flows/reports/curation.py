@@ -47,7 +47,7 @@ def _share_chart(ax, before: pd.Series, after: pd.Series, title: str) -> None:
 
 def mixture(view: LakeView, record: dict) -> h.Section | None:
     run_id = record["run_id"]
-    weights = view.rows("weights", run_id, "dataset, example_id, weight, copies")
+    weights = view.rows("weights", run_id, "dataset, example_id, copies, loss_weight")
     if weights.empty:
         return None
     section = h.Section("Group mixture before and after")
@@ -67,7 +67,8 @@ def mixture(view: LakeView, record: dict) -> h.Section | None:
         )
     before = view.dataset_examples(input_versions(record.get("inputs")))
     after = weights.merge(view.examples_by_id(weights), on=["dataset", "example_id"], how="left")
-    after["mass"] = after["weight"].fillna(0) * after["copies"].fillna(0)
+    # the loss mass a group receives: draws x loss weight (a statistic; the two channels stay apart)
+    after["mass"] = after["loss_weight"].fillna(0) * after["copies"].fillna(0)
     panels = [("domain", "domain")]
     if before["difficulty"].notna().any() or after["difficulty"].notna().any():
         panels.append(("difficulty", "difficulty"))
@@ -89,25 +90,25 @@ def mixture(view: LakeView, record: dict) -> h.Section | None:
                     "by": label,
                     "group": group,
                     "examples before": float(b.get(group, 0)),
-                    "weight x copies after": float(a.get(group, 0)),
+                    "copies x loss weight after": float(a.get(group, 0)),
                 }
             )
     what = ", ".join(input_versions(record.get("inputs"))) or "its inputs"
     section.add(
         h.figure_html(
             fig,
-            f"Before: the examples of {what} (each once). After: the sum of weight x "
-            "copies this run gives them",
+            f"Before: the examples of {what} (each once). After: the sum of copies x "
+            "loss weight this run gives them (its loss mass)",
         ),
         h.table(pd.DataFrame(rows)),
     )
-    if weights["weight"].nunique() > 1:
+    if weights["loss_weight"].nunique() > 1:
         fig = h.figure(9, 2.8)
         ax = fig.add_subplot()
-        ax.hist(weights["weight"], bins=50, color="#1d6fb8")
-        ax.set_xlabel("weight")
+        ax.hist(weights["loss_weight"], bins=50, color="#1d6fb8")
+        ax.set_xlabel("loss weight")
         ax.set_ylabel("examples")
-        section.add(h.figure_html(fig, f"Distribution of the {len(weights)} example weights"))
+        section.add(h.figure_html(fig, f"Distribution of the {len(weights)} examples' loss weights"))
     return section
 
 

@@ -24,6 +24,8 @@ def test_a_recipe_with_dart_flip_and_reweighting_runs_from_the_cli_and_exports(
     rows = math_problems(2, seed=3) + humaneval_records()[:3]
     lake = Lake(tmp_path / "lake")
     ingest_records(lake, normalize(rows, "toy", ColumnMap(), "toy.jsonl"), "toy", ColumnMap(), "toy.jsonl")
+    pool = math_problems(2, seed=4, prefix="pool", exclude={r["prompt"] for r in rows})
+    ingest_records(lake, normalize(pool, "toy_pool", ColumnMap(), "pool.jsonl"), "toy_pool", ColumnMap(), "p")
     replay = write_demo_replay(lake.examples("toy"), tmp_path / "replay.jsonl", per_query=5, seed=2)
     ids = [r["id"] for r in rows]
     with lake.run(kind="attribute", method="test-scores", params={"for": "recipe"}) as scores:
@@ -66,7 +68,17 @@ def test_a_recipe_with_dart_flip_and_reweighting_runs_from_the_cli_and_exports(
                     "limit": 2,
                 },
             },
-            {"stage": "difficulty_flip", "params": {"directions": {"math": "hard", "code": "easy"}}},
+            # Replacements from a pool of new problems (2 per level: 4 hard ones for the 2 easy math examples
+            # that half of the 4 easy ones are); built on the training set, not on DART's weights.
+            {
+                "stage": "difficulty_flip",
+                "params": {
+                    "pool": "toy_pool",
+                    "directions": {"math": "hard", "code": "none"},
+                    "fraction": 0.5,
+                    "weights_from": "none",
+                },
+            },
             {
                 "stage": "influence_reweight",
                 "params": {"scores_run": "latest", "clip_min": 0.5, "clip_max": 2.0},
@@ -89,6 +101,9 @@ def test_a_recipe_with_dart_flip_and_reweighting_runs_from_the_cli_and_exports(
     assert len(lake.table("samples", "run_id = ?", [model_run["run_id"]])) == 2
     for method in ("difficulty_flip", "influence_reweight"):
         run_id = next(r["run_id"] for r in complete if r["method"] == method)
-        assert lake.table("weights", "run_id = ?", [run_id])["copies"].sum() == len(rows)
+        weights = lake.table("weights", "run_id = ?", [run_id])
+        assert weights["copies"].sum() == len(weights) == len(rows)  # sizes kept, nothing repeated
+    flip = next(r["run_id"] for r in complete if r["method"] == "difficulty_flip")
+    assert (lake.table("weights", "run_id = ?", [flip])["dataset"] == "toy_pool").sum() == 2
     exported = (tmp_path / "export" / "data" / "train.jsonl").read_text().splitlines()
     assert exported and all(json.loads(line)["dataset"].startswith("toy-dart-") for line in exported)

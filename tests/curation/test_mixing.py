@@ -239,3 +239,26 @@ def test_epoch_sequence_and_effective_epochs_over_a_schedule() -> None:
     p5, p1 = mixing.temperature_probs(counts, 5.0), mixing.temperature_probs(counts, 1.0)
     assert epochs["b"] == pytest.approx(10 * 50 * (p5["b"] + p1["b"]) / 100)
     assert epochs["b"] > epochs["a"]
+
+
+def test_step_group_counts_are_within_one_draw_of_their_expectation_and_unbiased() -> None:
+    probs = np.tile([0.62, 0.3, 0.08], (20_000, 1))
+    counts = mixing.step_group_counts(probs, 16, np.random.default_rng(0))
+    expected = 16 * probs
+    assert (counts.sum(axis=1) == 16).all()
+    assert ((counts == np.floor(expected)) | (counts == np.ceil(expected))).all()
+    # Unbiased: each step's error is in (-1, 1) with mean 0, so the mean over 20,000 steps is within
+    # 0.5 / sqrt(20000) = 0.0035 (one sd) of the expectation.
+    np.testing.assert_allclose(counts.mean(axis=0), expected[0], atol=0.02)
+
+
+def test_schedule_phases_start_where_the_temperature_changes() -> None:
+    assert mixing.schedule_phases(mixing.tau_schedule(5, "cooldown", 5.0, 1.0, 0.5)).tolist() == [
+        0,
+        0,
+        0,
+        1,
+        1,
+    ]
+    assert mixing.schedule_phases(mixing.tau_schedule(4, "constant", 3.0)).tolist() == [0, 0, 0, 0]
+    assert mixing.schedule_phases(mixing.tau_schedule(4, "linear", 5.0, 1.0)).tolist() == [0, 1, 2, 3]

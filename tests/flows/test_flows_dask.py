@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from assay_testing import stage
-from flows_testlake import TARGETS, TRAIN, make_lake
+from flows_testlake import POOL, TARGETS, TRAIN, add_pool, make_lake
 
 from flows.registry import build_stage
 from flows.stages import run_stage
@@ -83,7 +83,7 @@ def test_dask_variant_matches_the_in_memory_stage(tmp_path: Path, cluster: str, 
     want = stage(stage_name)(ctx, params)
     got = run_stage(str(dask_lake.root), stage_name, params, [TRAIN, TARGETS], {}, dask=cluster, quiet=True)
     assert got == want  # the same run: same parameters and inputs
-    for table in ("weights", "labels", "metrics", "mixture_schedule"):
+    for table in ("weights", "labels", "metrics", "mixture_schedule", "mixture_draws"):
         a, b = frame_of(memory_lake, table, want), frame_of(dask_lake, table, got)
         assert len(a) == len(b), table
         pd.testing.assert_frame_equal(a, b, check_dtype=False, rtol=1e-9)
@@ -94,7 +94,10 @@ def test_mix_variant_builds_on_earlier_weights_like_the_stage(tmp_path: Path, cl
     results = {}
     for name in ("memory", "dask"):
         lake, _ = make_lake(tmp_path / name, shards=2)
-        first = stage("difficulty_flip")(StageContext(lake, [TRAIN], quiet=True), {"fraction": 0.5})
+        add_pool(lake)
+        first = stage("difficulty_flip")(
+            StageContext(lake, [TRAIN], quiet=True), {"fraction": 0.5, "pool": POOL}
+        )
         params = {"by": "label:difficulty_band", "batch_size": 4, "weights_from": "auto"}
         previous = {"difficulty_flip": first}
         if name == "memory":

@@ -138,7 +138,7 @@ def build_synthetic_lake(root: Path) -> dict[str, str]:
         params={"by": "label:ppp_cluster"},
         inputs={"datasets": {"syn_train": versions["syn_train"]}},
     ) as run:
-        run.write("weights", base.assign(weight=1.0, copies=[3 if i % 2 else 1 for i in range(16)]))
+        run.write("weights", base.assign(copies=[3 if i % 2 else 1 for i in range(16)], loss_weight=1.0))
         steps = np.arange(20)
         tau = np.where(steps < 10, 5.0, 1.0)
         p_code = np.where(steps < 10, 0.6, 0.3)
@@ -398,7 +398,8 @@ def test_failed_run_reports_its_error(lake_dir: Path) -> None:
     lake = Lake(lake_dir)
     with pytest.raises(RuntimeError), lake.run("curate", "mix", params={"x": 1}) as run:
         run.write(
-            "weights", pd.DataFrame({"dataset": ["d"], "example_id": ["e"], "weight": [1.0], "copies": [1]})
+            "weights",
+            pd.DataFrame({"dataset": ["d"], "example_id": ["e"], "copies": [1], "loss_weight": [1.0]}),
         )
         raise RuntimeError("boom <at> step 3")
     page = reports.report_html(lake, run.run_id)

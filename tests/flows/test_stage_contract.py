@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import typer
 from assay_testing import tree_digest
-from flows_testlake import TARGETS, TRAIN, make_lake
+from flows_testlake import POOL, TARGETS, TRAIN, add_pool, make_lake
 from typer.testing import CliRunner
 
 from flows.commands import stages as stage_commands
@@ -165,12 +165,13 @@ def test_params_dataclass_checks_direct_construction_too() -> None:
 @pytest.fixture
 def lake_with_scores(tmp_path: Path):
     lake, scores_run = make_lake(tmp_path / "lake", shards=2)
+    add_pool(lake)
     return lake, scores_run
 
 
 CURATION_PLANS = {
     "influence_reweight": {"scores_run": "auto"},
-    "difficulty_flip": {"fraction": 0.5},
+    "difficulty_flip": {"fraction": 0.5, "pool": POOL},
     "mix": {"weights_from": "none", "batch_size": 4},
     "presto": {"ladder": "influence", "quantiles": [0.5], "cv": 2, "n_components": 2},
 }
@@ -268,7 +269,7 @@ def test_a_generated_command_runs_the_stage_and_reports(lake_with_scores) -> Non
     )
     assert params.groups == {"math": 2.0, "code": 1.0} and params.clip_max == 3.0
     weights = lake.table("weights", "run_id = ?", [run_id])
-    assert weights["weight"].max() <= 3.0 + 1e-9 and len(weights) == len(lake.examples(TRAIN))
+    assert weights["loss_weight"].max() <= 3.0 + 1e-9 and len(weights) == len(lake.examples(TRAIN))
     bad = CliRunner().invoke(app, ["mix", "-d", TRAIN, "--tau", "-1", "--lake", str(lake.root)])
     assert bad.exit_code != 0 and isinstance(bad.exception, UserError)
     assert str(bad.exception) == "--tau: expected a number in (0, 1000000], got -1.0"

@@ -37,7 +37,7 @@ def prepare_from(base: Path):
 
 def curated(lake: Lake) -> pd.DataFrame:
     return lake.query(
-        "SELECT run_id, dataset, example_id, round(weight, 9) AS weight, copies FROM weights "
+        "SELECT run_id, dataset, example_id, copies, round(loss_weight, 9) AS loss_weight FROM weights "
         "ORDER BY run_id, example_id"
     )
 
