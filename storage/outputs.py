@@ -117,6 +117,11 @@ def prepare_output(
         info = os.lstat(target)
     except FileNotFoundError:
         return target
+    except NotADirectoryError:
+        blocker = next(
+            parent for parent in reversed(target.parents) if os.path.lexists(parent) and not parent.is_dir()
+        )
+        raise UserError(f"{shown}: {blocker} is not a folder") from None
     except OSError as exc:
         raise UserError(f"{shown}: cannot check it ({exc.strerror or exc})") from None
     _check_existing(target, info.st_mode, kind, force, shown)

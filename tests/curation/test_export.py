@@ -392,10 +392,22 @@ def test_export_refuses_bad_requests_and_writes_nothing(mixed: tuple[Lake, str],
     ):
         with pytest.raises(UserError, match=match):
             export_run(lake, kwargs.pop("run_id", run_id), **kwargs)
+    # --force replaces only a folder assay wrote: the user's own folder is refused even then.
+    with pytest.raises(UserError, match="assay did not write that folder"):
+        export_run(lake, run_id, out, force=True)
+    for protected in (lake.root, lake.root / "tables", lake.root.parent):
+        with pytest.raises(UserError, match="refused"):
+            export_run(lake, run_id, protected, force=True)
     assert tree_digest(tmp_path) == before
-    export_run(lake, run_id, out, fmt="parquet", force=True)
-    assert not (out / "keep.txt").exists() and (out / "data" / "train.parquet").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "taken"]  # no temporary folders left
+    mine = tmp_path / "export"
+    export_run(lake, run_id, mine)
+    with pytest.raises(UserError, match="--force"):
+        export_run(lake, run_id, mine, fmt="parquet")
+    export_run(lake, run_id, mine, fmt="parquet", force=True)
+    assert (out / "keep.txt").read_text() == "mine"
+    assert (mine / "data" / "train.parquet").exists() and not (mine / "data" / "train.jsonl").exists()
+    # no temporary folders left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "export", "taken"]
 
 
 def test_mix_builds_on_earlier_labels_and_weights_composing_each_channel_once(tmp_path: Path) -> None:
