@@ -99,9 +99,9 @@ def dart_replay_file(lake_root: str) -> str:
 
 def demo_recipe(model_dir: str, replay: str, export_out: str) -> dict:
     """recipes/demo.yaml with the attribution and a DART stage over the constructed candidates in front."""
-    import yaml
+    from flows.recipes import read_recipe
 
-    recipe = yaml.safe_load(RECIPE.read_text())
+    recipe = read_recipe(RECIPE)
     attribute = {"stage": "attribute", "params": {"model": model_dir, **ATTRIBUTE_PARAMS}}
     dart = {
         "stage": "dart",

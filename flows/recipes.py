@@ -33,12 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from flows.registry import build_stage, load_stages
 from storage import UserError
 from storage.errors import shorten
 from storage.params import NAME, Choice, Flag, Items, Text
+from storage.safe_yaml import MAX_BYTES, load_yaml
 
 TOP_FIELDS = {"name", "description", "datasets", "stages", "export"}
 STAGE_FIELDS = {"stage", "name", "params"}
@@ -95,15 +94,10 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"recipe {path}: no such file")
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise UserError(f"recipe {path}: not UTF-8 text") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"recipe {path}:{where}: invalid YAML ({problem})") from None
+    # storage/safe_yaml.py: plain data only (no aliases, tags or duplicate keys), size and depth bounded
+    if path.stat().st_size > MAX_BYTES:
+        raise UserError(f"recipe {path}: {path.stat().st_size:,} bytes is over the limit of {MAX_BYTES:,}")
+    doc = load_yaml(path.read_bytes(), f"recipe {path}").data
     if not isinstance(doc, dict):
         raise UserError(f"recipe {path}: expected a mapping with name, datasets and stages")
     return doc
@@ -142,10 +136,7 @@ def parse_overrides(values: Mapping[str, Any] | list[str] | None) -> dict[tuple[
             key, sep, raw = str(text).partition("=")
             if not sep:
                 raise UserError(f"--set {shorten(text)}: expected STAGE.PARAM=VALUE")
-            try:
-                pairs.append((key, yaml.safe_load(raw) if raw.strip() else ""))
-            except yaml.YAMLError:
-                raise UserError(f"--set {shorten(text)}: the value is not valid YAML") from None
+            pairs.append((key, load_yaml(raw, f"--set {shorten(key)[1:-1]}").data if raw.strip() else ""))
     out = {}
     for key, value in pairs:
         stage_name, dot, param_name = key.partition(".")

@@ -14,7 +14,6 @@ from dataclasses import Field
 from typing import Annotated, Any
 
 import typer
-import yaml
 
 from flows.commands import DeviceOption, LakeOption
 from storage import UserError
@@ -100,10 +99,10 @@ def _from_cli(field: Field, value: Any) -> Any:
 
 
 def _yaml(field: Field, text: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise UserError(f"{cli_names(field)[0]} {shorten(text)}: not a value assay can read (YAML)") from None
+    """An option's value read as YAML by the same safe loader as recipes (plain data, bounded)."""
+    from storage.safe_yaml import load_yaml
+
+    return load_yaml(text, f"{cli_names(field)[0]} {shorten(text)}").data
 
 
 def stage_command(cls: type[Stage]) -> Any:

@@ -82,6 +82,21 @@ def test_missing_fields_and_bad_yaml(tmp_path: Path) -> None:
         load_recipe(write(tmp_path / "list.yaml", "- a\n- b\n"))
 
 
+def test_recipes_are_read_by_the_safe_loader(tmp_path: Path) -> None:
+    # aliases (a "billion laughs" expands a small file), duplicate keys (PyYAML keeps the last one
+    # silently) and Python tags are refused with the line they are on
+    laughs = "name: x\na: &a [1, 1]\nb: &b [*a, *a]\nstages: [*b, *b]\n"
+    with pytest.raises(UserError, match=r"laughs.yaml: line 2: .*alias|laughs.yaml: line 2: .*anchor"):
+        load_recipe(write(tmp_path / "laughs.yaml", laughs))
+    twice = "name: x\ndatasets: [a]\nname: y\nstages: []\n"
+    with pytest.raises(UserError, match=r"twice.yaml: line 3: .*duplicate"):
+        load_recipe(write(tmp_path / "twice.yaml", twice))
+    with pytest.raises(UserError, match=r"tag.yaml: line 1"):
+        load_recipe(write(tmp_path / "tag.yaml", "name: !!python/object:os.system x\n"))
+    with pytest.raises(UserError, match="over the limit"):
+        load_recipe(write(tmp_path / "big.yaml", "name: x\n# " + "a" * (1 << 20) + "\n"))
+
+
 def test_cli_refuses_a_bad_recipe_and_writes_nothing(tmp_path: Path) -> None:
     lake, _ = make_lake(tmp_path / "lake")
     before = tree_digest(lake.root)
