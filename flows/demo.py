@@ -140,8 +140,8 @@ def unlearn(lake_root: str, model_dir: str, scores_run: str, quick: bool) -> str
     """DMM: remove the hardest code examples' effect from the reference model."""
     from flows.stages import run_stage
 
-    out = state_dir() / "demo" / ("unlearned-quick" if quick else "unlearned")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    # beside the export, not in the state folder: the output policy keeps every --out out of .assay
+    out = Path("exports") / ("unlearned-demo-quick" if quick else "unlearned-demo")
     params = {"model": model_dir, "out": str(out), "scores": scores_run, **UNLEARN_PARAMS}
     return run_stage(lake_root, "unlearn", params, [DEMO_TRAIN], quiet=True)
 
