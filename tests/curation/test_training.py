@@ -363,5 +363,5 @@ def test_trl_trains_on_the_chat_export_through_the_chat_template(setup) -> None:
     result = trainer.train()
     assert result.global_step == 2 and math.isfinite(result.training_loss)
     first = tokenizer.apply_chat_template(train["messages"][0], tokenize=True)
-    first = first["input_ids"] if isinstance(first, dict) else first
+    first = first if isinstance(first, list) else first["input_ids"]  # a BatchEncoding in transformers 5
     assert recorder.batches[0][0] == list(first)  # the first row of the file, rendered by the template

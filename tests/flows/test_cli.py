@@ -47,7 +47,7 @@ def test_runs_and_tables(project: Path) -> None:
     runs = run_cli("runs", "--json", cwd=project)
     records = [json.loads(line) for line in runs.stdout.splitlines()]
     assert [(r["kind"], r["status"]) for r in records] == [("ingest", "complete")]
-    assert json.loads(records[0]["params"])["dataset"] == "toy"
+    assert records[0]["params"]["dataset"] == "toy"  # JSON columns come out as JSON, not as strings
     tables = run_cli("tables", cwd=project)
     assert tables.returncode == 0 and "examples" in tables.stdout and "token_scores" in tables.stdout
 
