@@ -244,3 +244,50 @@ def test_an_export_out_path_with_a_newline_is_refused_in_one_line(project: tuple
     result = run_cli("--lake", "lake", "export", run_id, "--out", "exports/bad\nname", cwd=root)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stdout
     assert tree_digest(root) == before
+
+
+# ---- #17 verifiers --------------------------------------------------------------------------------------
+
+# (response, gold): each response does not commit to the gold value, yet the rule verifier passes it, and
+# `assay dart --verify verify` keeps it (5 of 5 kept in a replay run).
+NOT_A_COMMITMENT = {
+    "an inequality: 'or more'": ("The answer is 5 or more.", "5"),
+    "an inequality: 'or less'": ("The answer is 2 or less.", "2"),
+    "an inequality in a closing claim": ("Therefore, there are 5 or fewer subsets.", "5"),
+    "a hedge: 'or so'": ("The answer is 5 or so.", "5"),
+    "a box retracted after it": (r"So we get \boxed{5}. No, that's incorrect: it should be 7.", "5"),
+    "a box replaced after it": (r"\boxed{2}... Instead, the right count is 4.", "2"),
+    "a box inside a question": (r"Could the answer be \boxed{5}?", "5"),
+    "an answer line that asks": ("The answer is 5?", "5"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NOT_A_COMMITMENT))
+def test_the_math_verifier_does_not_pass_a_response_that_does_not_commit_to_the_gold(case: str) -> None:
+    from curation.verify.math import check_answer
+
+    response, gold = NOT_A_COMMITMENT[case]
+    verdict = check_answer(response, gold, in_process=True)
+    assert verdict.verdict != "pass", verdict
+
+
+def test_a_candidate_that_raises_stop_iteration_does_not_pass_tests_that_map_over_it() -> None:
+    """The candidate's exception is rebuilt in the checker by its builtin name; StopIteration is a builtin
+    Exception, and raised inside map()/filter() it ends the iteration, so `all(map(...))` is True."""
+    from curation.verify.code import check_response
+    from curation.verify.sandbox import Limits
+
+    limits = Limits(wall_s=120.0, cpu_s=2.0, memory_mb=512, max_procs=8, max_output_bytes=20_000)
+    prompt = 'def double(n):\n    """Return 2 * n."""\n'
+    tests = {
+        "all(map)": "def check(candidate):\n    assert all(map(lambda n: candidate(n) == 2 * n, [1, 2, 3]))\n",
+        "filter": "def check(candidate):\n"
+        "    assert list(filter(lambda n: candidate(n) != 2 * n, [1, 2, 3])) == []\n",
+    }
+    honest = "```python\ndef double(n):\n    return 2 * n\n```"
+    forged = "```python\ndef double(n):\n    raise StopIteration\n```"
+    for name, test in tests.items():
+        problem = {"prompt": prompt, "test": test, "entry_point": "double"}
+        assert check_response(problem, honest, limits).verdict == "pass", name
+        verdict = check_response(problem, forged, limits)
+        assert verdict.verdict != "pass", (name, verdict)
