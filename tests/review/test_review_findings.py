@@ -179,7 +179,6 @@ def user_paths(root: Path) -> dict[str, str]:
         os.mkfifo(root / "pipe")
     return {
         "the lake's catalog": "lake/catalog.duckdb",
-        "inside the state folder": ".assay/x.html",
         "a symlink": "link.jsonl",
         "a FIFO": "pipe",
         "the user's file, no --force": "notes.txt",
@@ -188,7 +187,6 @@ def user_paths(root: Path) -> dict[str, str]:
 
 CASES = [
     "the lake's catalog",
-    "inside the state folder",
     "a symlink",
     "a FIFO",
     "the user's file, no --force",
