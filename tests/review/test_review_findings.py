@@ -289,3 +289,58 @@ def test_a_candidate_that_raises_stop_iteration_does_not_pass_tests_that_map_ove
         assert check_response(problem, honest, limits).verdict == "pass", name
         verdict = check_response(problem, forged, limits)
         assert verdict.verdict != "pass", (name, verdict)
+
+
+def test_trl_on_the_chat_export_trains_only_the_response_that_was_curated(tmp_path: Path) -> None:
+    """The chat export is TRL's conversational language-modeling format, so WeightedSFTTrainer (TRL
+    defaults) puts the loss, and the example's loss_weight, on every token of the conversation: the system
+    prompt, the user turns and earlier assistant turns. Attribution scored the final response only, and
+    WeightedTrainer on the same export (encode_export) masks the prompt: the two trainers train different
+    tokens on the same file."""
+    import datasets
+    import torch
+    import trl
+
+    from attribution.reference_model import build_model, build_tokenizer
+    from curation.training import WeightedSFTTrainer
+
+    rows = [
+        {
+            "id": f"h{i}",
+            "domain": "chat" if i % 2 else "math",
+            "messages": [
+                {"role": "system", "content": "You are a terse tutor."},
+                {"role": "user", "content": f"What is {i} + {i}?"},
+                {"role": "assistant", "content": f"{2 * i}."},
+                {"role": "user", "content": "And doubled?"},
+                {"role": "assistant", "content": f"It is {4 * i}."},
+            ],
+        }
+        for i in range(8)
+    ]
+    lake = Lake(tmp_path / "lake")
+    ingest_records(lake, normalize(rows, "conv", ColumnMap(), "c.jsonl"), "conv", ColumnMap(), "c.jsonl")
+    mix = stage("mix")(StageContext(lake, ["conv"], quiet=True), {"batch_size": 4, "steps": 2})
+    export_run(lake, mix, tmp_path / "out", fmt="hf", style="chat", materialise=True)
+    train = datasets.load_from_disk(str(tmp_path / "out"))["train"]
+    texts = [m["content"] for r in rows for m in r["messages"]]
+    tokenizer = build_tokenizer(texts, vocab_size=300)
+    torch.manual_seed(0)
+    model = build_model(
+        tokenizer,
+        seed=0,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
+    config = trl.SFTConfig(
+        output_dir=str(tmp_path / "run"), report_to=[], save_strategy="no", use_cpu=True, max_steps=1
+    )
+    trainer = WeightedSFTTrainer(model=model, args=config, train_dataset=train, processing_class=tokenizer)
+    row = trainer.train_dataset[0]
+    scored = tokenizer.decode(
+        [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100]
+    )
+    assert "terse tutor" not in scored and "doubled" not in scored, scored
