@@ -369,6 +369,7 @@ def dataset_card(facts: CardFacts) -> str:
 def data_file_names(fmt: str, splits: Iterable[str]) -> dict[str, list[str]]:
     """Where each split's rows go inside the export folder (hf: save_to_disk's arrow files)."""
     if fmt == "hf":
-        return {s: [f"{s}/*.arrow"] for s in splits}
+        # save_to_disk's shards only: `datasets` writes cache-*.arrow beside them on every .map()
+        return {s: [f"{s}/data-*.arrow"] for s in splits}
     suffix = {"jsonl": "jsonl", "parquet": "parquet"}[fmt]
     return {s: [f"data/{s}.{suffix}"] for s in splits}

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from flows.export import export_step
+from flows.commands import checked_out
+from flows.export import export_step, is_assay_export
 from flows.recipes import check_datasets, resolve_recipe
 from flows.runtime import flow
 from flows.stages import run_stage
@@ -36,13 +37,22 @@ def curate_flow(
     lake = Lake(lake_root)
     spec = resolve_recipe(recipe, datasets, overrides)
     versions = check_datasets(lake, spec)
+    export = spec.export
+    if export is not None or export_out:
+        # the output policy before any stage runs: a refused --out must not cost the stages' work
+        out = export_out or export.out
+        checked_out(
+            out,
+            kind="folder",
+            force=bool(export and export.force) or is_assay_export(out),
+            lake_root=lake.root,
+        )
     runs: dict[str, str] = {}
     for stage in spec.stages:
         runs[stage.name] = run_stage(
             str(lake.root), stage.stage, stage.params, spec.datasets, dict(runs), device, dask, workers, quiet
         )
     exported = None
-    export = spec.export
     if export is not None or export_out:
         chosen = runs[export.run] if export is not None and export.run else list(runs.values())[-1]
         out = export_out or export.out

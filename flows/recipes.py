@@ -43,7 +43,6 @@ TOP_FIELDS = {"name", "description", "datasets", "stages", "export"}
 STAGE_FIELDS = {"stage", "name", "params"}
 EXPORT_FIELDS = {"out", "format", "materialise", "style", "run", "force"}
 EXPORT_FORMATS = ("jsonl", "parquet", "hf")
-EXPORT_STYLES = ("chat", "prompt_response")
 DATASETS = Items(NAME, 1, 1000, unique=True)
 DESCRIPTION = Text("text", max_length=10_000)
 
@@ -87,6 +86,13 @@ class Recipe:
         if self.export is not None:
             out["export"] = dict(vars(self.export))
         return out
+
+
+def export_styles() -> tuple[str, ...]:
+    """The record styles `assay export --style` takes, with their aliases (curation/export.py)."""
+    from curation.export import STYLE_ALIASES, STYLES
+
+    return (*STYLES, *STYLE_ALIASES)
 
 
 def read_recipe(path: str | Path) -> dict[str, Any]:
@@ -244,7 +250,7 @@ def _parse_export(raw: Any, stage_names: list[str], fail: _Problems) -> ExportSp
         out=fail.check("export.out", Text("a folder", max_length=4096), raw["out"]),
         format=fail.check("export.format", Choice(EXPORT_FORMATS), raw.get("format", "jsonl")),
         materialise=fail.check("export.materialise", Flag(), raw.get("materialise", False)),
-        style=fail.check("export.style", Choice(EXPORT_STYLES), raw.get("style", "chat")),
+        style=fail.check("export.style", Choice(export_styles()), raw.get("style", "chat")),
         run=raw.get("run"),
         force=fail.check("export.force", Flag(), raw.get("force", False)),
     )

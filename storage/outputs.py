@@ -80,6 +80,8 @@ def _target(path: Path | str) -> Path:
     text = os.path.expanduser(str(path))
     if not text:
         raise UserError("--out: the path is empty")
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):  # a pasted newline would name a different folder
+        raise UserError(f"--out {shorten(text)}: control characters (a newline, a tab) in a path are refused")
     absolute = os.path.join(os.getcwd(), text)
     head, name = os.path.split(absolute.rstrip(os.sep) or os.sep)
     if name in ("", ".", ".."):

@@ -497,9 +497,8 @@ def build_generator(kind: str, **options: Any) -> Generator:
 
 def dump_responses(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     """Write replay records (query_id, response, correct, ...) as JSONL, atomically."""
+    from storage.outputs import write_file_atomically
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.writelines(json.dumps(dict(row)) + "\n" for row in rows)
-    tmp.replace(path)
+    write_file_atomically(path, "".join(json.dumps(dict(row)) + "\n" for row in rows).encode("utf-8"))
     return path

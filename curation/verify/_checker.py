@@ -97,10 +97,16 @@ class Channel:
         return message
 
 
+# Exceptions that steer the tests' own control flow: a StopIteration raised inside map() or a generator
+# ends the iteration, so `all(map(candidate, cases))` would come out True. They come back as CandidateError.
+CONTROL_FLOW = (StopIteration, StopAsyncIteration)
+
+
 def raised(kind: str, message: str) -> Exception:
-    """The candidate's exception, rebuilt here: the builtin class of that name, else CandidateError."""
+    """The candidate's exception, rebuilt here: the builtin class of that name, else CandidateError
+    (always for CONTROL_FLOW exceptions)."""
     cls = getattr(builtins, kind, None)
-    if isinstance(cls, type) and issubclass(cls, Exception):
+    if isinstance(cls, type) and issubclass(cls, Exception) and not issubclass(cls, CONTROL_FLOW):
         try:
             return cls(message)
         except Exception:  # noqa: BLE001, S110 - classes whose constructor wants other arguments

@@ -37,3 +37,22 @@ DeviceOption = Annotated[
         callback=check_device,
     ),
 ]
+
+
+def checked_out(out: Path | str, *, kind: str, force: bool, lake_root: Path | None = None) -> Path:
+    """A user's `--out` checked by the output policy (storage/outputs.py) before any work: never the lake
+    (this command's), the state folder, a home or a folder holding them; `force` replaces only what
+    assay wrote. Returns the real path to write."""
+    from flows.runtime import state_dir
+    from storage import Lake
+    from storage.outputs import default_protected, prepare_output
+
+    return prepare_output(
+        out, kind=kind, force=force, protected=[Lake(lake_root).root, state_dir(), *default_protected()]
+    )
+
+
+# The --force option of every command that writes a user-named path.
+ForceOption = Annotated[
+    bool, typer.Option("--force", help="replace an existing --out that assay wrote", show_default=False)
+]

@@ -50,12 +50,9 @@ def register(app: typer.Typer) -> None:
         from flows.cli import State, echo, get_lake, print_frame
         from flows.recipes import check_datasets, load_recipe
         from flows.runtime import run_job
-        from storage import UserError
         from storage.dask_io import dask_address
 
         dask_address(dask)  # a malformed address is the user's error, before anything runs
-        if out is not None and not out.expanduser().absolute().parent.is_dir():
-            raise UserError(f"--out {out}: the folder {out.expanduser().absolute().parent} does not exist")
         the_lake = get_lake(lake)
         spec = load_recipe(recipe, list(dataset) if dataset else None, list(set_ or []))
         check_datasets(the_lake, spec)

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from flows.commands import LakeOption
+from flows.commands import ForceOption, LakeOption, checked_out
 from storage import Lake, UserError
 
 
@@ -31,6 +31,7 @@ def register(app: typer.Typer) -> None:
         per_query: Annotated[int, typer.Option(help="candidates per query")] = 16,
         seed: Annotated[int, typer.Option(help="seed of the correct / wrong draws")] = 0,
         lake: LakeOption = None,
+        force: ForceOption = False,
     ) -> None:
         """Write constructed candidates of known correctness (labelled so) for `assay dart --generator replay`."""
         from curation.dart.generators import dump_responses
@@ -38,8 +39,7 @@ def register(app: typer.Typer) -> None:
 
         if per_query < 1:
             raise UserError(f"--per-query {per_query}: must be at least 1")
-        if not out.parent.is_dir():
-            raise UserError(f"--out {out}: the folder {out.parent} does not exist")
+        out = checked_out(out, kind="file", force=force, lake_root=_lake(lake).root)
         examples = _lake(lake).examples(dataset)
         rows = demo_replay_records(examples, per_query=per_query, seed=seed)
         if not rows:

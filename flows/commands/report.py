@@ -1,8 +1,9 @@
 """`assay report RUN_ID [--out FILE.html]`: one self-contained HTML page about one run of the lake.
 
 The page needs no network and no scripts (charts are inline PNG images); the default file is
-`$ASSAY_HOME/reports/<run_id>.html` (`./.assay/reports/` unless ASSAY_HOME moves it). An unknown
-run id, or an --out whose directory does not exist, exits with status 2 and writes nothing.
+`$ASSAY_HOME/reports/<run_id>.html` (`./.assay/reports/` unless ASSAY_HOME moves it). `--out` follows
+the output policy (storage/outputs.py: missing folders are created; an existing file is replaced only
+with --force). An unknown run id, or an --out the policy refuses, exits with status 2 and writes nothing.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from flows.commands import ForceOption, checked_out
 from storage import Lake, UserError
 
 
@@ -39,18 +41,14 @@ def register(app: typer.Typer) -> None:
                 "--lake", help="Lake directory (default: $ASSAY_LAKE or ./lake).", show_default=False
             ),
         ] = None,
+        force: ForceOption = False,
     ) -> None:
         """Write an HTML report of one run: charts, tables and examples, readable offline in any browser."""
         from flows.reports import write_report
 
         target = _lake(lake)
         if out is not None:
-            if out.is_dir():
-                raise UserError(
-                    f"--out {out}: is a directory; give a file name such as {out / (run_id + '.html')}"
-                )
-            if not out.parent.exists():
-                raise UserError(f"--out {out}: directory {out.parent} does not exist")
+            out = checked_out(out, kind="file", force=force, lake_root=target.root)
         if not target.exists:
             raise UserError(f"no lake at {target.root} (use --lake DIR or ASSAY_LAKE)")
         path = write_report(target, run_id, out)

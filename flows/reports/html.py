@@ -11,8 +11,6 @@ import html
 import io
 import json
 import math
-import os
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,13 +237,7 @@ def page(title: str, subtitle: str, body: str) -> str:
 
 def write_atomic(path: Path, text: str) -> Path:
     """Write text beside its destination and rename it into place: readers never see half a page."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    from storage.outputs import write_file_atomically
+
+    write_file_atomically(path, text.encode("utf-8"))
+    return Path(path)
