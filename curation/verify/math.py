@@ -90,13 +90,23 @@ _CHECK = re.compile(
 )
 _RECONSIDER = re.compile(
     r"\b(?:wait|actually|hmm+|let me (?:re|double|recount|redo)|re-?examine|i made (?:a|an) "
-    r"(?:mistake|error)|that'?s (?:not right|wrong)|redo(?:ing)?|on second thought|let'?s double)\b",
+    r"(?:mistake|error)|that'?s (?:not right|wrong)|redo(?:ing)?|on second thought|let'?s double|"
+    r"incorrect|(?:is|was) wrong|not correct|instead|correction|should (?:be|have been)|"
+    r"the (?:right|correct|actual|true) (?:answer|count|value|result|number|total))\b",
     re.IGNORECASE,
 )
 # A closing claim that hedges ("it could be 3 or 7", "x = 7?", "... I am not sure") commits to nothing.
 _HEDGE = re.compile(
     r"\b(?:could be|might be|may be|maybe|perhaps|possibly|probably|not (?:sure|certain)|unsure|uncertain|"
     r"i guess|i think|i believe|not confident|either)\b|\?\s*$",
+    re.IGNORECASE,
+)
+# Words around a value that make it a bound or an estimate, not the value: "5 or more", "at most 2",
+# "about 5". Checked outside boxes (a boxed "x \\geq 5" is the comparator's to judge against the gold).
+_NOT_EXACT = re.compile(
+    r"\b(?:or|and)\s+(?:more|less|fewer|greater|higher|lower|above|below|so|thereabouts)\b|"
+    r"\bat\s+(?:least|most)\b|\b(?:more|less|fewer|greater|smaller|larger|higher|lower)\s+than\b|"
+    r"\bup\s+to\b|\b(?:approximately|roughly|nearly|almost)\b|\b(?:about|around)\s+[-$\\\d]",
     re.IGNORECASE,
 )
 _MATH_SEGMENT = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
@@ -220,7 +230,7 @@ def _closing_claim(text: str) -> tuple[int, int, str | None, bool] | None:
             skipped += 1
         else:
             value = _claim(unit)
-            hedged = hedged or bool(_HEDGE.search(unit))
+            hedged = hedged or bool(_HEDGE.search(unit)) or _bound_or_estimate(unit)
             if value is not _NOTHING:
                 led = bool(_CONCLUSION.match(re.sub(r"^[\s*#>-]+", "", unit)))
                 return start, end, None if hedged else value, led
@@ -228,6 +238,23 @@ def _closing_claim(text: str) -> tuple[int, int, str | None, bool] | None:
         if skipped > 4:
             return None
     return None
+
+
+def _uncommitted(text: str, start: int, end: int, how: str) -> bool:
+    """Does the sentence holding the answer ask it ("Could it be \\boxed{5}?"), hedge it ("I think") or
+    make it a bound ("5 or more")? Box contents are left out of the check."""
+    pieces = [unit for s, e, unit in _units(text) if s < end and e > start]
+    sentence = " ".join(pieces)
+    if how == "boxed":
+        for box_start, box_end, _ in reversed(_boxes(sentence)):
+            sentence = sentence[:box_start] + " " + sentence[box_end:]
+    return bool(_HEDGE.search(sentence)) or _bound_or_estimate(sentence)
+
+
+def _bound_or_estimate(text: str) -> bool:
+    """'5 or more', 'at most 2', 'about 5': a bound or an estimate, unless it is an aside beside an exact
+    value ('9\\pi (about 28.27)', '1/6, or about 16.7%')."""
+    return bool(_NOT_EXACT.search(_ASIDE.sub("", text.strip().rstrip(".!").strip())))
 
 
 def final_answer(response: str) -> FinalAnswer:
@@ -244,7 +271,9 @@ def final_answer(response: str) -> FinalAnswer:
     if anchored and claim and claim[3] and claim[0] >= anchored[1] and claim[2]:
         anchored = None  # a conclusion after the last box / answer line overrides it
     if anchored:
-        _, end, answer, how = anchored
+        start, end, answer, how = anchored
+        if _uncommitted(text, start, end, how):
+            return FinalAnswer(None, how, "the answer is asked, hedged or a bound, not a value")
     elif claim:
         _, end, answer, how = claim[0], claim[1], claim[2], "claim"
         if answer is None:
