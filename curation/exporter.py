@@ -81,8 +81,28 @@ class _RunData:
     draws: pd.DataFrame
 
 
+def order_run(lake: Lake, run_id: str, weights: pd.DataFrame) -> str:
+    """The run whose draws (training order) and schedule the export of `run_id` follows: itself when it
+    drew, else, through the runs whose weights it built on, the mix it took its copies from unchanged (a
+    loss-weight stage after a Cooldown mix keeps the mix's order). A run that changed any copies has no
+    order but its own."""
+    copies = weights.set_index(curated.KEY)["copies"].sort_index()
+    current = run_id
+    for _ in range(100):  # a chain of stages; runs never form a cycle (inputs are earlier runs)
+        if len(lake.query("SELECT 1 FROM mixture_draws WHERE run_id = ? LIMIT 1", [current])):
+            return current
+        inputs = json.loads(lake.require_run(current).get("inputs") or "{}")
+        prior = inputs.get("weights") if isinstance(inputs, dict) else None
+        if not isinstance(prior, str):
+            break
+        before = curated.read_weights(lake, prior).set_index(curated.KEY)["copies"].sort_index()
+        if not before.index.equals(copies.index) or not before.equals(copies):
+            break
+        current = prior
+    return run_id
+
+
 def _read_run(lake: Lake, run_id: str) -> _RunData:
-    record = lake.require_run(run_id)
     weights = curated.read_weights(lake, run_id)
     if weights.empty:
         raise UserError(f"run {run_id!r} wrote no weights; export takes a curation run (e.g. stage mix)")
@@ -94,14 +114,16 @@ def _read_run(lake: Lake, run_id: str) -> _RunData:
     examples = load_examples(lake, versions)
     named = examples[curated.KEY].merge(weights, on=curated.KEY, how="left")
     examples = examples[named["copies"].notna().to_numpy()].reset_index(drop=True)
+    ordered_by = order_run(lake, run_id, weights)
     weights = examples[curated.KEY].merge(weights, on=curated.KEY, how="left")
+    record = lake.require_run(ordered_by)
     params = json.loads(record.get("params") or "{}")
     inputs = json.loads(record.get("inputs") or "{}")
     if record["method"] == "mix" and isinstance(params, dict) and "by" in params:
         groups = example_groups(lake, examples, params["by"], inputs.get("labels"))
     else:
         groups = example_groups(lake, examples, "domain", None)
-    schedule = lake.table("mixture_schedule", "run_id = ?", [run_id])
+    schedule = lake.table("mixture_schedule", "run_id = ?", [ordered_by])
     schedule = (
         schedule.drop(columns=["run_id"])
         .rename(columns={"group_name": "group"})
@@ -110,7 +132,7 @@ def _read_run(lake: Lake, run_id: str) -> _RunData:
     )
     draws = lake.query(
         "SELECT step, slot, dataset, example_id FROM mixture_draws WHERE run_id = ? ORDER BY step, slot",
-        [run_id],
+        [ordered_by],
     )
     return _RunData(examples, weights, groups, versions, schedule, draws)
 

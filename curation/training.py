@@ -71,7 +71,9 @@ class ScheduleSampler(Sampler[int]):
 
     `groups`: the group of each dataset row (the export's `group` column); `schedule`: steps x groups
     probabilities (`read_schedule`). Within a group rows are drawn without replacement (reshuffled when the
-    group is used up) unless `replace`. Deterministic for a seed; `draws` holds the sequence (step, slot,
+    group is used up) unless `replace`. `copies` (the export's column): row i stands `copies[i]` times in its
+    group's pool, so within a group rows are drawn in proportion to their copies, as the mix drew them (a
+    row with 0 copies is never drawn). Deterministic for a seed; `draws` holds the sequence (step, slot,
     index, group)."""
 
     def __init__(
@@ -81,8 +83,17 @@ class ScheduleSampler(Sampler[int]):
         batch_size: int,
         seed: int = 0,
         replace: bool = False,
+        copies: Sequence[int] | pd.Series | np.ndarray | None = None,
     ):
         labels = np.asarray(groups, dtype=object).astype(str)
+        n_rows = len(labels)
+        pool = np.arange(n_rows)
+        if copies is not None:
+            copies = np.asarray(copies, dtype=np.int64)
+            if copies.shape != (n_rows,) or (copies < 0).any():
+                raise ValueError("copies must give a non-negative count for every row")
+            pool = np.repeat(pool, copies)  # the multiset the mix drew from, by row
+            labels = labels[pool]
         unknown = sorted(set(labels) - set(map(str, schedule.columns)))
         if unknown:
             raise ValueError(
@@ -91,17 +102,19 @@ class ScheduleSampler(Sampler[int]):
         present = [g for g in schedule.columns if g in set(labels)]
         if schedule[[c for c in schedule.columns if c not in present]].to_numpy().any():
             raise ValueError("the schedule gives probability to a group that has no rows")
-        self.n_rows = len(labels)
+        self.n_rows = n_rows
         self.batch_size = int(batch_size)
         self.draws = mixing.sample_steps(
             labels, schedule[present], self.batch_size, seed=seed, replace=replace
         )
+        self.draws["index"] = pool[self.draws["index"].to_numpy()]
 
     @classmethod
     def from_export(
         cls, folder: str | Path, batch_size: int, seed: int = 0, replace: bool = False, split: str = "train"
     ) -> ScheduleSampler:
-        """The sampler for an unmaterialised export folder: its rows' groups and its mixture_schedule.csv."""
+        """The sampler for an unmaterialised export folder: its rows' groups and copies and its
+        mixture_schedule.csv."""
         folder = Path(folder)
         frame = _export_frame(folder, split)
         if "step" in frame.columns:
@@ -114,6 +127,7 @@ class ScheduleSampler(Sampler[int]):
             batch_size,
             seed,
             replace,
+            frame["copies"] if "copies" in frame.columns else None,
         )
 
     @property

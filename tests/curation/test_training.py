@@ -282,7 +282,13 @@ def test_the_schedule_sampler_draws_an_unmaterialised_export_by_the_schedule(set
     assert "step" not in train.column_names and len(train) == sum(SIZES.values())
     sampler = ScheduleSampler.from_export(folder, batch_size=BATCH, seed=11)
     schedule = read_schedule(folder / "mixture_schedule.csv")
-    expected = mixing.sample_steps(train["group"], schedule[["code", "math"]], BATCH, seed=11)
+    # rows stand in their group's pool as often as their copies say (the mix's draws)
+    pool = np.repeat(np.arange(len(train)), train["copies"])
+    expected = mixing.sample_steps(
+        np.asarray(train["group"])[pool], schedule[["code", "math"]], BATCH, seed=11
+    )
+    expected["index"] = pool[expected["index"].to_numpy()]
+    assert not set(expected["index"]) & {i for i, c in enumerate(train["copies"]) if c == 0}
     assert list(sampler) == expected["index"].tolist() and sampler.steps == len(schedule)
 
     recorder = Recorder()
