@@ -1,8 +1,12 @@
 """Fine-tuning records and the dataset card for an exported curated set. Pure: frames in, frames / text out.
 
-A record holds the example's text in one of three styles, plus `example_id`, `dataset`, `group` and the two
+A record holds the example's text in one of four styles, plus `example_id`, `dataset`, `group` and the two
 channels of the curated set (curation/curated.py), never multiplied into one:
-- `chat`: `messages` (a list of {role, content}; TRL's conversational language-modeling format);
+- `chat`: `messages` (a list of {role, content}; TRL's conversational language-modeling format: a plain
+  TRL run trains on every turn, the system prompt and user turns included);
+- `chat_completion`: `prompt` (the turns before the final response) and `completion` (that response), both
+  lists of {role, content}: TRL's conversational prompt-completion format, which applies the chat template
+  and puts the loss on the final response only, the tokens attribution scored;
 - `prompt_completion`: `prompt`, `completion` (TRL's prompt-completion format; a conversation is flattened
   to its contents, one per line, the prompt ending with a newline, as `attribution.lm_data` renders a
   record for a model without a chat template);
@@ -25,9 +29,14 @@ import pandas as pd
 
 from curation import mixing
 
-STYLES = ("chat", "prompt_completion", "text")
+STYLES = ("chat", "chat_completion", "prompt_completion", "text")
 STYLE_ALIASES = {"prompt_response": "prompt_completion"}  # the name before TRL's format was followed
-TEXT_COLUMNS = {"chat": ["messages"], "prompt_completion": ["prompt", "completion"], "text": ["text"]}
+TEXT_COLUMNS = {
+    "chat": ["messages"],
+    "chat_completion": ["prompt", "completion"],
+    "prompt_completion": ["prompt", "completion"],
+    "text": ["text"],
+}
 KEY = ["dataset", "example_id"]
 # The Hub's size categories: (upper bound, name).
 SIZE_CATEGORIES = [
@@ -75,6 +84,15 @@ def chat_messages(row: Mapping[str, Any]) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
 
 
+def split_conversation(
+    messages: list[dict[str, str]], example_id: Any = None
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """(the turns before the final response, [the final response]): TRL's conversational prompt-completion."""
+    if not messages or messages[-1]["role"] != "assistant":
+        raise ValueError(f"example {example_id!r}: the conversation must end with the assistant's response")
+    return messages[:-1], messages[-1:]
+
+
 def prompt_and_completion(row: Mapping[str, Any]) -> tuple[str, str]:
     """(prompt, completion) of an example: the conversation before its last assistant message, contents
     one per line and ending with a newline, and that message (attribution.lm_data's plain rendering, so
@@ -94,6 +112,14 @@ def text_columns(examples: pd.DataFrame, style: str) -> pd.DataFrame:
     rows = examples.to_dict("records")
     if style == "chat":
         return pd.DataFrame({"messages": pd.Series([chat_messages(r) for r in rows], dtype=object)})
+    if style == "chat_completion":
+        turns = [split_conversation(chat_messages(r), r.get("example_id")) for r in rows]
+        return pd.DataFrame(
+            {
+                "prompt": pd.Series([p for p, _ in turns], dtype=object),
+                "completion": pd.Series([c for _, c in turns], dtype=object),
+            }
+        )
     pairs = [prompt_and_completion(r) for r in rows]
     if style == "text":
         return pd.DataFrame({"text": [p + c for p, c in pairs]})
@@ -231,7 +257,10 @@ def _load_line(facts: CardFacts) -> str:
 
 def _records_line(facts: CardFacts) -> str:
     text = {
-        "chat": "`messages` (a list of {role, content}: TRL's conversational format)",
+        "chat": "`messages` (a list of {role, content}: TRL's conversational format; a plain TRL run trains "
+        "on every turn, `curation.training.WeightedSFTTrainer` on the final response only)",
+        "chat_completion": "`prompt`, `completion` (lists of {role, content}: TRL's conversational "
+        "prompt-completion format: the chat template applies and the loss is on the final response)",
         "prompt_completion": "`prompt`, `completion` (TRL's prompt-completion format: the loss is on the completion)",
         "text": "`text` (TRL's language-modeling format)",
     }[facts.style]

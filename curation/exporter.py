@@ -103,6 +103,7 @@ def order_run(lake: Lake, run_id: str, weights: pd.DataFrame) -> str:
 
 
 def _read_run(lake: Lake, run_id: str) -> _RunData:
+    lake.require_run(run_id)  # an unknown run id is the user's error, named as such
     weights = curated.read_weights(lake, run_id)
     if weights.empty:
         raise UserError(f"run {run_id!r} wrote no weights; export takes a curation run (e.g. stage mix)")

@@ -37,6 +37,7 @@ import transformers
 from torch.utils.data import Sampler, SequentialSampler
 
 from curation import mixing
+from curation.export import split_conversation
 
 LOSS_WEIGHT = "loss_weight"
 IGNORE_INDEX = -100
@@ -264,6 +265,23 @@ class _WeightedLogProbs:
         return getattr(self._model, name)
 
 
+def _split_conversation(row: dict[str, Any]) -> dict[str, Any]:
+    prompt, completion = split_conversation(list(row["messages"]), row.get("example_id"))
+    return {"prompt": prompt, "completion": completion}
+
+
+def conversation_as_prompt_completion(dataset: Any) -> Any:
+    """A chat export's `messages` rows as TRL's conversational prompt-completion rows (prompt: the turns
+    before the last, completion: the last assistant message): TRL then applies the chat template and
+    puts the loss on the final response only, the tokens attribution scored and the curation weighed.
+    On `messages` rows TRL would train on every turn (system prompt, user turns, earlier answers).
+    Datasets without `messages`, or with prompt / completion already, are returned as they are."""
+    columns = getattr(dataset, "column_names", None) or []
+    if "messages" not in columns or "prompt" in columns or "completion" in columns:
+        return dataset
+    return dataset.map(_split_conversation, remove_columns=["messages"])
+
+
 def _weighted_sft_trainer() -> type:
     """WeightedSFTTrainer, built on first use: TRL is optional (`pip install 'assay[train]'`)."""
     try:
@@ -275,10 +293,20 @@ def _weighted_sft_trainer() -> type:
         """TRL's SFTTrainer reading rows in order (or with `train_sampler`) and multiplying each example's
         loss by its `loss_weight`: TRL's negative log-likelihood, each scored token's term times its
         example's weight, over the scored tokens of the batch. Any TRL dataset format works (messages,
-        prompt / completion, text); packing, padding-free batches, DFT loss, label smoothing and a dataset
+        prompt / completion, text); a chat export's `messages` rows are trained as conversational
+        prompt-completion (`conversation_as_prompt_completion`: the loss on the final response only) unless
+        `completion_only=False`; packing, padding-free batches, DFT loss, label smoothing and a dataset
         shuffle are refused (they would mix examples' weights or the order)."""
 
-        def __init__(self, *args: Any, train_sampler: Sampler | None = None, **kwargs: Any):
+        def __init__(
+            self,
+            *args: Any,
+            train_sampler: Sampler | None = None,
+            completion_only: bool = True,
+            **kwargs: Any,
+        ):
+            if completion_only and kwargs.get("train_dataset") is not None:
+                kwargs["train_dataset"] = conversation_as_prompt_completion(kwargs["train_dataset"])
             config = kwargs.get("args")
             if config is not None:
                 refused = {

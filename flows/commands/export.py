@@ -1,4 +1,4 @@
-"""`assay export RUN --out PATH [--format jsonl|parquet|hf] [--style chat|prompt_completion|text]
+"""`assay export RUN --out PATH [--format jsonl|parquet|hf] [--style chat|chat_completion|prompt_completion|text]
 [--materialise]`: a curation run as a fine-tuning dataset (curation/exporter.py writes it)."""
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ def register(app: typer.Typer) -> None:
             str,
             typer.Option(
                 "--style",
-                help="chat (messages) | prompt_completion (prompt, completion: TRL) | text (text)",
+                help="chat (messages: TRL trains every turn) | chat_completion (prompt / completion turns: "
+                "TRL applies the template, loss on the final response) | prompt_completion (plain text) | text",
             ),
         ] = "chat",
         materialise: Annotated[

@@ -77,5 +77,10 @@ def test_the_readme_quick_start_runs(tmp_path: Path) -> None:
     top = [line for line in outputs["assay sql"][0].splitlines() if "math-" in line]
     assert len(top) == 5  # the five most helpful training examples
     exported = (tmp_path / "exports" / "curated" / "data" / "train.jsonl").read_text().splitlines()
-    assert exported and all(json.loads(line)["messages"][-1]["role"] == "assistant" for line in exported)
+    records = [json.loads(line) for line in exported]
+    # TRL's conversational prompt-completion: the template applies, the loss is on the final response
+    assert records and all(r["completion"] == [r["completion"][0]] for r in records)
+    assert all(
+        r["completion"][0]["role"] == "assistant" and r["prompt"][-1]["role"] == "user" for r in records
+    )
     assert (tmp_path / "my-curated-model" / "config.json").is_file()

@@ -291,7 +291,12 @@ def test_a_candidate_that_raises_stop_iteration_does_not_pass_tests_that_map_ove
         assert verdict.verdict != "pass", (name, verdict)
 
 
-def test_trl_on_the_chat_export_trains_only_the_response_that_was_curated(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("style", "trainer_name"), [("chat", "WeightedSFTTrainer"), ("chat_completion", "SFTTrainer")]
+)
+def test_trl_on_the_chat_export_trains_only_the_response_that_was_curated(
+    tmp_path: Path, style: str, trainer_name: str
+) -> None:
     """The chat export is TRL's conversational language-modeling format, so WeightedSFTTrainer (TRL
     defaults) puts the loss, and the example's loss_weight, on every token of the conversation: the system
     prompt, the user turns and earlier assistant turns. Attribution scored the final response only, and
@@ -321,7 +326,7 @@ def test_trl_on_the_chat_export_trains_only_the_response_that_was_curated(tmp_pa
     lake = Lake(tmp_path / "lake")
     ingest_records(lake, normalize(rows, "conv", ColumnMap(), "c.jsonl"), "conv", ColumnMap(), "c.jsonl")
     mix = stage("mix")(StageContext(lake, ["conv"], quiet=True), {"batch_size": 4, "steps": 2})
-    export_run(lake, mix, tmp_path / "out", fmt="hf", style="chat", materialise=True)
+    export_run(lake, mix, tmp_path / "out", fmt="hf", style=style, materialise=True)
     train = datasets.load_from_disk(str(tmp_path / "out"))["train"]
     texts = [m["content"] for r in rows for m in r["messages"]]
     tokenizer = build_tokenizer(texts, vocab_size=300)
@@ -338,9 +343,12 @@ def test_trl_on_the_chat_export_trains_only_the_response_that_was_curated(tmp_pa
     config = trl.SFTConfig(
         output_dir=str(tmp_path / "run"), report_to=[], save_strategy="no", use_cpu=True, max_steps=1
     )
-    trainer = WeightedSFTTrainer(model=model, args=config, train_dataset=train, processing_class=tokenizer)
+    # the chat style through assay's trainer, the chat_completion style through TRL's own (as `trl sft` runs it)
+    trainer_class = WeightedSFTTrainer if trainer_name == "WeightedSFTTrainer" else trl.SFTTrainer
+    trainer = trainer_class(model=model, args=config, train_dataset=train, processing_class=tokenizer)
     row = trainer.train_dataset[0]
     scored = tokenizer.decode(
         [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100]
     )
     assert "terse tutor" not in scored and "doubled" not in scored, scored
+    assert scored.replace(" ", "").startswith("Itis"), scored  # the final response is what is scored
