@@ -140,8 +140,8 @@ def unlearn(lake_root: str, model_dir: str, scores_run: str, quick: bool) -> str
     """DMM: remove the hardest code examples' effect from the reference model."""
     from flows.stages import run_stage
 
-    out = state_dir() / "demo" / ("unlearned-quick" if quick else "unlearned")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    # beside the export, in the user's folder: the output policy refuses folders inside the state folder
+    out = Path("exports") / ("demo-quick-unlearned" if quick else "demo-unlearned")
     params = {"model": model_dir, "out": str(out), "scores": scores_run, **UNLEARN_PARAMS}
     return run_stage(lake_root, "unlearn", params, [DEMO_TRAIN], quiet=True)
 
