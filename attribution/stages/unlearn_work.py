@@ -59,6 +59,7 @@ class Plan:
     reference: dict | None
     max_length: int
     device: str | None
+    model_ref: str = ""  # storage.fingerprint.model_reference of model_dir
 
 
 def _scores_datamodel_inputs(
@@ -85,6 +86,67 @@ def _scores_datamodel_inputs(
     return record["method"], config, settings, scores, targets
 
 
+def reusable_factors(lake: Lake, record: dict, model_ref: str) -> Path | None:
+    """The scores run's fitted kronfluence factors (kept by the attribute stage in `factors_dir`) when they
+    were fitted for this model (the run's model fingerprint is model_ref's) and are whole (their completion
+    marker exists); else None. They were fitted on the dataset version and with the settings the run
+    records, which `check_scores` and `_scores_datamodel_inputs` hold the scoring here to."""
+    from attribution.ekfac import STRATEGIES
+    from attribution.stages.attribute import factors_dir
+
+    method = str(record.get("method"))
+    fingerprint = str(record.get("model") or "").rsplit("@", 1)[-1]
+    if method not in STRATEGIES or not fingerprint or fingerprint != model_ref.rsplit("@", 1)[-1]:
+        return None
+    folder = factors_dir(lake, str(record["run_id"]))
+    return folder if (folder / f"factors_{method}.done").is_file() else None
+
+
+@contextmanager
+def scoring_work_dir(factors: Path | None) -> Iterator[Path | None]:
+    """A temporary work folder for `attribution.api.attribute` holding a copy of these factors where its
+    kronfluence scorer looks for them (its `kronfluence` folder, attribution/ekfac.py), so it loads them
+    instead of fitting; None (attribute's own folder, a fresh fit) without factors."""
+    if factors is None:
+        yield None
+        return
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="assay-unlearn-") as tmp:
+        shutil.copytree(factors, Path(tmp) / "kronfluence")
+        yield Path(tmp)
+
+
+def _score_points(
+    lake: Lake, plan: Plan, model: Any, tokenizer: Any, records: list[dict], points: list[dict], device: str
+) -> tuple[pd.DataFrame, float]:
+    """Scores of the training set on the fine-tuning points, as the scores run would have computed them
+    (with this model only: a TRAK run's extra checkpoints are not reused), and 1.0 when the run's kept
+    factors were used (0.0: fitted again)."""
+    from attribution.api import attribute
+
+    method, config, run_settings, _, _ = _scores_datamodel_inputs(lake, plan)
+    factors = reusable_factors(lake, plan.scores_record, plan.model_ref)
+    how = "the attribution run's factors" if factors is not None else "factors fitted here"
+    say(f"unlearn: scoring the {len(points)} fine-tuning points with {method} ({how})")
+    with scoring_work_dir(factors) as work_dir:
+        scores = attribute(
+            model,
+            records,
+            points,
+            tokenizer=tokenizer,
+            method=method,
+            method_params=config,
+            modules=run_settings["modules"],
+            max_length=plan.max_length,
+            device=device,
+            seed=run_settings["seed"],
+            work_dir=work_dir,
+        ).scores
+    return scores, float(factors is not None)
+
+
 def _dmm_targets(
     lake: Lake,
     plan: Plan,
@@ -96,31 +158,20 @@ def _dmm_targets(
     device: str,
 ) -> tuple[list[dict], list[np.ndarray], dict[str, float]]:
     """(fine-tuning records, their per-token targets, facts for the metrics) for DMM."""
-    from attribution.api import attribute
     from attribution.unlearning.datamodels import Datamodel, auto_scale
     from attribution.unlearning.lm import EncodedSet, dmm_token_targets, per_token_logprobs
 
-    method, config, run_settings, scores, targets = _scores_datamodel_inputs(lake, plan)
+    method, _, _, scores, targets = _scores_datamodel_inputs(lake, plan)
     train_ids = [r["example_id"] for r in records]
     point_ids = [train_ids[p] for p in points]
     ft_records = [records[p] for p in points]
+    facts: dict[str, float] = {}
     if targets is None and Datamodel.from_scores(scores).covers(point_ids):
         point_scores = scores
     else:  # the run scored other targets: score the fine-tuning points here, as the run would have
-        # (with this model only: a TRAK run's extra checkpoints are not reused)
-        say(f"unlearn: scoring the {len(ft_records)} fine-tuning points with {method}")
-        point_scores = attribute(
-            model,
-            records,
-            ft_records,
-            tokenizer=tokenizer,
-            method=method,
-            method_params=config,
-            modules=run_settings["modules"],
-            max_length=plan.max_length,
-            device=device,
-            seed=run_settings["seed"],
-        ).scores
+        point_scores, facts["factors_reused"] = _score_points(
+            lake, plan, model, tokenizer, records, ft_records, device
+        )
     raw = Datamodel.from_scores(point_scores, 1.0, train_ids=train_ids, target_ids=point_ids)
     if targets is not None and plan.settings.anchor_targets and len(targets):
         anchor_ids = targets["example_id"].astype(str).tolist()
@@ -131,9 +182,9 @@ def _dmm_targets(
         ft_records += _records(targets)
     kind = "margin" if method == "trak" else "mean"
     base = per_token_logprobs(model, EncodedSet(tokenizer, ft_records, plan.max_length))
-    facts: dict[str, float] = {}
     if plan.settings.scale == "auto" and plan.reference is not None:
-        scale, facts = _calibrated_scale(plan, tokenizer, records, ft_records, raw, base, kind, device)
+        scale, calibration = _calibrated_scale(plan, tokenizer, records, ft_records, raw, base, kind, device)
+        facts.update(calibration)
     elif plan.settings.scale in ("auto", "analytic"):
         if method == "gradsim":
             raise UserError("gradient-similarity scores have no leave-one-out scale: pass --scale")
