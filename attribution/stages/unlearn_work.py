@@ -86,17 +86,20 @@ def _scores_datamodel_inputs(
     return record["method"], config, settings, scores, targets
 
 
-def reusable_factors(lake: Lake, record: dict, model_ref: str) -> Path | None:
+def reusable_factors(lake: Lake, record: dict, model_ref: str, max_length: int) -> Path | None:
     """The scores run's fitted kronfluence factors (kept by the attribute stage in `factors_dir`) when they
-    were fitted for this model (the run's model fingerprint is model_ref's) and are whole (their completion
-    marker exists); else None. They were fitted on the dataset version and with the settings the run
-    records, which `check_scores` and `_scores_datamodel_inputs` hold the scoring here to."""
+    were fitted for this model (the run's model fingerprint is model_ref's) on examples cut at this
+    max_length, and are whole (their completion marker exists); else None. They were fitted on the
+    dataset version and with the settings the run records, which `check_scores` and
+    `_scores_datamodel_inputs` hold the scoring here to."""
     from attribution.ekfac import STRATEGIES
     from attribution.stages.attribute import factors_dir
 
     method = str(record.get("method"))
     fingerprint = str(record.get("model") or "").rsplit("@", 1)[-1]
     if method not in STRATEGIES or not fingerprint or fingerprint != model_ref.rsplit("@", 1)[-1]:
+        return None
+    if json.loads(record.get("params") or "{}").get("max_length") != max_length:
         return None
     folder = factors_dir(lake, str(record["run_id"]))
     return folder if (folder / f"factors_{method}.done").is_file() else None
@@ -119,15 +122,22 @@ def scoring_work_dir(factors: Path | None) -> Iterator[Path | None]:
 
 
 def _score_points(
-    lake: Lake, plan: Plan, model: Any, tokenizer: Any, records: list[dict], points: list[dict], device: str
+    lake: Lake,
+    plan: Plan,
+    run: tuple[str, dict, dict],
+    model: Any,
+    tokenizer: Any,
+    records: list[dict],
+    points: list[dict],
+    device: str,
 ) -> tuple[pd.DataFrame, float]:
-    """Scores of the training set on the fine-tuning points, as the scores run would have computed them
-    (with this model only: a TRAK run's extra checkpoints are not reused), and 1.0 when the run's kept
-    factors were used (0.0: fitted again)."""
+    """Scores of the training set on the fine-tuning points, as the scores run (its method, method
+    params and other settings) would have computed them (with this model only: a TRAK run's extra
+    checkpoints are not reused), and 1.0 when the run's kept factors were used (0.0: fitted again)."""
     from attribution.api import attribute
 
-    method, config, run_settings, _, _ = _scores_datamodel_inputs(lake, plan)
-    factors = reusable_factors(lake, plan.scores_record, plan.model_ref)
+    method, config, run_settings = run
+    factors = reusable_factors(lake, plan.scores_record, plan.model_ref, plan.max_length)
     how = "the attribution run's factors" if factors is not None else "factors fitted here"
     say(f"unlearn: scoring the {len(points)} fine-tuning points with {method} ({how})")
     with scoring_work_dir(factors) as work_dir:
@@ -161,7 +171,7 @@ def _dmm_targets(
     from attribution.unlearning.datamodels import Datamodel, auto_scale
     from attribution.unlearning.lm import EncodedSet, dmm_token_targets, per_token_logprobs
 
-    method, _, _, scores, targets = _scores_datamodel_inputs(lake, plan)
+    method, config, run_settings, scores, targets = _scores_datamodel_inputs(lake, plan)
     train_ids = [r["example_id"] for r in records]
     point_ids = [train_ids[p] for p in points]
     ft_records = [records[p] for p in points]
@@ -170,7 +180,7 @@ def _dmm_targets(
         point_scores = scores
     else:  # the run scored other targets: score the fine-tuning points here, as the run would have
         point_scores, facts["factors_reused"] = _score_points(
-            lake, plan, model, tokenizer, records, ft_records, device
+            lake, plan, (method, config, run_settings), model, tokenizer, records, ft_records, device
         )
     raw = Datamodel.from_scores(point_scores, 1.0, train_ids=train_ids, target_ids=point_ids)
     if targets is not None and plan.settings.anchor_targets and len(targets):

@@ -79,13 +79,14 @@ def test_factors_of_another_model_or_unfinished_ones_are_not_reused(setup):
     _, _, lake, scores, _ = setup
     record = lake.run_record(scores)
     own = str(record["model"])
-    assert reusable_factors(lake, record, own) == factors_dir(lake, scores)
+    assert reusable_factors(lake, record, own, 128) == factors_dir(lake, scores)
     other = own.rsplit("@", 1)[0] + "@0123456789abcdef"
-    assert reusable_factors(lake, record, other) is None
-    assert reusable_factors(lake, {**record, "method": "trak"}, own) is None
+    assert reusable_factors(lake, record, other, 128) is None
+    assert reusable_factors(lake, {**record, "method": "trak"}, own, 128) is None
+    assert reusable_factors(lake, record, own, 64) is None  # examples cut elsewhere: other factors
     marker = factors_dir(lake, scores) / "factors_ekfac.done"
     marker.rename(marker.with_suffix(".hidden"))  # a folder whose move was cut short
     try:
-        assert reusable_factors(lake, record, own) is None
+        assert reusable_factors(lake, record, own, 128) is None
     finally:
         marker.with_suffix(".hidden").rename(marker)
