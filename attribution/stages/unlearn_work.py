@@ -252,19 +252,25 @@ def _calibrated_scale(
 
 
 def _retrain(plan: Plan, tokenizer: Any, retain_records: list[dict], device: str) -> Any:
+    """The model trained from scratch on `retain_records` with the reference recipe: `finetune_causal_lm`'s
+    loop (`train_module`, the same batches, optimiser and clipping) with each batch run as sub-batches
+    of similar length (attribution/unlearning/lm.py: the same losses and steps up to rounding, a
+    fraction of the padding)."""
+    from attribution.lm_data import pad_id
     from attribution.reference_model import build_model
-    from attribution.training import finetune_causal_lm
+    from attribution.training import encode_records, train_module
+    from attribution.unlearning.lm import bucketed_collate, bucketed_example_loss
 
     ref = plan.reference
     model = build_model(tokenizer, seed=ref["seed"], **ref.get("config", {}))
-    return finetune_causal_lm(
+    return train_module(
         model,
-        tokenizer,
-        retain_records,
+        bucketed_example_loss,
+        encode_records(tokenizer, retain_records, ref["max_length"]),
+        collate_fn=bucketed_collate(pad_id(tokenizer)),
         epochs=ref["epochs"],
         lr=ref["lr"],
         batch_size=ref["batch_size"],
-        max_length=ref["max_length"],
         seed=ref["seed"],
         device=device,
     )

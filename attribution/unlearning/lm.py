@@ -104,6 +104,29 @@ def bucketed_sum(
     return torch.stack(parts).sum() if parts else torch.zeros((), device=device)
 
 
+def bucketed_collate(pad_token_id: int, ratio: float | None = BUCKET_RATIO) -> Callable[[list[dict]], dict]:
+    """A collate function for `attribution.training.train_module`: the batch's SFT items as sub-batches of
+    similar length (`length_buckets`), each padded to its own longest, with their places in the batch;
+    `bucketed_example_loss` is its per-example loss."""
+
+    def collate_buckets(items: list[dict]) -> dict:
+        groups = length_buckets([int(item["input_ids"].shape[0]) for item in items], ratio)
+        return {
+            "buckets": [collate([items[int(k)] for k in group], pad_token_id) for group in groups],
+            "positions": [torch.as_tensor(group, dtype=torch.long) for group in groups],
+        }
+
+    return collate_buckets
+
+
+def bucketed_example_loss(model: nn.Module, batch: dict) -> torch.Tensor:
+    """Per-example SFT loss (mean response NLL) of a `bucketed_collate` batch, in the batch's order: what
+    `attribution.training.sft_loss("mean")` gives on the batch padded as one, up to rounding."""
+    losses = torch.cat([example_loss(forward_logits(model, b), b["labels"]) for b in batch["buckets"]])
+    order = torch.cat([p.to(losses.device) for p in batch["positions"]])
+    return torch.empty_like(losses).index_copy(0, order, losses)
+
+
 def length_grouped_order(
     lengths: Sequence[int],
     batch_size: int,

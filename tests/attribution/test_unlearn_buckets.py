@@ -7,12 +7,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny_lm import make_records
+from tiny_lm import make_model, make_records
 
 from attribution.lm_data import collate
 from attribution.lm_loss import example_loss, forward_logits
+from attribution.training import encode_records, finetune_causal_lm, train_module
 from attribution.unlearning.lm import (
     EncodedSet,
+    bucketed_collate,
+    bucketed_example_loss,
     length_buckets,
     matching_loss,
     mean_losses,
@@ -109,3 +112,26 @@ def test_buckets_pad_less(chat_data):
     bucketed = sum(len(b) * lengths[b].max() for b in length_buckets(lengths))
     assert bucketed <= 1.25 * lengths.sum()  # each sub-batch within 25% of its longest
     assert one_batch > 1.5 * bucketed  # measured 1.85: 24 x 256 tokens against 3,316
+
+
+def test_bucketed_training_is_the_reference_recipe(chat_lm, chat_data):
+    """The retrains' loop (train_module with bucketed_collate / bucketed_example_loss) takes the steps
+    finetune_causal_lm takes on the same records: the same model up to rounding."""
+    _, tokenizer = chat_lm
+    _, data = chat_data
+    records = [dict(r) for r in make_records(24, seed=7)]
+    for i, record in enumerate(records):
+        record["response"] = "\n".join([record["response"]] * (1 + (i * 5) % 8))
+    recipe = {"epochs": 2, "lr": 3e-3, "batch_size": 8, "seed": 3}
+    plain = finetune_causal_lm(make_model(tokenizer, seed=2), tokenizer, records, max_length=256, **recipe)
+    bucketed = train_module(
+        make_model(tokenizer, seed=2),
+        bucketed_example_loss,
+        encode_records(tokenizer, records, 256),
+        collate_fn=bucketed_collate(tokenizer.pad_token_id),
+        **recipe,
+    )
+    untrained = mean_losses(make_model(tokenizer, seed=2), data)
+    want, got = mean_losses(plain, data), mean_losses(bucketed, data)
+    assert np.abs(want - untrained).min() > 0.05  # training moved every loss
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
