@@ -2,8 +2,7 @@
 against its unoptimised peer in the same process (issue 23's unlearning bullet):
 
 - kronfluence's per-phase release_memory with gc.collect (its own) against ours, which skips the
-  collection on CPU (attribution/ekfac.py), over an EK-FAC fit and scoring in a process holding the
-  heap of a demo-sized job;
+  collection on CPU (attribution/ekfac.py), over an EK-FAC fit and scoring;
 - DMM's fine-tuning and the evaluation passes in sub-batches of similar length (length_buckets) against
   one padded batch per step (the same losses and gradients up to rounding: tests/attribution/
   test_unlearn_buckets.py);
@@ -79,7 +78,6 @@ def _release_rows(demo: _QuickDemo, repeats: int) -> list[list]:
     items = [
         {k: v for k, v in encode_sft(demo.tokenizer, r, 384).items() if k != "offsets"} for r in demo.train
     ]
-    heap = [(i, str(i)) for i in range(1_000_000)]  # a long-lived job's objects: what a collection walks
     modules = (kronfluence.computer.computer, kronfluence.score.dot_product)
 
     def fit_and_score(release: Callable[[], None]) -> Callable[[], None]:
@@ -120,7 +118,6 @@ def _release_rows(demo: _QuickDemo, repeats: int) -> list[list]:
         repeats,
     )
     objects = len(gc.get_objects())
-    del heap
     return [
         [
             f"EK-FAC fit + scoring ({len(items)} examples, {len(counted)} phase releases, {objects / 1e6:.1f}M objects)",
@@ -261,10 +258,9 @@ def speed_tables(quick: bool = True) -> list[dict]:
                 f"Quick demo corpus ({len(demo.train)} training examples) and reference model, one thread, "
                 f"medians of {repeats} alternating runs. Sub-batches: each optimiser step's batch is cut "
                 "where lengths drop by 25%; the steps, their examples and the gradients are the same "
-                "(length-grouped batch order is off below 8 batches an epoch, as here). The gc row's "
-                "process holds 1M small tuples besides the benchmark's own objects, standing in for a "
-                "long-lived job's: a full collection walks every tracked object, so its cost grows with "
-                "the heap, not with the model."
+                "(length-grouped batch order is off below 8 batches an epoch, as here). A full collection "
+                "walks every object the collector tracks in the process (the count in the gc row: this "
+                "benchmark's own), so its cost grows with the process's heap, not with the model."
             ),
         }
     ]
