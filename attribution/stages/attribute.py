@@ -216,6 +216,28 @@ def work_dir(lake: Lake, run_id: str) -> Path:
     return lake.root / ".work" / "attribution" / run_id
 
 
+def factors_dir(lake: Lake, run_id: str) -> Path:
+    """Where a completed kronfluence run keeps its fitted factors: `unlearn --scores RUN` scores its
+    fine-tuning points with them instead of fitting them again (attribution/stages/unlearn_work.py)."""
+    return lake.root / ".work" / "factors" / run_id
+
+
+def finish_work(lake: Lake, run_id: str) -> None:
+    """Remove a completed run's work folder, keeping its fitted kronfluence factors in `factors_dir`: the
+    scorer's `kronfluence` folder (attribution/ekfac.py: kronfluence's factor files and our completion
+    markers `factors_<strategy>.done`) without the targets' gradients, moved there in one rename."""
+    work = work_dir(lake, run_id)
+    source = work / "kronfluence"
+    if any(source.glob("factors_*.done")):
+        for gradients in source.glob("targets_*"):
+            shutil.rmtree(gradients, ignore_errors=True)
+        kept = factors_dir(lake, run_id)
+        shutil.rmtree(kept, ignore_errors=True)
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        source.rename(kept)
+    shutil.rmtree(work, ignore_errors=True)
+
+
 class Attribute(Stage):
     """Attribute a target dataset's log-likelihood to training examples (positive = helpful)."""
 
@@ -339,7 +361,7 @@ class Attribute(Stage):
 
     def execute(self, ctx: StageContext, run: Run, spec: RunSpec) -> None:
         self.score_shards(ctx, run, spec, None, progress=not ctx.quiet)
-        shutil.rmtree(work_dir(ctx.lake, run.run_id), ignore_errors=True)
+        finish_work(ctx.lake, run.run_id)
 
     def execute_sharded(self, ctx: StageContext, run: Run, spec: RunSpec) -> None:
         """Fit the shared factors here, score the shards on Dask workers, check every shard is written."""
@@ -381,7 +403,7 @@ class Attribute(Stage):
         missing = [k for k in range(n_shards) if not run.has_shard("scores", k)]
         if missing:
             raise RuntimeError(f"attribution run {run.run_id}: shards {missing} were not written")
-        shutil.rmtree(work_dir(ctx.lake, run.run_id), ignore_errors=True)
+        finish_work(ctx.lake, run.run_id)
 
     def executor_for(self, ctx: StageContext, spec: RunSpec) -> Any:
         from storage.dask_io import dask_address

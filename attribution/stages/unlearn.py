@@ -19,7 +19,9 @@ the fine-tuning set once each (`anchor_targets`, our addition to the recipe).
 
 Metrics `seconds.unlearn` is the whole unlearning step (for DMM: scoring the fine-tuning points when
 the run did not, the scale's calibration retrains, and the fine-tuning); `seconds.retrain` the comparison
-model's training.
+model's training. Scoring the fine-tuning points here loads the scores run's EK-FAC / K-FAC factors when
+the attribute stage kept them for this model (`factors_dir`; metric `factors_reused` 1, else 0 and a
+fresh fit, which gives the same scores).
 
 Every check happens before the run opens: bad input raises UserError and writes nothing.
 """
@@ -308,7 +310,17 @@ class Unlearn(Stage):
         if record is not None:
             inputs["scores"] = p.scores
         plan = Plan(
-            model_dir, out, p.method, train, forget, p, record, reference, int(max_length), ctx.device
+            model_dir,
+            out,
+            p.method,
+            train,
+            forget,
+            p,
+            record,
+            reference,
+            int(max_length),
+            ctx.device,
+            model_ref,
         )
         return RunSpec("unlearn", p.method, params, inputs, model_ref, context={"plan": plan})
 

@@ -59,6 +59,7 @@ class Plan:
     reference: dict | None
     max_length: int
     device: str | None
+    model_ref: str = ""  # storage.fingerprint.model_reference of model_dir
 
 
 def _scores_datamodel_inputs(
@@ -85,6 +86,77 @@ def _scores_datamodel_inputs(
     return record["method"], config, settings, scores, targets
 
 
+def reusable_factors(lake: Lake, record: dict, model_ref: str, max_length: int) -> Path | None:
+    """The scores run's fitted kronfluence factors (kept by the attribute stage in `factors_dir`) when they
+    were fitted for this model (the run's model fingerprint is model_ref's) on examples cut at this
+    max_length, and are whole (their completion marker exists); else None. They were fitted on the
+    dataset version and with the settings the run records, which `check_scores` and
+    `_scores_datamodel_inputs` hold the scoring here to."""
+    from attribution.ekfac import STRATEGIES
+    from attribution.stages.attribute import factors_dir
+
+    method = str(record.get("method"))
+    fingerprint = str(record.get("model") or "").rsplit("@", 1)[-1]
+    if method not in STRATEGIES or not fingerprint or fingerprint != model_ref.rsplit("@", 1)[-1]:
+        return None
+    if json.loads(record.get("params") or "{}").get("max_length") != max_length:
+        return None
+    folder = factors_dir(lake, str(record["run_id"]))
+    return folder if (folder / f"factors_{method}.done").is_file() else None
+
+
+@contextmanager
+def scoring_work_dir(factors: Path | None) -> Iterator[Path | None]:
+    """A temporary work folder for `attribution.api.attribute` holding a copy of these factors where its
+    kronfluence scorer looks for them (its `kronfluence` folder, attribution/ekfac.py), so it loads them
+    instead of fitting; None (attribute's own folder, a fresh fit) without factors."""
+    if factors is None:
+        yield None
+        return
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="assay-unlearn-") as tmp:
+        shutil.copytree(factors, Path(tmp) / "kronfluence")
+        yield Path(tmp)
+
+
+def _score_points(
+    lake: Lake,
+    plan: Plan,
+    run: tuple[str, dict, dict],
+    model: Any,
+    tokenizer: Any,
+    records: list[dict],
+    points: list[dict],
+    device: str,
+) -> tuple[pd.DataFrame, float]:
+    """Scores of the training set on the fine-tuning points, as the scores run (its method, method
+    params and other settings) would have computed them (with this model only: a TRAK run's extra
+    checkpoints are not reused), and 1.0 when the run's kept factors were used (0.0: fitted again)."""
+    from attribution.api import attribute
+
+    method, config, run_settings = run
+    factors = reusable_factors(lake, plan.scores_record, plan.model_ref, plan.max_length)
+    how = "the attribution run's factors" if factors is not None else "factors fitted here"
+    say(f"unlearn: scoring the {len(points)} fine-tuning points with {method} ({how})")
+    with scoring_work_dir(factors) as work_dir:
+        scores = attribute(
+            model,
+            records,
+            points,
+            tokenizer=tokenizer,
+            method=method,
+            method_params=config,
+            modules=run_settings["modules"],
+            max_length=plan.max_length,
+            device=device,
+            seed=run_settings["seed"],
+            work_dir=work_dir,
+        ).scores
+    return scores, float(factors is not None)
+
+
 def _dmm_targets(
     lake: Lake,
     plan: Plan,
@@ -96,7 +168,6 @@ def _dmm_targets(
     device: str,
 ) -> tuple[list[dict], list[np.ndarray], dict[str, float]]:
     """(fine-tuning records, their per-token targets, facts for the metrics) for DMM."""
-    from attribution.api import attribute
     from attribution.unlearning.datamodels import Datamodel, auto_scale
     from attribution.unlearning.lm import EncodedSet, dmm_token_targets, per_token_logprobs
 
@@ -104,23 +175,13 @@ def _dmm_targets(
     train_ids = [r["example_id"] for r in records]
     point_ids = [train_ids[p] for p in points]
     ft_records = [records[p] for p in points]
+    facts: dict[str, float] = {}
     if targets is None and Datamodel.from_scores(scores).covers(point_ids):
         point_scores = scores
     else:  # the run scored other targets: score the fine-tuning points here, as the run would have
-        # (with this model only: a TRAK run's extra checkpoints are not reused)
-        say(f"unlearn: scoring the {len(ft_records)} fine-tuning points with {method}")
-        point_scores = attribute(
-            model,
-            records,
-            ft_records,
-            tokenizer=tokenizer,
-            method=method,
-            method_params=config,
-            modules=run_settings["modules"],
-            max_length=plan.max_length,
-            device=device,
-            seed=run_settings["seed"],
-        ).scores
+        point_scores, facts["factors_reused"] = _score_points(
+            lake, plan, (method, config, run_settings), model, tokenizer, records, ft_records, device
+        )
     raw = Datamodel.from_scores(point_scores, 1.0, train_ids=train_ids, target_ids=point_ids)
     if targets is not None and plan.settings.anchor_targets and len(targets):
         anchor_ids = targets["example_id"].astype(str).tolist()
@@ -131,9 +192,9 @@ def _dmm_targets(
         ft_records += _records(targets)
     kind = "margin" if method == "trak" else "mean"
     base = per_token_logprobs(model, EncodedSet(tokenizer, ft_records, plan.max_length))
-    facts: dict[str, float] = {}
     if plan.settings.scale == "auto" and plan.reference is not None:
-        scale, facts = _calibrated_scale(plan, tokenizer, records, ft_records, raw, base, kind, device)
+        scale, calibration = _calibrated_scale(plan, tokenizer, records, ft_records, raw, base, kind, device)
+        facts.update(calibration)
     elif plan.settings.scale in ("auto", "analytic"):
         if method == "gradsim":
             raise UserError("gradient-similarity scores have no leave-one-out scale: pass --scale")
@@ -191,19 +252,25 @@ def _calibrated_scale(
 
 
 def _retrain(plan: Plan, tokenizer: Any, retain_records: list[dict], device: str) -> Any:
+    """The model trained from scratch on `retain_records` with the reference recipe: `finetune_causal_lm`'s
+    loop (`train_module`, the same batches, optimiser and clipping) with each batch run as sub-batches
+    of similar length (attribution/unlearning/lm.py: the same losses and steps up to rounding, a
+    fraction of the padding)."""
+    from attribution.lm_data import pad_id
     from attribution.reference_model import build_model
-    from attribution.training import finetune_causal_lm
+    from attribution.training import encode_records, train_module
+    from attribution.unlearning.lm import bucketed_collate, bucketed_example_loss
 
     ref = plan.reference
     model = build_model(tokenizer, seed=ref["seed"], **ref.get("config", {}))
-    return finetune_causal_lm(
+    return train_module(
         model,
-        tokenizer,
-        retain_records,
+        bucketed_example_loss,
+        encode_records(tokenizer, retain_records, ref["max_length"]),
+        collate_fn=bucketed_collate(pad_id(tokenizer)),
         epochs=ref["epochs"],
         lr=ref["lr"],
         batch_size=ref["batch_size"],
-        max_length=ref["max_length"],
         seed=ref["seed"],
         device=device,
     )

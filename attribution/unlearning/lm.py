@@ -11,7 +11,12 @@ of the sum is spread evenly over the tokens; a margin shift moves token t's log-
 
 Batches: every loop here groups examples of similar length into one batch (`length_grouped_order`, the
 Trainer's `group_by_length`): random batches of 32 pad to their longest example, and on the demo corpus
-process 2.18x the real tokens. `padded_tokens` counts what an order costs.
+process 2.18x the real tokens. `padded_tokens` counts what an order costs. Grouping decides which
+examples share an optimiser step, so it is off for epochs of few batches (below); there, and in every
+pass, a batch is still run as sub-batches of similar length (`length_buckets`) whose per-example
+losses are summed: the same loss and gradient up to float rounding (each example's outputs do not
+depend on the padding after it), with a fraction of the padding (the quick demo's DMM fine-tuning
+processed 2.35x its real tokens in random batches of 32).
 """
 
 from __future__ import annotations
@@ -46,14 +51,11 @@ class EncodedSet:
     def __init__(self, tokenizer: Any, records: Sequence[dict], max_length: int):
         self.items = encode_records(tokenizer, list(records), max_length)
         self.pad = pad_id(tokenizer)
+        # tokens per record (prompt and response)
+        self.lengths = np.array([int(item["input_ids"].shape[0]) for item in self.items], dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.items)
-
-    @property
-    def lengths(self) -> np.ndarray:
-        """Tokens per record (prompt and response)."""
-        return np.array([int(item["input_ids"].shape[0]) for item in self.items], dtype=np.int64)
 
     def batch(self, idx: Sequence[int], device: torch.device) -> dict[str, torch.Tensor]:
         out = collate([self.items[int(i)] for i in idx], self.pad)
@@ -62,6 +64,67 @@ class EncodedSet:
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+# A sub-batch holds examples within this factor of its longest: at most 20% of its tokens are padding.
+BUCKET_RATIO = 1.25
+
+
+def length_buckets(lengths: Sequence[int], ratio: float | None = BUCKET_RATIO) -> list[np.ndarray]:
+    """Positions 0..len(lengths)-1 cut into sub-batches of similar length: longest first, a new sub-batch
+    whenever the next example is shorter than the current sub-batch's longest / `ratio`. `ratio` None:
+    one sub-batch of everything (the unbucketed pass, in its own order)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if ratio is None or len(lengths) == 0:
+        return [np.arange(len(lengths))] if len(lengths) else []
+    order = np.argsort(-lengths, kind="stable")
+    out, start = [], 0
+    for k in range(1, len(order) + 1):
+        if k == len(order) or lengths[order[k]] * ratio < lengths[order[start]]:
+            out.append(order[start:k])
+            start = k
+    return out
+
+
+def bucketed_sum(
+    data: EncodedSet,
+    rows: Sequence[int],
+    per_example: Callable[[dict[str, torch.Tensor], np.ndarray], torch.Tensor],
+    device: torch.device,
+    ratio: float | None = BUCKET_RATIO,
+) -> torch.Tensor:
+    """sum_k per_example(batch of rows[k])[k] over the rows, computed on `length_buckets` of them.
+    `per_example(batch, positions)` returns one value per row of the batch; `positions` are the rows'
+    places in `rows`."""
+    rows = np.asarray(rows, dtype=np.int64)
+    parts = [
+        per_example(data.batch(rows[bucket], device), bucket).sum()
+        for bucket in length_buckets(data.lengths[rows], ratio)
+    ]
+    return torch.stack(parts).sum() if parts else torch.zeros((), device=device)
+
+
+def bucketed_collate(pad_token_id: int, ratio: float | None = BUCKET_RATIO) -> Callable[[list[dict]], dict]:
+    """A collate function for `attribution.training.train_module`: the batch's SFT items as sub-batches of
+    similar length (`length_buckets`), each padded to its own longest, with their places in the batch;
+    `bucketed_example_loss` is its per-example loss."""
+
+    def collate_buckets(items: list[dict]) -> dict:
+        groups = length_buckets([int(item["input_ids"].shape[0]) for item in items], ratio)
+        return {
+            "buckets": [collate([items[int(k)] for k in group], pad_token_id) for group in groups],
+            "positions": [torch.as_tensor(group, dtype=torch.long) for group in groups],
+        }
+
+    return collate_buckets
+
+
+def bucketed_example_loss(model: nn.Module, batch: dict) -> torch.Tensor:
+    """Per-example SFT loss (mean response NLL) of a `bucketed_collate` batch, in the batch's order: what
+    `attribution.training.sft_loss("mean")` gives on the batch padded as one, up to rounding."""
+    losses = torch.cat([example_loss(forward_logits(model, b), b["labels"]) for b in batch["buckets"]])
+    order = torch.cat([p.to(losses.device) for p in batch["positions"]])
+    return torch.empty_like(losses).index_copy(0, order, losses)
 
 
 def length_grouped_order(
@@ -112,27 +175,43 @@ def padded_tokens(lengths: Sequence[int], order: np.ndarray, batch_size: int) ->
     return int(sum(len(b) * b.max() for b in np.split(lengths, range(batch_size, len(lengths), batch_size))))
 
 
+def eval_batches(data: EncodedSet, batch_size: int, ratio: float | None = BUCKET_RATIO) -> list[np.ndarray]:
+    """Record indices in batches of at most `batch_size` for a pass over every record: consecutive
+    records, or (`ratio` given) the records sorted by length, each batch within `ratio` of its longest."""
+    if ratio is None:
+        return [np.arange(s, min(s + batch_size, len(data))) for s in range(0, len(data), batch_size)]
+    return [
+        b[s : s + batch_size]
+        for b in length_buckets(data.lengths, ratio)
+        for s in range(0, len(b), batch_size)
+    ]
+
+
 @torch.no_grad()
-def per_token_logprobs(model: nn.Module, data: EncodedSet, batch_size: int = 16) -> list[np.ndarray]:
-    """Each record's response-token log-probabilities (a 1-D array per record)."""
+def per_token_logprobs(
+    model: nn.Module, data: EncodedSet, batch_size: int = 16, ratio: float | None = BUCKET_RATIO
+) -> list[np.ndarray]:
+    """Each record's response-token log-probabilities (a 1-D array per record), in record order."""
     model.eval()
-    out = []
-    for start in range(0, len(data), batch_size):
-        idx = list(range(start, min(start + batch_size, len(data))))
+    out: list[np.ndarray] = [np.zeros(0)] * len(data)
+    for idx in eval_batches(data, batch_size, ratio):
         logp, mask = token_logprobs(model, data.batch(idx, _device(model)))
-        out += [row[m].double().cpu().numpy() for row, m in zip(logp, mask)]
+        for k, row, m in zip(idx, logp, mask):
+            out[int(k)] = row[m].double().cpu().numpy()
     return out
 
 
 @torch.no_grad()
-def mean_losses(model: nn.Module, data: EncodedSet, batch_size: int = 16) -> np.ndarray:
-    """Per-record SFT loss (mean NLL over response tokens), as training minimises it."""
+def mean_losses(
+    model: nn.Module, data: EncodedSet, batch_size: int = 16, ratio: float | None = BUCKET_RATIO
+) -> np.ndarray:
+    """Per-record SFT loss (mean NLL over response tokens), as training minimises it, in record order."""
     model.eval()
-    out = []
-    for start in range(0, len(data), batch_size):
-        batch = data.batch(range(start, min(start + batch_size, len(data))), _device(model))
-        out.append(example_loss(forward_logits(model, batch), batch["labels"]).double().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0)
+    out = np.zeros(len(data))
+    for idx in eval_batches(data, batch_size, ratio):
+        batch = data.batch(idx, _device(model))
+        out[idx] = example_loss(forward_logits(model, batch), batch["labels"]).double().cpu().numpy()
+    return out
 
 
 def token_shifts(
@@ -174,26 +253,50 @@ def match_token_logprobs(
     squared error, mean over each example's tokens, then over the batch (batches of similar lengths
     unless `group_by_length` is False)."""
     sequence = np.asarray(sequence, dtype=np.int64)
+    order = length_grouped_order(data.lengths[sequence], optim.batch_size, group_by_length)
+    return optimise(
+        model,
+        len(sequence),
+        lambda idx: matching_loss(model, data, targets, sequence[idx]),
+        optim,
+        epoch_order=order,
+    )
+
+
+def matching_loss(
+    model: nn.Module,
+    data: EncodedSet,
+    targets: Sequence[np.ndarray],
+    rows: Sequence[int],
+    ratio: float | None = BUCKET_RATIO,
+) -> torch.Tensor:
+    """DMM's batch loss on data[rows]: per example the mean over its response tokens of (log p - target)^2,
+    then the mean over the rows (computed on sub-batches of similar length, see `length_buckets`)."""
+    rows = np.asarray(rows, dtype=np.int64)
     device = _device(model)
 
-    def batch_loss(idx: np.ndarray) -> torch.Tensor:
-        rows = sequence[idx]
-        batch = data.batch(rows, device)
+    def per_example(batch: dict[str, torch.Tensor], positions: np.ndarray) -> torch.Tensor:
         logp, mask = token_logprobs(model, batch)
         want = torch.zeros_like(logp)
-        for r, k in enumerate(rows):
-            t = torch.as_tensor(targets[int(k)], dtype=logp.dtype, device=device)
-            want[r, mask[r]] = t
+        for r, k in enumerate(rows[positions]):
+            want[r, mask[r]] = torch.as_tensor(targets[int(k)], dtype=logp.dtype, device=device)
         err = ((logp - want) ** 2) * mask
-        return (err.sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+        return err.sum(-1) / mask.sum(-1).clamp(min=1)
 
-    order = length_grouped_order(data.lengths[sequence], optim.batch_size, group_by_length)
-    return optimise(model, len(sequence), batch_loss, optim, epoch_order=order)
+    return bucketed_sum(data, rows, per_example, device, ratio) / max(1, len(rows))
 
 
-def _sft(model: nn.Module, data: EncodedSet, rows: Sequence[int]) -> torch.Tensor:
-    batch = data.batch(rows, _device(model))
-    return example_loss(forward_logits(model, batch), batch["labels"]).mean()
+def sft_batch_loss(
+    model: nn.Module, data: EncodedSet, rows: Sequence[int], ratio: float | None = BUCKET_RATIO
+) -> torch.Tensor:
+    """The SFT loss of data[rows]: the mean of the examples' mean response NLL (on sub-batches of similar
+    length, see `length_buckets`)."""
+    rows = np.asarray(rows, dtype=np.int64)
+
+    def per_example(batch: dict[str, torch.Tensor], _: np.ndarray) -> torch.Tensor:
+        return example_loss(forward_logits(model, batch), batch["labels"])
+
+    return bucketed_sum(data, rows, per_example, _device(model), ratio) / max(1, len(rows))
 
 
 def lm_gradient_ascent(
@@ -201,7 +304,9 @@ def lm_gradient_ascent(
 ) -> nn.Module:
     forget = np.asarray(forget, dtype=np.int64)
     order = length_grouped_order(data.lengths[forget], optim.batch_size, group_by_length)
-    return optimise(model, len(forget), lambda idx: -_sft(model, data, forget[idx]), optim, epoch_order=order)
+    return optimise(
+        model, len(forget), lambda idx: -sft_batch_loss(model, data, forget[idx]), optim, epoch_order=order
+    )
 
 
 def lm_gradient_descent(
@@ -209,7 +314,9 @@ def lm_gradient_descent(
 ) -> nn.Module:
     retain = np.asarray(retain, dtype=np.int64)
     order = length_grouped_order(data.lengths[retain], optim.batch_size, group_by_length)
-    return optimise(model, len(retain), lambda idx: _sft(model, data, retain[idx]), optim, epoch_order=order)
+    return optimise(
+        model, len(retain), lambda idx: sft_batch_loss(model, data, retain[idx]), optim, epoch_order=order
+    )
 
 
 def lm_ascent_descent(
@@ -230,7 +337,7 @@ def lm_ascent_descent(
         size = min(len(idx), len(forget))
         rows = [forget[(state["pos"] + k) % len(forget)] for k in range(size)]
         state["pos"] += size
-        return _sft(model, data, retain[idx]) - ascent_weight * _sft(model, data, rows)
+        return sft_batch_loss(model, data, retain[idx]) - ascent_weight * sft_batch_loss(model, data, rows)
 
     order = length_grouped_order(data.lengths[retain], optim.batch_size, group_by_length)
     return optimise(model, len(retain), batch_loss, optim, epoch_order=order)

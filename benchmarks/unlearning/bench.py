@@ -20,6 +20,9 @@ group B's mean logits; and (ASSAY_BENCH_EKFAC=1) DMM with an EK-FAC per-logit da
 `attribution.api.attribute` on one separately trained model, scaled to leave-one-out units by 1 / n_train
 or by a factor fitted on the subset models.
 
+The last table (benchmarks/unlearning/speed.py) times the LM unlearning path's optimisations on the
+quick demo's corpus, each against its unoptimised peer in the same run.
+
 Seeds: the whole benchmark (data split, models, subset models, forget sets, oracles) runs once per seed
 (3 full, 2 quick); tables show the mean over seeds and its standard error (sd / sqrt(seeds)).
 DMM's settings are tuned within a budget of a quarter of retraining's examples (at most 8 epochs of
@@ -550,4 +553,6 @@ def run(quick: bool = True) -> list[dict]:
             "retraining's examples per request.",
         },
     )
-    return tables
+    from benchmarks.unlearning.speed import speed_tables
+
+    return tables + speed_tables(quick)
