@@ -592,6 +592,30 @@ def run(quick: bool = True) -> list[dict]:
     return reproduction(quick) + scale(quick) + loss_weight_cost(quick)
 
 
+def headline(tables: list[dict]) -> str:
+    """The README's line: final held-out code / math loss per arm (mean over seeds), Dask against pandas at
+    scale, and what applying loss_weight costs per step."""
+    final = tables[0]
+    arms = "; ".join(f"{row[0]} {row[2].split()[0]} / {row[1].split()[0]}" for row in final["rows"])
+    seeds = final["notes"].split("Mean over seeds ")[1].split("]")[0] + "]"
+    model = final["notes"].split("reference model (")[1].split(")")[0]
+    parts = [f"held-out code / math loss after training: {arms} (model {model}, seeds {seeds})"]
+    by_title = {t["title"]: t for t in tables}
+    scale_table = next((t for k, t in by_title.items() if k.startswith("Mixing at scale")), None)
+    if scale_table:
+        dask, rows = scale_table["rows"][1], scale_table["rows"][1][1]
+        same = "identical" if "the two: yes" in scale_table["notes"] else "NOT identical"
+        parts.append(f"copies for {rows:,} rows: dask {dask[5]:.2f}x pandas's speed ({same} results)")
+    weights = next((t for k, t in by_title.items() if k.startswith("Applying loss_weight")), None)
+    if weights:
+        ratio = {row[0]: row[2] for row in weights["rows"]}
+        parts.append(
+            f"loss_weight costs {ratio['WeightedSFTTrainer']:.2f}x SFTTrainer's and "
+            f"{ratio['WeightedTrainer']:.2f}x Trainer's time per step"
+        )
+    return "; ".join(parts)
+
+
 if __name__ == "__main__":
     import json
     import sys
