@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import os
-import resource
 import shutil
 import tempfile
 import threading
@@ -327,7 +326,9 @@ def _pandas_peer(src: str, dst: str, tau: float, seed: int, queue: Any) -> None:
 
 
 def _self_peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
+    from benchmarks.harness import peak_rss_mb
+
+    return peak_rss_mb()  # from this child's start, not its parent's peak (see peak_rss_mb)
 
 
 class _MemoryWatch:
