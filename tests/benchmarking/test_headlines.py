@@ -89,3 +89,51 @@ def test_mixing_headline_reads_final_losses_scale_and_loss_weight_cost():
     assert "(model Qwen2, 2 layers x 64, on cpu, seeds [0, 1])" in line
     assert "dask 2.00x pandas's speed (NOT identical results)" in line
     assert "loss_weight costs 1.10x SFTTrainer's and 1.10x Trainer's time per step" in line
+
+
+def test_attribution_headline_states_the_target_memory_bar_and_the_peers():
+    from benchmarks.attribution.bench import headline
+
+    speed = {
+        "title": "Attribution throughput and peak memory (reference LM, CPU)",
+        "rows": [
+            ["assay ekfac", 2.0, 16.0, 16.0, 900, 400, 1.0, 950, ""],
+            ["kronfluence", 2.4, 13.3, 13.3, 900, 400, 1.2, 950, ""],
+            ["assay trak", 3.0, 10.0, 10.0, 900, 400, 1.0, 950, ""],
+            ["traker", 1.0, 33.0, 33.0, 900, 400, 0.303, 950, ""],
+        ],
+        "notes": "32 training and 8 target examples, max_length 192, ...",
+    }
+    memory = {
+        "title": "EK-FAC peak memory against the number of targets (32k-vocabulary model, CPU)",
+        "columns": ["path", "peak RSS MB, 8 targets", "peak RSS MB, 64 targets", "64 / 8", "a", "b", "notes"],
+        "rows": [
+            ["assay ekfac", 1000, 1300, 1.3, 5.0, 12.0, ""],
+            ["kronfluence", 1000, 4000, 4.0, 4.0, 10.0, ""],
+        ],
+    }
+    growth = {
+        "title": "Scaling with training examples (reference LM, CPU)",
+        "columns": [
+            "method",
+            "CPU s at 32",
+            "time exponent",
+            "extra-RSS exponent",
+            "extra RSS growth MB (32 -> 256)",
+        ],
+        "rows": [["ekfac", 1.0, 0.91, 0.1, 12], ["trak", 1.0, 0.8, 0.05, 3]],
+    }
+    lds = {
+        "title": "LDS on the reference LM (higher is better)",
+        "rows": [["ekfac", 0.41, 0.05, 0.03, 8, 3.0], ["gradsim (cosine)", 0.3, 0.06, 0.04, 8, 1.0]],
+    }
+    line = headline([speed, memory, growth, lds])
+    assert "EK-FAC 1.2x kronfluence, TRAK 0.303x traker (32 training and 8 target examples" in line
+    # 1300 / 1000 is above the bar; 12 s / 10 s is above 1.1x: both said plainly
+    assert "EK-FAC peak RSS 64 / 8 targets 1.3x (target <= 1.25x: NOT met" in line
+    assert "CPU time at 64 targets 1.20x kronfluence's (target <= 1.1x: NOT met)" in line
+    assert "time exponent in training examples: ekfac 0.91, trak 0.8" in line
+    assert "extra RSS growth over 32 -> 256: ekfac 12 MB, trak 3 MB" in line
+    assert "LDS ekfac 0.410 +- 0.050, best gradsim 0.300 +- 0.060" in line
+    memory["rows"][0][3], memory["rows"][0][5] = 1.1, 10.5
+    assert "(target <= 1.25x: met" in headline([memory]) and "(target <= 1.1x: met)" in headline([memory])
