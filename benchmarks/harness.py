@@ -41,8 +41,19 @@ LIBRARIES = (
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size since it started (getrusage ru_maxrss; KiB on Linux), MiB.
-    Benchmarks that compare memory run each path in its own process and read this at its end."""
+    """This process's peak resident set size since it started (exec), MiB: VmHWM from /proc/self/status.
+    Benchmarks that compare memory run each path in its own process and read this at its end.
+
+    Not getrusage's ru_maxrss: Linux carries the parent's peak into a child through fork and exec, so a
+    worker started by a process that once held 2 GB reports at least 2 GB. ru_maxrss (KiB on Linux)
+    only where /proc is missing."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -924,6 +924,64 @@ def run(quick: bool = True) -> list[dict]:
     ]
 
 
+def _table(tables: list[dict], title_start: str) -> dict | None:
+    return next((t for t in tables if t["title"].startswith(title_start)), None)
+
+
+def _ratio_of(table: dict | None, name: str, column: int) -> float | None:
+    row = next((r for r in (table or {"rows": []})["rows"] if r[0] == name), None)
+    return None if row is None else row[column]
+
+
+def _verdict(value: float | None, bar: float) -> str:
+    if value is None or not np.isfinite(value):
+        return "not measured"
+    return "met" if value <= bar else "NOT met"
+
+
+def headline(tables: list[dict]) -> str:
+    """The README's line: time against the peers, EK-FAC memory in targets against its #23 bar, the growth
+    exponents in training-set size and LDS, with the data size as scope."""
+    parts = []
+    speed = _table(tables, "Attribution throughput")
+    if speed:
+        scope = speed["notes"].split(" examples,")[0] + " examples"
+        kron, trak = _ratio_of(speed, "kronfluence", 6), _ratio_of(speed, "traker", 6)
+        parts.append(
+            f"CPU time, ours / peer: EK-FAC {kron}x kronfluence, TRAK {trak}x traker ({scope}; reference LM)"
+        )
+    memory = _table(tables, "EK-FAC peak memory against the number of targets")
+    if memory:
+        ours = next(r for r in memory["rows"] if r[0] == "assay ekfac")
+        kron = next(r for r in memory["rows"] if r[0] == "kronfluence")
+        low, high = (c.split(", ")[1].split()[0] for c in memory["columns"][1:3])
+        ratio = ours[3]
+        time_ratio = None if ours[5] is None or not kron[5] else ours[5] / kron[5]
+        parts.append(
+            f"EK-FAC peak RSS {high} / {low} targets {ratio}x (target <= 1.25x: {_verdict(ratio, 1.25)}; "
+            f"kronfluence's one batch {kron[3]}x), CPU time at {high} targets "
+            + ("not measured" if time_ratio is None else f"{time_ratio:.2f}x kronfluence's")
+            + f" (target <= 1.1x: {_verdict(time_ratio, 1.1)})"
+        )
+    growth = _table(tables, "Scaling with training examples")
+    if growth:
+        exponents = ", ".join(f"{r[0]} {r[-3]}" for r in growth["rows"])
+        memory_growth = ", ".join(f"{r[0]} {r[-1]} MB" for r in growth["rows"])
+        span = growth["columns"][-1].split("(")[1].rstrip(")")
+        parts.append(
+            f"time exponent in training examples: {exponents}; extra RSS growth over {span}: {memory_growth}"
+        )
+    lds = _table(tables, "LDS on the reference LM")
+    if lds:
+        best = {r[0]: (r[1], r[2]) for r in lds["rows"]}
+        gradsim = max((k for k in best if k.startswith("gradsim")), key=lambda k: best[k][0])
+        parts.append(
+            f"LDS ekfac {best['ekfac'][0]:.3f} +- {best['ekfac'][1]:.3f}, best gradsim {best[gradsim][0]:.3f} "
+            f"+- {best[gradsim][1]:.3f}"
+        )
+    return "; ".join(parts)
+
+
 if __name__ == "__main__":
     for table in run(quick="--full" not in sys.argv):
         print(json.dumps(table, indent=1, default=str))

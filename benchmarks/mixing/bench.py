@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import os
-import resource
 import shutil
 import tempfile
 import threading
@@ -327,7 +326,9 @@ def _pandas_peer(src: str, dst: str, tau: float, seed: int, queue: Any) -> None:
 
 
 def _self_peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
+    from benchmarks.harness import peak_rss_mb
+
+    return peak_rss_mb()  # from this child's start, not its parent's peak (see peak_rss_mb)
 
 
 class _MemoryWatch:
@@ -590,6 +591,30 @@ def loss_weight_cost(quick: bool) -> list[dict]:
 
 def run(quick: bool = True) -> list[dict]:
     return reproduction(quick) + scale(quick) + loss_weight_cost(quick)
+
+
+def headline(tables: list[dict]) -> str:
+    """The README's line: final held-out code / math loss per arm (mean over seeds), Dask against pandas at
+    scale, and what applying loss_weight costs per step."""
+    final = tables[0]
+    arms = "; ".join(f"{row[0]} {row[2].split()[0]} / {row[1].split()[0]}" for row in final["rows"])
+    seeds = final["notes"].split("Mean over seeds ")[1].split("]")[0] + "]"
+    model = final["notes"].split("reference model (")[1].split(")")[0]
+    parts = [f"held-out code / math loss after training: {arms} (model {model}, seeds {seeds})"]
+    by_title = {t["title"]: t for t in tables}
+    scale_table = next((t for k, t in by_title.items() if k.startswith("Mixing at scale")), None)
+    if scale_table:
+        dask, rows = scale_table["rows"][1], scale_table["rows"][1][1]
+        same = "identical" if "the two: yes" in scale_table["notes"] else "NOT identical"
+        parts.append(f"copies for {rows:,} rows: dask {dask[5]:.2f}x pandas's speed ({same} results)")
+    weights = next((t for k, t in by_title.items() if k.startswith("Applying loss_weight")), None)
+    if weights:
+        ratio = {row[0]: row[2] for row in weights["rows"]}
+        parts.append(
+            f"loss_weight costs {ratio['WeightedSFTTrainer']:.2f}x SFTTrainer's and "
+            f"{ratio['WeightedTrainer']:.2f}x Trainer's time per step"
+        )
+    return "; ".join(parts)
 
 
 if __name__ == "__main__":

@@ -209,3 +209,22 @@ def test_the_command_line_writes_where_told_and_refuses_unknown_names(tmp_path, 
     assert readme.README.read_text() == readme_before
     assert main(["nope", "--results", str(tmp_path / "out")]) == 2
     assert "unknown benchmark nope" in capsys.readouterr().err
+
+
+def test_peak_rss_counts_from_the_process_start_not_the_parents_peak(tmp_path):
+    """A worker started by a process that once held 400 MB reports its own peak: Linux's ru_maxrss would
+    carry the parent's 400 MB into the child through fork and exec."""
+    import subprocess
+
+    child = "from benchmarks.harness import peak_rss_mb; print(peak_rss_mb())"
+    parent = (
+        "import subprocess, sys; import numpy as np\n"
+        "held = np.ones(50_000_000); del held\n"  # 400 MB touched, then freed
+        f"print(subprocess.run([sys.executable, '-c', {child!r}], capture_output=True, text=True, check=True).stdout)"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", parent], capture_output=True, text=True, check=True, cwd=root
+    ).stdout
+    child_peak = float(out.split()[-1])
+    assert 1 < child_peak < 200, child_peak
