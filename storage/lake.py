@@ -463,10 +463,14 @@ def _abandoned(entry: os.DirEntry) -> bool:
 
 
 def remove_run(lake: Lake, run_id: str) -> None:
-    """Delete a run's registry row and partitions (registry first, so no view shows half of it)."""
+    """Delete a run's registry row, partitions and what it keeps in the lake's work area
+    (`.work/KIND/RUN_ID`, e.g. an attribution run's fitted factors); registry first, so no view shows half
+    of it."""
     registry = lake._registry_path(run_id)
     if registry.exists():
         registry.unlink()
     for table in TABLES:
         shutil.rmtree(lake.run_dir(table, run_id), ignore_errors=True)
+    for kept in (lake.root / ".work").glob(f"*/{run_id}"):
+        shutil.rmtree(kept, ignore_errors=True)
     lake.refresh_catalog()

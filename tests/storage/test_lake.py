@@ -252,3 +252,21 @@ RESUMER = textwrap.dedent("""
                                                "value": [float(part)] * 10}))
             time.sleep(0.05)
 """)
+
+
+def test_removing_a_run_removes_its_rows_and_what_it_keeps_in_the_work_area(lake_dir: Path) -> None:
+    from storage.lake import remove_run
+
+    lake = Lake(lake_dir)
+    runs = []
+    for a in (1, 2):
+        with lake.run("attribute", "test", params={"a": a}, inputs={}) as run:
+            run.write("scores", scores_frame(3))
+        kept = lake_dir / ".work" / "factors" / run.run_id
+        kept.mkdir(parents=True)
+        (kept / "factors.safetensors").write_bytes(b"x" * 10)
+        runs.append(run.run_id)
+    remove_run(lake, runs[0])
+    assert lake.query("SELECT DISTINCT run_id FROM scores")["run_id"].tolist() == [runs[1]]
+    assert not (lake_dir / ".work" / "factors" / runs[0]).exists()
+    assert (lake_dir / ".work" / "factors" / runs[1] / "factors.safetensors").exists()
