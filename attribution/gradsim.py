@@ -93,7 +93,12 @@ class GradSimScorer:
         bs = self.config.batch_size
         for first in range(0, len(items), self.rows):
             parts = [
-                self._per_example(fn, move_to_device(self.collate_fn(list(items[a : a + bs])), self.device))
+                self._per_example(
+                    fn,
+                    move_to_device(
+                        self.collate_fn(list(items[a : min(a + bs, first + self.rows)])), self.device
+                    ),
+                )
                 for a in range(first, min(len(items), first + self.rows), bs)
             ]
             grads = {k: torch.cat([p[k] for p in parts]).float() for k in self.names}

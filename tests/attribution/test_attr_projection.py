@@ -80,7 +80,7 @@ def test_gradsim_chunks_match_per_batch_projection(lm):
         return example_loss(forward_logits(m, b), b["labels"])
 
     out = []
-    for rows in (4, 16):
+    for rows in (4, 6, 16):  # 6: chunks that end inside a gradient batch (batch_size 4)
         scorer = GradSimScorer(
             copy.deepcopy(model),
             loss,
@@ -93,7 +93,9 @@ def test_gradsim_chunks_match_per_batch_projection(lm):
         assert scorer.rows == rows
         scorer.fit(items[:6])
         out.append(scorer.score(items))
+        assert out[-1].shape == (6, len(items))
     torch.testing.assert_close(out[0], out[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[0], out[2], rtol=1e-5, atol=1e-6)
 
 
 def test_chunk_rows_bounded_by_the_gradient_buffer():

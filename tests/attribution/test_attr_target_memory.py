@@ -1,6 +1,6 @@
 """EK-FAC memory does not grow with the number of targets: a large-vocabulary model (32k tokens, where
 each target's logits dominate the activations) attributed to 8 and to 64 targets, each run in its own
-process, peak RSS from process start (ru_maxrss)."""
+process, peak RSS from process start (VmHWM: ru_maxrss would carry pytest's own peak into the child)."""
 
 import json
 import subprocess
@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 RUN = """
-import json, resource, sys
+import json, sys
 sys.path.insert(0, sys.argv[1])
+from benchmarks.harness import peak_rss_mb
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from tiny_lm import corpus_texts, make_records, make_tokenizer
@@ -30,7 +31,7 @@ result = attribute(
     LlamaForCausalLM(config).eval(), train, targets, tokenizer=tok, method="ekfac", max_length=64,
     method_params=params,
 )
-print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rows": len(result.scores)}))
+print(json.dumps({"peak_mb": peak_rss_mb(), "rows": len(result.scores)}))
 """
 
 
@@ -40,6 +41,7 @@ def _peak_mb(n_targets: int, **params) -> float:
         capture_output=True,
         text=True,
         check=False,
+        cwd=Path(__file__).resolve().parents[2],  # the repository: benchmarks.harness imports from there
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
