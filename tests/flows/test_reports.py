@@ -389,9 +389,12 @@ def test_cli_report_default_path_out_and_unknown_run(synthetic: tuple[Path, dict
         "error: run 'attribute-nope-123' is not in the lake"
     )
     assert "Traceback" not in unknown.stderr
-    bad_dir = run_cli("report", ids["mix"], "--out", "missing/r.html", cwd=root)
-    assert bad_dir.returncode == 2 and "does not exist" in bad_dir.stderr
+    taken = run_cli("report", ids["mix"], "--out", "u.html", cwd=root)  # the output policy: no silent replace
+    assert taken.returncode == 2 and "--force" in taken.stderr and len(taken.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in root.rglob("*.html")) == before
+    assert "KLoM per split" in (root / "u.html").read_text()
+    created = run_cli("report", ids["mix"], "--out", "missing/r.html", cwd=root)  # parents are created
+    assert created.returncode == 0 and "Mixture schedule" in (root / "missing" / "r.html").read_text()
 
 
 def test_failed_run_reports_its_error(lake_dir: Path) -> None:
