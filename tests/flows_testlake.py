@@ -94,19 +94,26 @@ def recipe(**extra: object) -> dict:
     return doc
 
 
-def tiny_model(folder: Path, texts: list[str]) -> Path:
-    from attribution.reference_model import build_model, build_tokenizer
+def tiny_causal_lm(tokenizer, seed: int = 0):
+    """The tests' smallest Qwen2-style causal LM for `tokenizer` (one layer, hidden 32)."""
+    from attribution.reference_model import build_model
 
-    tokenizer = build_tokenizer(texts, vocab_size=300)
-    model = build_model(
+    return build_model(
         tokenizer,
-        seed=0,
+        seed=seed,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=1,
         num_attention_heads=2,
         num_key_value_heads=1,
     )
+
+
+def tiny_model(folder: Path, texts: list[str]) -> Path:
+    from attribution.reference_model import build_tokenizer
+
+    tokenizer = build_tokenizer(texts, vocab_size=300)
+    model = tiny_causal_lm(tokenizer)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

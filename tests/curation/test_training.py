@@ -13,8 +13,9 @@ import pandas as pd
 import pytest
 import torch
 from assay_testing import stage
+from flows_testlake import tiny_causal_lm
 
-from attribution.reference_model import build_model, build_tokenizer
+from attribution.reference_model import build_tokenizer
 from curation import mixing
 from curation.exporter import export_run
 from curation.training import (
@@ -87,15 +88,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def tiny_model(tokenizer, seed: int = 0):
-    return build_model(
-        tokenizer,
-        seed=seed,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-    )
+    return tiny_causal_lm(tokenizer, seed)
 
 
 def sft_config(root: Path, **extra):

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from assay_testing import run_cli, stage, tree_digest
-from flows_testlake import TRAIN, make_lake, scores_frame
+from flows_testlake import TRAIN, make_lake, scores_frame, tiny_causal_lm
 
 from curation.exporter import export_run
 from storage import Lake
@@ -306,7 +306,7 @@ def test_trl_on_the_chat_export_trains_only_the_response_that_was_curated(
     import torch
     import trl
 
-    from attribution.reference_model import build_model, build_tokenizer
+    from attribution.reference_model import build_tokenizer
     from curation.training import WeightedSFTTrainer
 
     rows = [
@@ -331,15 +331,7 @@ def test_trl_on_the_chat_export_trains_only_the_response_that_was_curated(
     texts = [m["content"] for r in rows for m in r["messages"]]
     tokenizer = build_tokenizer(texts, vocab_size=300)
     torch.manual_seed(0)
-    model = build_model(
-        tokenizer,
-        seed=0,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-    )
+    model = tiny_causal_lm(tokenizer)
     config = trl.SFTConfig(
         output_dir=str(tmp_path / "run"), report_to=[], save_strategy="no", use_cpu=True, max_steps=1
     )
