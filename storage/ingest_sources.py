@@ -137,15 +137,14 @@ def _raw_blocks(path: Path) -> Iterator[tuple[bytes, int]]:
                 return
 
 
-def _line_spans(block: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Start, end (without "\\r\\n") and newline position of every line of a block."""
-    data = np.frombuffer(block, np.uint8)
-    newlines = np.flatnonzero(data == 10)
-    if not len(block) or block[-1:] != b"\n":
-        newlines = np.append(newlines, len(block))
+def _line_spans(data: np.ndarray, newlines: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Start, end (without "\\r\\n") and newline position of every line of a block (`data`, its bytes;
+    `newlines`, where its "\\n" are; a last line without one ends at the end of the block)."""
+    if not len(data) or data[-1] != 10:
+        newlines = np.append(newlines, len(data))
     starts = np.concatenate([[0], newlines[:-1] + 1]).astype(np.int64)
     ends = newlines.astype(np.int64)
-    has_cr = (ends > starts) & (data[np.maximum(ends - 1, 0)] == 13) if len(block) else ends > starts
+    has_cr = (ends > starts) & (data[np.maximum(ends - 1, 0)] == 13) if len(data) else ends > starts
     return starts, ends - has_cr, newlines
 
 
@@ -160,18 +159,19 @@ def _valid_utf8(data: bytes) -> bool:
     return True
 
 
-def _jsonl_fast(block: bytes, starts: np.ndarray, ends: np.ndarray, newlines: np.ndarray) -> pa.Table | None:
+def _jsonl_fast(block: memoryview, lines: JsonlLines) -> pa.Table | None:
     """pyarrow's parse of a block, or None when it might differ from json.loads line by line."""
     import pyarrow.json as pajson
 
     data = np.frombuffer(block, np.uint8)
+    starts, ends, newlines = lines.spans
     filled = ends > starts
     if not filled.any():
         return None
     first, last = data[starts[filled]], data[ends[filled] - 1]
     if not ((first == ord("{")).all() and (last == ord("}")).all()):
         return None  # leading / trailing whitespace, a non-object line, a BOM: the reference decides
-    openers = np.flatnonzero((data == ord("[")) | (data == ord("{")))
+    openers = lines.openers
     if (
         len(openers) > MAX_FAST_NESTING
         and np.bincount(np.searchsorted(newlines, openers)).max() > MAX_FAST_NESTING
@@ -191,20 +191,20 @@ def _jsonl_fast(block: bytes, starts: np.ndarray, ends: np.ndarray, newlines: np
     return table if table.num_rows == int(filled.sum()) else None
 
 
-def _first_keys(block: bytes, starts: np.ndarray, ends: np.ndarray) -> list[str] | None:
+def _first_keys(block: memoryview, starts: np.ndarray, ends: np.ndarray) -> list[str] | None:
     """The keys of a block's first object (json.loads of its first non-empty line), or None."""
     first = int(np.flatnonzero(ends > starts)[0])
     try:
-        row = json.loads(block[starts[first] : ends[first]])
+        row = json.loads(bytes(block[starts[first] : ends[first]]))
     except (ValueError, RecursionError):
         return None
     return list(row) if isinstance(row, dict) else None
 
 
-def _jsonl_rows(path: Path, block: bytes, first_line: int, offset: int) -> tuple[list[dict], np.ndarray]:
+def _jsonl_rows(path: Path, block: memoryview, first_line: int, offset: int) -> tuple[list[dict], np.ndarray]:
     rows, lines = [], []
     position = 0
-    for number, raw in enumerate(block.split(b"\n"), start=first_line):
+    for number, raw in enumerate(bytes(block).split(b"\n"), start=first_line):
         text = _utf8(raw, path, number, offset + position)
         position += len(raw) + 1
         if not text.strip():
@@ -231,58 +231,116 @@ def _json_reason(exc: Exception) -> str:
 Spans = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
-def _joined(pieces: list[tuple[bytes, Spans]]) -> tuple[bytes, Spans]:
-    """Consecutive pieces of a file as one block, their line spans shifted to match."""
-    if len(pieces) == 1:
-        return pieces[0]
-    shifts = np.cumsum([0] + [len(raw) for raw, _ in pieces[:-1]])
-    spans = tuple(
-        np.concatenate([sp[k] + shift for (_, sp), shift in zip(pieces, shifts, strict=True)])
-        for k in range(3)
-    )
-    return b"".join(raw for raw, _ in pieces), spans
+@dataclass
+class JsonlLines:
+    """A block's lines: `spans` (start, end without "\\r\\n", newline position of every line) and
+    where its "[" and "{" are (the nesting check), all relative to the block."""
+
+    spans: Spans
+    openers: np.ndarray
 
 
-def _row_blocks(path: Path) -> Iterator[tuple[bytes, int, Spans]]:
-    """(bytes, offset, line spans) blocks of whole lines holding BLOCK_ROWS non-empty lines each (the
-    last fewer; fewer also once a block reaches MAX_BLOCK_BYTES): records then come in the version's
-    chunks without being copied together again."""
-    pending: list[tuple[bytes, Spans]] = []
-    pending_rows = pending_bytes = 0
-    offset = None
-    for raw, raw_offset in _raw_blocks(path):
-        offset = raw_offset if offset is None else offset
-        spans = _line_spans(raw)
-        filled = np.flatnonzero(spans[1] > spans[0])
-        while pending_rows + len(filled) >= BLOCK_ROWS:
-            cut = int(spans[2][filled[BLOCK_ROWS - pending_rows - 1]]) + 1
-            keep = spans[2] < cut
-            block, joined = _joined([*pending, (raw[:cut], tuple(a[keep] for a in spans))])
-            yield block, offset, joined
-            offset += len(block)
-            raw, spans = raw[cut:], tuple(a[~keep] - cut for a in spans)
-            filled = np.flatnonzero(spans[1] > spans[0])
-            pending, pending_rows, pending_bytes = [], 0, 0
-        if raw:
-            pending.append((raw, spans))
-            pending_rows += len(filled)
-            pending_bytes += len(raw)
-        if pending_bytes >= MAX_BLOCK_BYTES:
-            block, joined = _joined(pending)
-            yield block, offset, joined
-            offset += len(block)
-            pending, pending_rows, pending_bytes = [], 0, 0
-    if pending:
-        block, joined = _joined(pending)
-        yield block, offset, joined
+class _JsonlReader:
+    """A JSONL file as blocks of whole lines holding BLOCK_ROWS non-empty lines each (the last fewer;
+    fewer also once a block reaches MAX_BLOCK_BYTES), so records come in the version's chunks.
+
+    Each byte is read once into an Arrow buffer and scanned once (for "\\n", "[" and "{"); a block is a
+    view of that buffer, not a copy. Only the unfinished tail moves to a fresh buffer before the next
+    read, because the blocks handed out still point into the old one."""
+
+    def __init__(self, fh: Any, path: Path):
+        self.fh, self.path = fh, path
+        self.buffer = pa.allocate_buffer(2 * BLOCK_BYTES)
+        self.start = self.filled = 0  # the bytes not yet handed out: buffer[start:filled]
+        self.offset = 0  # the file offset of buffer[start]
+        self.newlines = np.empty(0, np.int64)  # positions in buffer, in [start, filled)
+        self.openers = np.empty(0, np.int64)
+        self.handed_out = False  # a block points into buffer: it must not be written again
+        self.block_bytes = BLOCK_BYTES  # the last block's size: the next buffer's guess
+        self.eof = False
+        self.first_read = True
+        self.scratch_flags = np.empty(BLOCK_BYTES, bool)
+        self.scratch_bits = np.empty(BLOCK_BYTES, np.uint8)
+
+    def blocks(self) -> Iterator[tuple[memoryview, int, JsonlLines]]:
+        while not self.eof:
+            self._read()
+            while (cut := self._cut()) is not None:
+                yield self._take(cut)
+        if self.filled > self.start:
+            yield self._take(self.filled)
+
+    def _read(self) -> None:
+        if self.handed_out or self.buffer.size - self.filled < BLOCK_BYTES:
+            # Doubling keeps a long block's copies linear; the last block's size sizes the next buffer.
+            rest = self.filled - self.start
+            self._move(max(2 * BLOCK_BYTES, 2 * rest, rest + BLOCK_BYTES, self.block_bytes + BLOCK_BYTES))
+        try:
+            n = self.fh.readinto(memoryview(self.buffer)[self.filled : self.filled + BLOCK_BYTES])
+        except OSError as exc:
+            raise UserError(f"{self.path}: cannot read file ({exc.strerror or exc})") from None
+        if self.first_read and bytes(memoryview(self.buffer)[: min(n, len(BOM))]) == BOM:
+            self.start = self.offset = len(BOM)  # a BOM opens the file only
+        self.first_read = False
+        region = np.frombuffer(self.buffer, np.uint8, n, self.filled)
+        # Scratch arrays reused for every read: fresh temporaries would fault their pages in each time.
+        flags, bits = self.scratch_flags[:n], self.scratch_bits[:n]
+        np.equal(region, 10, out=flags)
+        self.newlines = np.concatenate([self.newlines, np.flatnonzero(flags) + self.filled])
+        # "[" is 0x5B and "{" 0x7B: the only bytes that become 0x7B with bit 5 set.
+        np.equal(np.bitwise_or(region, 0x20, out=bits), 0x7B, out=flags)
+        self.openers = np.concatenate([self.openers, np.flatnonzero(flags) + self.filled])
+        self.filled += n
+        self.eof = n == 0
+
+    def _move(self, size: int) -> None:
+        """Carry the bytes not yet handed out over to a fresh buffer of `size` bytes."""
+        fresh = pa.allocate_buffer(size)
+        rest = self.filled - self.start
+        memoryview(fresh)[:rest] = memoryview(self.buffer)[self.start : self.filled]
+        self.newlines -= self.start
+        self.openers -= self.start
+        self.buffer, self.filled, self.start, self.handed_out = fresh, rest, 0, False
+
+    def _cut(self) -> int | None:
+        """Where the next block ends in the bytes read so far, or None when more must be read."""
+        newlines = self.newlines
+        if not len(newlines):
+            return None
+        starts = np.concatenate([[self.start], newlines[:-1] + 1])
+        data = np.frombuffer(self.buffer, np.uint8, self.filled)
+        has_cr = (newlines > starts) & (data[np.maximum(newlines - 1, 0)] == 13)
+        filled = np.flatnonzero(newlines - has_cr > starts)
+        if len(filled) >= BLOCK_ROWS:
+            return int(newlines[filled[BLOCK_ROWS - 1]]) + 1
+        if self.filled - self.start >= MAX_BLOCK_BYTES:
+            return int(newlines[-1]) + 1
+        return None
+
+    def _take(self, cut: int) -> tuple[memoryview, int, JsonlLines]:
+        block = memoryview(self.buffer)[self.start : cut]
+        inside, opened = self.newlines < cut, self.openers < cut
+        spans = _line_spans(np.frombuffer(block, np.uint8), self.newlines[inside] - self.start)
+        lines = JsonlLines(spans, self.openers[opened] - self.start)
+        self.newlines, self.openers = self.newlines[~inside], self.openers[~opened]
+        offset, self.offset, self.start = self.offset, self.offset + len(block), cut
+        self.handed_out, self.block_bytes = True, len(block)
+        return block, offset, lines
+
+
+def _row_blocks(path: Path) -> Iterator[tuple[memoryview, int, JsonlLines]]:
+    """(bytes, file offset, lines) blocks of a JSONL file (see `_JsonlReader`)."""
+    with _open(path) as fh:
+        yield from _JsonlReader(fh, path).blocks()
 
 
 def jsonl_blocks(path: Path, fast: bool = True) -> Iterator[Block]:
     first_row = 0
     next_line = 1
-    for block, offset, (starts, ends, newlines) in _row_blocks(path):
-        first_line, next_line = next_line, next_line + len(starts) - (block[-1:] != b"\n")
-        table = _jsonl_fast(block, starts, ends, newlines) if fast else None
+    for block, offset, lines in _row_blocks(path):
+        starts, ends, _ = lines.spans
+        first_line, next_line = next_line, next_line + len(starts) - (block[-1] != 10)
+        table = _jsonl_fast(block, lines) if fast else None
         keys = _first_keys(block, starts, ends) if table is not None else None
         if keys is not None:
             filled = np.flatnonzero(ends > starts)

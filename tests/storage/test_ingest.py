@@ -530,3 +530,49 @@ def test_records_spilled_to_a_staging_file_give_the_same_lake(tmp_path: Path, mo
     with pytest.raises(UserError, match="duplicate example id"):
         ingest(Lake(tmp_path / "c"), path, "d")
     assert not list((tmp_path / "tmp").iterdir()) and not list((tmp_path / "b" / ".staging").iterdir())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_jsonl_reader_blocks_are_the_file_cut_at_lines(tmp_path: Path, monkeypatch, seed: int) -> None:
+    """The JSONL reader's blocks, whatever the read size: concatenated they are the file (less a leading
+    BOM), each starts at its file offset, ends after a newline (but the last), holds BLOCK_ROWS non-empty
+    lines (CRLF and blank lines included) unless MAX_BLOCK_BYTES cut it, and its line spans and "[" / "{"
+    positions are those of a plain split of the block."""
+    from storage import ingest_sources
+
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i in range(400):
+        kind = rng.integers(6)
+        if kind == 0:
+            lines.append(b"")
+        elif kind == 1:
+            lines.append(b"\r")
+        else:
+            text = json.dumps({"p": "x" * int(rng.integers(0, 300)), "q": [[i]] * int(rng.integers(0, 4))})
+            lines.append(text.encode() + (b"\r" if kind == 2 else b""))
+    data = b"\n".join(lines) + (b"\n" if seed % 2 else b"")
+    bom = ingest_sources.BOM if seed < 2 else b""
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(bom + data)
+    monkeypatch.setattr(ingest_sources, "BLOCK_BYTES", 97)  # lines span several reads
+    monkeypatch.setattr(ingest_sources, "BLOCK_ROWS", 13)
+    monkeypatch.setattr(ingest_sources, "MAX_BLOCK_BYTES", 3000 if seed == 3 else 1 << 30)
+    parts = list(ingest_sources._row_blocks(path))
+    assert b"".join(bytes(block) for block, _, _ in parts) == data
+    position = len(bom)
+    for k, (block, offset, found) in enumerate(parts):
+        raw = bytes(block)
+        assert offset == position
+        position += len(raw)
+        last = k == len(parts) - 1
+        assert last or raw.endswith(b"\n")
+        pieces = raw.split(b"\n")[: -1 if raw.endswith(b"\n") else None]
+        starts = np.cumsum([0] + [len(p) + 1 for p in pieces[:-1]])
+        ends = starts + [len(p) - p.endswith(b"\r") for p in pieces]
+        starts_found, ends_found, _ = found.spans
+        assert starts_found.tolist() == starts.tolist() and ends_found.tolist() == ends.tolist()
+        filled = int((ends > starts).sum())
+        # a block cut by MAX_BLOCK_BYTES ends at the last newline read, less than a line short of it
+        assert filled == 13 or last or len(raw) + max(map(len, lines)) + 1 >= 3000
+        assert found.openers.tolist() == [i for i, b in enumerate(raw) if b in b"[{"]
