@@ -39,6 +39,8 @@ BY_GROUP = """SELECT tr.domain AS train_domain, tr.difficulty, tg.domain AS targ
   FROM scores s JOIN examples tr ON s.train_id = tr.example_id JOIN examples tg ON s.target_id = tg.example_id
   GROUP BY ALL ORDER BY ALL"""
 
+QUERY_ROUNDS = 5
+
 
 def build_lake(root: Path, n_train: int, n_target: int, shards: int = 10) -> Lake:
     lake = Lake(root)
@@ -163,10 +165,14 @@ def bench_queries(quick: bool) -> dict:
         rows = n_train * n_target
         engines = query_engines(lake)
         # Round robin: each repeat runs every engine once, so load from elsewhere on the machine falls
-        # on all of them alike; the best of the repeats is kept.
+        # on all of them alike, and the order rotates, so no engine always runs right after pandas and
+        # polars have churned gigabytes; the best of the repeats is kept (5: a 3 s query varies by 20%
+        # between rounds here, more than the gate's own cost, about 0.08 s).
         times = {name: dict.fromkeys(queries, float("inf")) for name, queries in engines.items()}
-        for _ in range(3):
-            for name, queries in engines.items():
+        names = list(engines)
+        for round_ in range(QUERY_ROUNDS):
+            for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+                queries = engines[name]
                 for q, fn in queries.items():
                     times[name][q] = min(times[name][q], timed(fn, repeats=1)[0])
     base = times["raw duckdb"]
@@ -181,7 +187,7 @@ def bench_queries(quick: bool) -> dict:
         for name, t in times.items()
     ]
     return {
-        "title": f"Queries over {rows:,} score rows (best of 3, engines in turn)",
+        "title": f"Queries over {rows:,} score rows (best of {QUERY_ROUNDS}, engines in turn)",
         "columns": ["engine", "top-k s", "top-k vs raw duckdb", "by-group s", "by-group vs raw duckdb"],
         "rows": table_rows,
         "notes": "top-k: 10 most helpful train examples per target; by-group: mean influence by (train "
