@@ -282,6 +282,26 @@ def conversation_as_prompt_completion(dataset: Any) -> Any:
     return dataset.map(_split_conversation, remove_columns=["messages"])
 
 
+def _refuse_dropped_rows(given: Any, prepared: Any, config: Any) -> None:
+    """TRL drops the rows whose trained tokens all fall beyond `max_length` (a long prompt with
+    truncation_mode "keep_start"). On an export that silently removes curated examples and shifts a
+    materialised training order, so it is an error naming the first such example."""
+    if not (hasattr(given, "__len__") and hasattr(prepared, "__len__")) or len(given) == len(prepared):
+        return
+    dropped = len(given) - len(prepared)
+    first = ""
+    names = getattr(given, "column_names", None) or []
+    if "example_id" in names and "example_id" in (getattr(prepared, "column_names", None) or []):
+        kept = set(prepared["example_id"])
+        missing = [i for i in given["example_id"] if i not in kept]
+        first = f" (first: example {missing[0]!r})" if missing else ""
+    limit = getattr(config, "max_length", None)
+    raise ValueError(
+        f"TRL dropped {dropped} of {len(given)} rows whose trained tokens were all cut by max_length={limit}"
+        f"{first}; raise max_length or set truncation_mode='keep_end', so every row of the export trains"
+    )
+
+
 def _weighted_sft_trainer() -> type:
     """WeightedSFTTrainer, built on first use: TRL is optional (`pip install 'assay[train]'`)."""
     try:
@@ -321,7 +341,9 @@ def _weighted_sft_trainer() -> type:
                     raise ValueError(f"WeightedSFTTrainer cannot apply loss weights with {', '.join(on)}")
             if kwargs.get("compute_loss_func") is not None:
                 raise ValueError("WeightedSFTTrainer computes the loss itself; do not pass compute_loss_func")
+            given = kwargs.get("train_dataset")
             super().__init__(*args, **kwargs)
+            _refuse_dropped_rows(given, self.train_dataset, self.args)
             self._setup_weights(train_sampler)
 
         def compute_loss(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:

@@ -5,6 +5,7 @@ The model is the project's reference architecture built from a config with a loc
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import datasets
@@ -364,3 +365,33 @@ def test_trl_trains_on_the_chat_export_through_the_chat_template(setup) -> None:
     first = tokenizer.apply_chat_template(train["messages"][0], tokenize=True)
     first = first if isinstance(first, list) else first["input_ids"]  # a BatchEncoding in transformers 5
     assert recorder.batches[0][0] == list(first)  # the first row of the file, rendered by the template
+
+
+def test_rows_trl_would_drop_for_length_are_refused_by_name(setup) -> None:
+    """TRL drops rows whose trained tokens all fall beyond max_length (a long prompt kept from the start):
+    on an export that would silently remove a curated example and shift the training order."""
+    tokenizer, root = setup["tokenizer"], setup["root"]
+    train = load_split(setup["materialised"], root).select(range(6))
+    long_prompt = train[2]["prompt"] * 60
+    rows = [{**r, "prompt": long_prompt} if i == 2 else r for i, r in enumerate(train)]
+    edited = datasets.Dataset.from_list(rows)
+    assert len(tokenizer(long_prompt)["input_ids"]) > 128  # the prompt alone fills max_length
+    with pytest.raises(
+        ValueError,
+        match=r"dropped 1 of 6 rows .*max_length=128 \(first: example "
+        + re.escape(repr(rows[2]["example_id"])),
+    ):
+        WeightedSFTTrainer(
+            model=tiny_model(tokenizer),
+            args=sft_config(root, max_steps=1, max_length=128),
+            train_dataset=edited,
+            processing_class=tokenizer,
+        )
+    # The same rows within max_length train as they are.
+    trainer = WeightedSFTTrainer(
+        model=tiny_model(tokenizer),
+        args=sft_config(root, max_steps=1, max_length=128),
+        train_dataset=train,
+        processing_class=tokenizer,
+    )
+    assert len(trainer.train_dataset) == 6
