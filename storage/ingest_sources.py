@@ -30,6 +30,7 @@ FORMATS = ("jsonl", "json", "parquet", "csv", "hf")
 BLOCK_BYTES = 16 << 20  # reads of the file
 BLOCK_ROWS = 65_536  # rows per block (the dataset version's chunk size)
 MAX_BLOCK_BYTES = 256 << 20  # a block of very long rows is cut sooner
+MAX_BLOCK_LINES = 4 * BLOCK_ROWS  # and one of many blank lines (each line's span takes memory)
 MAX_FAST_NESTING = 256
 BOM = b"\xef\xbb\xbf"
 
@@ -242,7 +243,8 @@ class JsonlLines:
 
 class _JsonlReader:
     """A JSONL file as blocks of whole lines holding BLOCK_ROWS non-empty lines each (the last fewer;
-    fewer also once a block reaches MAX_BLOCK_BYTES), so records come in the version's chunks.
+    fewer also once a block reaches MAX_BLOCK_BYTES or MAX_BLOCK_LINES lines, blank ones included), so
+    records come in the version's chunks and memory stays bounded for any file.
 
     Each byte is read once into an Arrow buffer and scanned once (for "\\n", "[" and "{"); a block is a
     view of that buffer, not a copy. Only the unfinished tail moves to a fresh buffer before the next
@@ -303,8 +305,10 @@ class _JsonlReader:
         self.buffer, self.filled, self.start, self.handed_out = fresh, rest, 0, False
 
     def _cut(self) -> int | None:
-        """Where the next block ends in the bytes read so far, or None when more must be read."""
-        newlines = self.newlines
+        """Where the next block ends in the bytes read so far, or None when more must be read. Only the
+        first MAX_BLOCK_LINES pending lines are looked at: no block holds more, and many cuts in one read
+        (very short lines) must not rescan the whole read each time."""
+        newlines = self.newlines[:MAX_BLOCK_LINES]
         if not len(newlines):
             return None
         starts = np.concatenate([[self.start], newlines[:-1] + 1])
@@ -313,16 +317,18 @@ class _JsonlReader:
         filled = np.flatnonzero(newlines - has_cr > starts)
         if len(filled) >= BLOCK_ROWS:
             return int(newlines[filled[BLOCK_ROWS - 1]]) + 1
+        if len(newlines) == MAX_BLOCK_LINES:  # blank lines count here: their spans cost memory too
+            return int(newlines[-1]) + 1
         if self.filled - self.start >= MAX_BLOCK_BYTES:
             return int(newlines[-1]) + 1
         return None
 
     def _take(self, cut: int) -> tuple[memoryview, int, JsonlLines]:
         block = memoryview(self.buffer)[self.start : cut]
-        inside, opened = self.newlines < cut, self.openers < cut
-        spans = _line_spans(np.frombuffer(block, np.uint8), self.newlines[inside] - self.start)
-        lines = JsonlLines(spans, self.openers[opened] - self.start)
-        self.newlines, self.openers = self.newlines[~inside], self.openers[~opened]
+        lines_in, openers_in = np.searchsorted(self.newlines, cut), np.searchsorted(self.openers, cut)
+        spans = _line_spans(np.frombuffer(block, np.uint8), self.newlines[:lines_in] - self.start)
+        lines = JsonlLines(spans, self.openers[:openers_in] - self.start)
+        self.newlines, self.openers = self.newlines[lines_in:], self.openers[openers_in:]
         offset, self.offset, self.start = self.offset, self.offset + len(block), cut
         self.handed_out, self.block_bytes = True, len(block)
         return block, offset, lines

@@ -576,3 +576,25 @@ def test_jsonl_reader_blocks_are_the_file_cut_at_lines(tmp_path: Path, monkeypat
         # a block cut by MAX_BLOCK_BYTES ends at the last newline read, less than a line short of it
         assert filled == 13 or last or len(raw) + max(map(len, lines)) + 1 >= 3000
         assert found.openers.tolist() == [i for i, b in enumerate(raw) if b in b"[{"]
+
+
+def test_blank_lines_cannot_make_a_block_unbounded(tmp_path: Path, monkeypatch) -> None:
+    """Blank lines do not count as rows, but each costs a line span: a block is also cut at
+    MAX_BLOCK_LINES lines, and the lake is the same as without the cut (version, rows, line numbers)."""
+    from storage import ingest_sources
+
+    lines = [json.dumps({"prompt": f"p{i}", "response": "r"}) for i in range(30)]
+    text = "\n" * 500 + "\n".join(lines[:10]) + "\n" * 300 + "\r\n" * 200 + "\n".join(lines[10:]) + "\n"
+    path = tmp_path / "blank.jsonl"
+    path.write_text(text)
+    whole = ingest(Lake(tmp_path / "a"), path, "d")
+    monkeypatch.setattr(ingest_sources, "MAX_BLOCK_LINES", 64)
+    monkeypatch.setattr(ingest_sources, "BLOCK_BYTES", 128)
+    parts = list(ingest_sources._row_blocks(path))
+    assert max(len(found.spans[0]) for _, _, found in parts) <= 64
+    assert b"".join(bytes(block) for block, _, _ in parts) == text.encode()
+    cut = ingest(Lake(tmp_path / "b"), path, "d")
+    assert (cut.version, cut.rows) == (whole.version, whole.rows) == (whole.version, 30)
+    numbers = [n for b in blocks(path) for n in b.lines.tolist()]
+    expected = [i + 1 for i, line in enumerate(text.split("\n")) if line.strip()]
+    assert numbers == expected
