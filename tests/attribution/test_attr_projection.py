@@ -8,12 +8,12 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
+from tiny_lm import eager_lm
 from trak.projectors import BasicProjector
-from transformers import AutoModelForCausalLM
 
 from attribution.api import attribute
 from attribution.gradsim import GradSimConfig, GradSimScorer
-from attribution.lm_data import collate, encode_sft
+from attribution.lm_data import collate
 from attribution.lm_loss import example_loss, forward_logits
 from attribution.trak_adapter import (
     CachedProjector,
@@ -29,9 +29,7 @@ from attribution.trak_adapter import (
 
 @pytest.fixture(scope="module")
 def lm(trained_dir, tokenizer, records):
-    torch.set_num_threads(1)
-    model = AutoModelForCausalLM.from_pretrained(trained_dir, attn_implementation="eager").eval()
-    items = [{k: v for k, v in encode_sft(tokenizer, r, 64).items() if k != "offsets"} for r in records[:20]]
+    model, items = eager_lm(trained_dir, tokenizer, records, 20)
     names = [n for n, _ in model.named_parameters() if ".mlp." in n]
     return model, items, tokenizer, names
 

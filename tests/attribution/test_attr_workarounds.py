@@ -11,7 +11,7 @@ from kronfluence.analyzer import Analyzer, prepare_model
 from kronfluence.arguments import ScoreArguments
 from kronfluence.utils.dataset import DataLoaderKwargs
 from safetensors import SafetensorError
-from tiny_lm import make_records
+from tiny_lm import eager_lm, make_records
 from trak import TRAKer
 from trak.modelout_functions import TASK_TO_MODELOUT
 from transformers import AutoModelForCausalLM
@@ -33,9 +33,7 @@ from attribution.trak_adapter import (
 
 @pytest.fixture(scope="module")
 def lm(trained_dir, tokenizer, records):
-    torch.set_num_threads(1)
-    model = AutoModelForCausalLM.from_pretrained(trained_dir, attn_implementation="eager").eval()
-    items = [{k: v for k, v in encode_sft(tokenizer, r, 64).items() if k != "offsets"} for r in records[:8]]
+    model, items = eager_lm(trained_dir, tokenizer, records, 8)
     return model, items, tokenizer
 
 

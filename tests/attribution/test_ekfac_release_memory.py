@@ -7,19 +7,17 @@ import tempfile
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from tiny_lm import eager_lm
 
 from attribution import ekfac
 from attribution.ekfac import InfluenceConfig, InfluenceScorer
-from attribution.lm_data import collate, encode_sft
+from attribution.lm_data import collate
 from attribution.tasks import CausalLMTask, select_modules
 
 
 @pytest.fixture(scope="module")
 def lm(trained_dir, tokenizer, records):
-    torch.set_num_threads(1)
-    model = AutoModelForCausalLM.from_pretrained(trained_dir, attn_implementation="eager").eval()
-    items = [{k: v for k, v in encode_sft(tokenizer, r, 64).items() if k != "offsets"} for r in records[:8]]
+    model, items = eager_lm(trained_dir, tokenizer, records, 8)
     return model, items, tokenizer
 
 

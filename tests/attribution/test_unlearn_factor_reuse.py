@@ -5,16 +5,11 @@ never factors fitted for another model."""
 import shutil
 
 import pytest
-import torch
+from tiny_lm import scored_lake
 
-from attribution.reference_model import reference_model
-from attribution.stages import run_attribution
 from attribution.stages.attribute import factors_dir, work_dir
 from attribution.stages.unlearn import Unlearn
 from attribution.stages.unlearn_work import reusable_factors, unlearn
-from curation.corpus import math_problems, write_jsonl
-from storage import Lake
-from storage.ingest import ingest
 from storage.stage import StageContext
 
 SETTINGS = {
@@ -29,15 +24,8 @@ SETTINGS = {
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("factor_reuse")
-    records = math_problems(4, seed=0)
-    model_dir = reference_model(records, root / "cache", epochs=4, lr=3e-3, max_length=128)
-    lake = Lake(root / "lake")
-    ingest(lake, write_jsonl(records, root / "train.jsonl"), "train")
-    ingest(lake, write_jsonl(math_problems(1, seed=7, prefix="target"), root / "targets.jsonl"), "targets")
-    scores = run_attribution(lake, model_dir, "train", "targets", method="ekfac", max_length=128)
-    forget = [r["id"] for r in records if r["difficulty"] == 5][:2]
+    _, model_dir, lake, scores, forget = scored_lake(root, epochs=4, targets=True)
     return root, model_dir, lake, scores, forget
 
 

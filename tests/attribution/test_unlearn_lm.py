@@ -5,28 +5,20 @@ import json
 
 import pytest
 import torch
+from tiny_lm import scored_lake
 
-from attribution.reference_model import reference_model
 from attribution.stages import run_attribution, run_unlearning
 from attribution.stages.unlearn_work import load_model
 from attribution.unlearning.lm import EncodedSet, mean_losses
 from curation.corpus import math_problems, write_jsonl
-from storage import Lake
 from storage.fingerprint import directory_fingerprint as model_fingerprint
 from storage.ingest import ingest
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("unlearn_lm")
-    records = math_problems(4, seed=0)
-    model_dir = reference_model(records, root / "cache", epochs=8, lr=3e-3, max_length=128)
-    lake = Lake(root / "lake")
-    ingest(lake, write_jsonl(records, root / "train.jsonl"), "train")
-    scores = run_attribution(lake, model_dir, "train", "train", method="ekfac", max_length=128)
-    forget = [r["id"] for r in records if r["difficulty"] == 5][:2]
-    return root, records, model_dir, lake, scores, forget
+    return (root, *scored_lake(root, epochs=8, targets=False))
 
 
 def metric(lake, run_id, name, key=""):

@@ -144,3 +144,42 @@ def chat_lm(chat_tokenizer, records) -> tuple[LlamaForCausalLM, PreTrainedTokeni
     model = make_model(chat_tokenizer, seed=1)
     finetune_causal_lm(model, chat_tokenizer, records, epochs=3, lr=3e-3, batch_size=8, max_length=96)
     return model.eval(), chat_tokenizer
+
+
+def eager_lm(trained_dir: str, tokenizer, records: list[dict], n: int) -> tuple:
+    """The trained tiny model with eager attention (torch.func needs it), in eval mode, and the first `n`
+    records SFT-encoded at 64 tokens, without offsets: what kronfluence and traker batches hold."""
+    from transformers import AutoModelForCausalLM
+
+    from attribution.lm_data import encode_sft
+
+    torch.set_num_threads(1)
+    model = AutoModelForCausalLM.from_pretrained(trained_dir, attn_implementation="eager").eval()
+    items = [{k: v for k, v in encode_sft(tokenizer, r, 64).items() if k != "offsets"} for r in records[:n]]
+    return model, items
+
+
+def scored_lake(root, epochs: int, targets: bool) -> tuple:
+    """A lake of 4 math problems per level with a reference model fine-tuned for `epochs` and an EK-FAC
+    scores run against a 1-per-level target set (`targets`) or the training set itself; the forget set is
+    two of the hardest problems. Returns (records, model_dir, lake, scores run, forget ids)."""
+    from attribution.reference_model import reference_model
+    from attribution.stages import run_attribution
+    from curation.corpus import math_problems, write_jsonl
+    from storage import Lake
+    from storage.ingest import ingest
+
+    torch.set_num_threads(1)
+    records = math_problems(4, seed=0)
+    model_dir = reference_model(records, root / "cache", epochs=epochs, lr=3e-3, max_length=128)
+    lake = Lake(root / "lake")
+    ingest(lake, write_jsonl(records, root / "train.jsonl"), "train")
+    against = "train"
+    if targets:
+        ingest(
+            lake, write_jsonl(math_problems(1, seed=7, prefix="target"), root / "targets.jsonl"), "targets"
+        )
+        against = "targets"
+    scores = run_attribution(lake, model_dir, "train", against, method="ekfac", max_length=128)
+    forget = [r["id"] for r in records if r["difficulty"] == 5][:2]
+    return records, model_dir, lake, scores, forget
