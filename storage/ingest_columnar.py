@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import json
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from storage.catalog import scratch_cursor
 from storage.ingest_rows import DIFFICULTY_WORDS, EXAMPLE_COLUMNS, MESSAGE_TYPE, Plan
 
 _NUMBER = r"^-?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
@@ -65,7 +65,7 @@ def _text(table: pa.Table, name: str, required: bool) -> pa.Array | None:
 
 def _ids(table: pa.Table, plan: Plan, prompt: pa.Array, response: pa.Array) -> pa.Array:
     if plan.id_column is None:
-        con = duckdb.connect()
+        con = scratch_cursor()
         try:
             pairs = pa.table({"p": prompt, "r": response})  # noqa: F841 - read by DuckDB below
             hashed = con.sql("SELECT left(sha256(p || chr(0) || r), 16) AS h FROM pairs").to_arrow_table()

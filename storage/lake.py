@@ -330,11 +330,7 @@ class Lake:
             fcntl.flock(fh, fcntl.LOCK_EX)
             registry = self._registry_mtime()
             tmp = self.staging_path("catalog", ".duckdb")
-            con = duckdb.connect(str(tmp))
-            try:
-                catalog.define_views(con, self.root)
-            finally:
-                con.close()
+            catalog.write_catalog(tmp, self.root)
             wal = tmp.with_name(tmp.name + ".wal")
             if wal.exists():
                 wal.unlink()

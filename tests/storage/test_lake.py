@@ -242,6 +242,38 @@ def test_readers_never_see_a_resuming_runs_partitions(lake_dir: Path) -> None:
     assert seen <= {0, 200} and 200 in seen
 
 
+def test_a_registry_file_replaced_while_it_is_read_is_read_again(lake_dir: Path, monkeypatch) -> None:
+    """DuckDB opens a file more than once while reading it, so a registry file replaced in between
+    (a run starting, completing or failing) reads as broken Parquet. The views list and read the
+    registry again; a registry that stays unreadable is an error after REGISTRY_READS tries, not a hang."""
+    import duckdb
+
+    from storage import catalog
+
+    lake = Lake(lake_dir)
+    with lake.run("attribute", "test") as run:
+        run.write("scores", scores_frame(3))
+    good = catalog.registry_files(lake_dir)
+    broken = lake_dir / "broken.parquet"
+    broken.write_bytes(b"PAR1" + bytes(64) + b"PAR1")
+    listed = []
+
+    def first_read_broken(root: Path) -> list[str]:
+        listed.append(root)
+        return [str(broken)] if len(listed) == 1 else good
+
+    monkeypatch.setattr(catalog, "registry_files", first_read_broken)
+    con = duckdb.connect()
+    views = catalog.LakeViews(con, lake_dir)
+    views.define(["scores"])
+    assert con.execute("SELECT count(*) FROM scores").fetchone()[0] == 3 and len(listed) == 2
+    listed.clear()
+    monkeypatch.setattr(catalog, "registry_files", lambda root: listed.append(root) or [str(broken)])
+    with pytest.raises(duckdb.Error):
+        catalog.LakeViews(duckdb.connect(), lake_dir)
+    assert len(listed) == catalog.REGISTRY_READS
+
+
 RESUMER = textwrap.dedent("""
     import sys, time, pandas as pd
     from storage import Lake
