@@ -32,12 +32,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from storage.catalog import RESTORE
+from storage.catalog import RESTORE, scratch_cursor
 from storage.errors import UserError, shorten
 from storage.ingest_columnar import normalize_table
 from storage.ingest_rows import (
@@ -282,7 +281,7 @@ def _duplicates(ids: _Ids) -> pa.Table:
                 "first": pa.array([], pa.int64()),
             }
         )
-    con = duckdb.connect()
+    con = scratch_cursor()
     try:
         return con.sql(
             """SELECT id, row, first FROM (SELECT id, row, min(row) OVER (PARTITION BY id) AS first FROM id_rows)
