@@ -38,6 +38,9 @@ class Datamodel:
     target_ids: list[str]
     intercept: np.ndarray | None = None  # (n_targets x n_outputs), regression datamodels only
     info: dict = field(default_factory=dict)  # how it was fitted (e.g. the ridge alpha chosen)
+    # (neighbourhood A (n_train x n_train), weights like `weights`) pairs of `fit_context_datamodel`:
+    # removing i with a share c_i = sum_{l in F} A_il of its neighbourhood also adds -c_i x phi_i
+    interactions: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.weights.ndim == 2:
@@ -72,10 +75,15 @@ class Datamodel:
         return all(str(t) in self._target_pos for t in target_ids)
 
     def removal_effect(self, forget_ids: Sequence, target_ids: Sequence) -> np.ndarray:
-        """sum_{i in F} beta_i(x) for each requested target: (n_requested x n_outputs)."""
+        """sum_{i in F} beta_i(x) for each requested target: (n_requested x n_outputs); with interactions,
+        minus sum_{i in F} c_i phi_i(x), c_i the share of i's neighbourhood that F removes."""
         rows = self.train_positions(forget_ids)
         cols = self.target_positions(target_ids)
-        return self.weights[rows][:, cols].sum(0)
+        effect = self.weights[rows][:, cols].sum(0)
+        for neighbourhood, phi in self.interactions:
+            context = neighbourhood[np.ix_(rows, rows)].sum(1)  # c_i for i in F
+            effect = effect - np.einsum("i,itk->tk", context, phi[rows][:, cols])
+        return effect
 
     @classmethod
     def from_scores(
@@ -259,6 +267,154 @@ def class_heterogeneous_masks(
     rng = np.random.default_rng(seed)
     keep = rng.uniform(low, high, size=(n_subsets, len(classes)))
     return rng.random((n_subsets, len(labels))) < keep[:, index]
+
+
+def group_removal_masks(
+    labels: Sequence[int],
+    n_subsets: int,
+    *,
+    scores: Sequence[float] | None = None,
+    features: np.ndarray | None = None,
+    low: float = 0.5,
+    high: float = 1.0,
+    group_size: tuple[int, int] = (10, 60),
+    groups: tuple[int, int] = (1, 3),
+    seed: int = 0,
+) -> np.ndarray:
+    """`class_heterogeneous_masks` that also drop whole groups: in every subset, 1-3 classes (`groups`)
+    each lose a group of 10-60 members (`group_size`), drawn without knowledge of any forget set.
+
+    A group is, at random per subset, either a window of the class ranked by `scores` (e.g. the full
+    model's margin: half the windows start at the lowest-ranked member, the "hardest examples of a class"
+    kind of request, half anywhere) or the nearest class members of a random anchor in `features`
+    (e.g. the inputs). At least one of the two must be given.
+
+    Ours, for forget sets that are a group: removing a group is super-additive (on digits, dropping the
+    40 hardest examples of the hardest class moves their mean margin 1.7x what a datamodel fitted on
+    independent removals predicts), and a linear datamodel only learns a group's collective effect from
+    subsets that remove such groups. It learns it for the kinds of group it sees: on digits, windows by
+    margin brought that forget set's share of retraining's change predicted from 0.86 to 0.97 and input
+    neighbourhoods did nothing for it, while a forget set of input neighbours needed the neighbourhoods.
+    Pooled with independent-removal subsets it costs some accuracy on scattered (random) forget sets,
+    whose members' single effects absorb part of the group effects; `fit_context_datamodel` keeps the two
+    apart (benchmarks/unlearning has numbers).
+    """
+    if scores is None and features is None:
+        raise ValueError("group_removal_masks needs scores (ranked windows) or features (neighbourhoods)")
+    labels = np.asarray(labels)
+    masks = class_heterogeneous_masks(labels, n_subsets, low, high, seed=seed)
+    rng = np.random.default_rng([seed, 1])
+    classes = np.unique(labels)
+    members = {c: np.flatnonzero(labels == c) for c in classes}
+    ranked = (
+        {c: m[np.argsort(np.asarray(scores)[m], kind="stable")] for c, m in members.items()}
+        if scores is not None
+        else {}
+    )
+    feats = np.asarray(features, dtype=np.float64).reshape(len(labels), -1) if features is not None else None
+    kinds = [k for k, given in (("window", scores is not None), ("neighbours", feats is not None)) if given]
+    for s in range(n_subsets):
+        kind = kinds[rng.integers(len(kinds))]
+        for c in rng.choice(
+            classes, min(int(rng.integers(groups[0], groups[1] + 1)), len(classes)), replace=False
+        ):
+            mem = members[c]
+            k = min(int(rng.integers(group_size[0], group_size[1] + 1)), len(mem))
+            if kind == "window":
+                start = 0 if rng.random() < 0.5 else int(rng.integers(0, len(mem) - k + 1))
+                group = ranked[c][start : start + k]
+            else:
+                anchor = feats[rng.choice(mem)]
+                group = mem[np.argsort(((feats[mem] - anchor) ** 2).sum(1), kind="stable")[:k]]
+            masks[s, group] = False
+    return masks
+
+
+def class_neighbourhoods(
+    labels: Sequence[int],
+    *,
+    scores: Sequence[float] | None = None,
+    features: np.ndarray | None = None,
+    k: int = 5,
+) -> list[np.ndarray]:
+    """Row-normalised (n x n) neighbourhoods within each class, one per kind given: the k members nearest
+    in the class's ranking by `scores` (k/2 each side, fewer at the ends) and the k nearest in `features`
+    (squared Euclidean). The kinds of group `group_removal_masks` drops, for `fit_context_datamodel`."""
+    labels = np.asarray(labels)
+    out = []
+    for kind, given in (("rank", scores), ("features", features)):
+        if given is None:
+            continue
+        values = np.asarray(given, dtype=np.float64).reshape(len(labels), -1)
+        a = np.zeros((len(labels), len(labels)))
+        for c in np.unique(labels):
+            members = np.flatnonzero(labels == c)
+            if kind == "rank":
+                order = members[np.argsort(values[members, 0], kind="stable")]
+                for i, j in enumerate(order):
+                    lo, hi = max(0, i - k // 2), min(len(order), i + k // 2 + 1)
+                    near = np.r_[order[lo:i], order[i + 1 : hi]]
+                    a[j, near] = 1.0 / max(len(near), 1)
+            else:
+                d = ((values[members, None] - values[None, members]) ** 2).sum(-1)
+                np.fill_diagonal(d, np.inf)
+                near = members[np.argsort(d, 1, kind="stable")[:, : min(k, len(members) - 1)]]
+                a[np.repeat(members, near.shape[1]), near.ravel()] = 1.0 / max(near.shape[1], 1)
+        out.append(a)
+    return out
+
+
+def removal_context(masks: np.ndarray, neighbourhood: np.ndarray) -> np.ndarray:
+    """(n_subsets x n_train): 1 - m_i times the share of i's neighbourhood the subset also removes."""
+    removed = 1.0 - np.asarray(masks, dtype=np.float64)
+    return removed * (removed @ neighbourhood.T)
+
+
+def fit_context_datamodel(
+    independent: tuple[np.ndarray, np.ndarray],
+    grouped: tuple[np.ndarray, np.ndarray],
+    neighbourhoods: Sequence[np.ndarray],
+    *,
+    alpha: float = 10.0,
+    train_ids: Sequence | None = None,
+    target_ids: Sequence | None = None,
+) -> Datamodel:
+    """A datamodel whose effect of removing i also depends on how much of i's neighbourhood is removed
+    with it: removing F predicts sum_{i in F} beta_i - sum_A sum_{i in F} c^A_i phi^A_i, with c^A_i the
+    share of i's neighbourhood A in F. Two ridge fits (both `alpha`): beta, the linear datamodel of the
+    `independent` subsets (masks, outputs: e.g. `class_heterogeneous_masks`); phi, regressing what beta
+    leaves unexplained on all subsets (`independent` and `grouped`, e.g. `group_removal_masks`) on the
+    context features (1 - m_i) c^A_i (`removal_context`).
+
+    Ours, for forget sets that are a group: a linear datamodel is the wrong shape for both kinds of
+    request at once. Fitted on independent removals it under-predicts a group's removal (super-additive:
+    its members support each other); fitted on subsets that also drop groups, its single effects absorb
+    part of the group effects and it over-predicts scattered removals (1.4-1.5x on a random forget set
+    of digits). Here a scattered F removes few of its members' neighbours, so the single effects of
+    independent removals count; a group removes them, and the phi add. A joint ridge of beta and phi on
+    all subsets did about as well on the targets but shrank single effects (0.8x on a random set), and
+    DMM, which under-shoots its targets within its budget, did worse with it on random forget sets.
+    benchmarks/unlearning has the numbers; on digits it needs the grouped subsets to be of the kind of
+    group requested (margin-ranked windows for "the hardest examples of a class").
+    """
+    masks, outputs = independent
+    single = fit_regression_datamodel(masks, outputs, alpha=alpha, train_ids=train_ids, target_ids=target_ids)
+    pooled = np.concatenate([np.asarray(masks, dtype=bool), np.asarray(grouped[0], dtype=bool)])
+    outcomes = np.concatenate(
+        [np.asarray(outputs, dtype=np.float64), np.asarray(grouped[1], dtype=np.float64)]
+    )
+    if outcomes.ndim == 2:
+        outcomes = outcomes[:, :, None]
+    residual = (
+        outcomes - single.intercept - np.einsum("si,itk->stk", pooled.astype(np.float64), single.weights)
+    )
+    context = fit_regression_datamodel(
+        np.hstack([removal_context(pooled, a) for a in neighbourhoods]), residual, alpha=alpha
+    )
+    n = pooled.shape[1]
+    single.interactions = [(a, context.weights[n * b : n * (b + 1)]) for b, a in enumerate(neighbourhoods)]
+    single.info["context"] = len(neighbourhoods)
+    return single
 
 
 def regression_datamodel(
