@@ -63,12 +63,30 @@ _SCRATCH_LOCK = threading.Lock()
 def scratch_cursor() -> duckdb.DuckDBPyConnection:
     """A new connection to this process's scratch DuckDB database, for work that names nothing in it
     (queries over Arrow tables, a database ATTACHed under a unique name). Opening a database costs
-    about 20 ms (DuckDB registers its functions each time); a cursor of an open one, microseconds."""
+    about 20 ms (DuckDB registers its functions each time); a cursor of an open one, microseconds.
+    Close the cursor when done: the database is closed before every fork (`_close_scratch`)."""
     global _SCRATCH
     with _SCRATCH_LOCK:
-        if _SCRATCH is None or _SCRATCH[0] != os.getpid():  # a forked child must not share its parent's
+        if _SCRATCH is None or _SCRATCH[0] != os.getpid():
             _SCRATCH = (os.getpid(), duckdb.connect(":memory:"))
         return _SCRATCH[1].cursor()
+
+
+def _close_scratch() -> None:
+    """Before a fork: a DuckDB database alive in the parent makes a forked child hang or crash when the
+    database is dropped, even at the child's exit (its threads are not in the child). The lock is held
+    across the fork, so the child does not inherit it taken; both sides release it."""
+    global _SCRATCH
+    _SCRATCH_LOCK.acquire()
+    if _SCRATCH is not None:
+        if _SCRATCH[0] == os.getpid():
+            _SCRATCH[1].close()
+        _SCRATCH = None
+
+
+os.register_at_fork(
+    before=_close_scratch, after_in_parent=_SCRATCH_LOCK.release, after_in_child=_SCRATCH_LOCK.release
+)
 
 
 def write_catalog(path: Path, root: Path) -> None:
@@ -163,6 +181,8 @@ def _read_registry(con: duckdb.DuckDBPyConnection, root: Path) -> bool:
                 "union_by_name=true)"
             )
             return True
+        except duckdb.InterruptException:
+            raise
         except duckdb.Error:
             if attempt == REGISTRY_READS - 1:
                 raise

@@ -274,6 +274,45 @@ def test_a_registry_file_replaced_while_it_is_read_is_read_again(lake_dir: Path,
     assert len(listed) == catalog.REGISTRY_READS
 
 
+FORKER = textwrap.dedent("""
+    import json, os, sys
+    from pathlib import Path
+    from storage import Lake
+    from storage.ingest import ingest
+    root = Path(sys.argv[1])
+    data = root / "x.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"q{i}", "response": "a"}) + "\\n" for i in range(5)))
+    ingest(Lake(root / "a"), data, "x")  # the catalog and content ids use the scratch database
+    statuses = []
+    for touches_duckdb in (True, False):
+        pid = os.fork()
+        if pid == 0:
+            if touches_duckdb:
+                ingest(Lake(root / "b"), data, "x")
+            sys.exit(0)  # a normal exit runs destructors, unlike os._exit
+        statuses.append(os.waitpid(pid, 0)[1])
+    ingest(Lake(root / "c"), data, "x")
+    print(statuses)
+""")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_a_forked_child_ingests_and_exits_cleanly(tmp_path: Path) -> None:
+    """A DuckDB database alive at a fork makes the child crash (SIGSEGV) as it exits, or hang: the
+    scratch database is closed before every fork, so children of a process that ingested (a
+    multiprocessing pool, a prefork server) ingest and exit normally, and the parent goes on."""
+    out = subprocess.run(
+        [sys.executable, "-c", FORKER, str(tmp_path)],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[0, 0]"
+
+
 RESUMER = textwrap.dedent("""
     import sys, time, pandas as pd
     from storage import Lake
