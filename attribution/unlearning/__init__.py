@@ -12,7 +12,11 @@ from attribution.unlearning.baselines import (
 )
 from attribution.unlearning.datamodels import (
     Datamodel,
+    class_heterogeneous_masks,
+    class_neighbourhoods,
+    fit_context_datamodel,
     fit_regression_datamodel,
+    group_removal_masks,
     per_logit_datamodel,
     regression_datamodel,
 )
@@ -26,12 +30,16 @@ __all__ = [
     "Datamodel",
     "OptimConfig",
     "ascent_descent",
+    "class_heterogeneous_masks",
+    "class_neighbourhoods",
     "dmm_classifier",
     "do_nothing",
     "finetune_points",
+    "fit_context_datamodel",
     "fit_regression_datamodel",
     "gradient_ascent",
     "gradient_descent",
+    "group_removal_masks",
     "klom",
     "klom_per_example",
     "margins",

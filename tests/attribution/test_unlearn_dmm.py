@@ -28,6 +28,7 @@ from attribution.unlearning.datamodels import (
     fit_context_datamodel,
     group_removal_masks,
     random_masks,
+    removal_context,
 )
 from attribution.unlearning.dmm import AUTHORS_OPTIM, DEFAULT_OPTIM
 from attribution.unlearning.ensemble import Recipe, logits_of, subset_logits, train_ensemble
@@ -223,13 +224,37 @@ def test_group_removal_masks_drop_whole_ranked_windows_or_input_neighbourhoods()
         group_removal_masks(labels, 5)
 
 
+def test_class_neighbourhoods_and_removal_context_by_hand():
+    labels = np.array([0, 0, 0, 0, 1, 1, 2])
+    scores = np.array([0.1, 0.4, 0.2, 0.3, 5.0, 1.0, 7.0])
+    rank, near = class_neighbourhoods(labels, scores=scores, features=scores[:, None], k=2)
+    # class 0 ranked 0, 2, 3, 1: one each side, one at the ends; class 1: each other; class 2: nobody
+    expected_rank = np.zeros((7, 7))
+    for i, neighbours in {0: [2], 2: [0, 3], 3: [2, 1], 1: [3], 4: [5], 5: [4]}.items():
+        expected_rank[i, neighbours] = 1.0 / len(neighbours)
+    np.testing.assert_allclose(rank, expected_rank)
+    # the 2 nearest scores in the class, itself excluded (class 1: its only other member)
+    expected_near = np.zeros((7, 7))
+    for i, neighbours in {0: [2, 3], 2: [0, 3], 3: [2, 1], 1: [3, 2], 4: [5], 5: [4]}.items():
+        expected_near[i, neighbours] = 1.0 / len(neighbours)
+    np.testing.assert_allclose(near, expected_near)
+    # removing 0 and 2: 0 loses all its rank neighbourhood (2), 2 half of its (0 of 0 and 3); kept: 0
+    masks = np.ones((2, 7), bool)
+    masks[0, [0, 2]] = False
+    context = removal_context(masks, rank)
+    np.testing.assert_allclose(context[0], [1.0, 0, 0.5, 0, 0, 0, 0])
+    np.testing.assert_allclose(context[1], np.zeros(7))
+
+
 def test_context_datamodel_removal_effect_adds_each_members_neighbourhood_share_times_its_interaction():
     weights = np.arange(12.0).reshape(3, 2, 2)  # train x targets x outputs
     phi = np.ones((3, 2, 2)) * np.array([1.0, 10.0, 100.0])[:, None, None]
     neighbourhood = np.array([[0, 0.5, 0.5], [1.0, 0, 0], [0.5, 0.5, 0]])
-    dm = Datamodel(weights, ["a", "b", "c"], ["x", "y"], interactions=[(neighbourhood, phi)])
-    # F = {a, b}: a's neighbourhood share removed 0.5 (b), b's 1.0 (a); c's row is not in F
-    expected = weights[0] + weights[1] - (0.5 * phi[0] + 1.0 * phi[1])
+    other, psi = np.array([[0, 1.0, 0], [0, 0, 1.0], [1.0, 0, 0]]), -0.5 * phi
+    dm = Datamodel(weights, ["a", "b", "c"], ["x", "y"], interactions=[(neighbourhood, phi), (other, psi)])
+    # F = {a, b}: a's neighbourhood share removed 0.5 (b), b's 1.0 (a); in the other, a's 1.0 (b), b's 0
+    # (c); c's row is not in F. Each neighbourhood goes with its own interaction weights.
+    expected = weights[0] + weights[1] - (0.5 * phi[0] + 1.0 * phi[1]) - (1.0 * psi[0] + 0.0 * psi[1])
     np.testing.assert_allclose(dm.removal_effect(["a", "b"], ["x", "y"]), expected)
     np.testing.assert_allclose(dm.removal_effect(["c"], ["y"]), weights[2, 1:])  # alone: no context
 
@@ -275,11 +300,16 @@ def test_context_datamodel_predicts_a_groups_super_additive_removal_and_a_scatte
         keep[forget] = 0
         return (outcome(np.ones(400)) - outcome(keep))[forget].mean()
 
-    # (over seeds of this setup the context datamodel came within 2-8% on the window, 3-13% scattered)
-    for forget, tolerance in ((window, 0.1), (scattered, 0.15)):
-        assert abs(predicted(context, forget) - true(forget)) < tolerance * true(forget)
-    # what the context terms fix: a linear fit on independent removals misses the window's collective
-    # effect, and pooling group removals into a linear fit over-predicts scattered removals
+    def worst_error(dm):
+        return max(abs(predicted(dm, f) / true(f) - 1) for f in (window, scattered))
+
+    # The property: one datamodel for both kinds of request. Each linear fit is wrong on one kind (the fit
+    # on independent removals misses the window's collective effect, the pooled fit over-predicts
+    # scattered removals); the context datamodel's worst error is below either's. Over 10 seeds of this
+    # setup (data and masks) its worst error was 7-15%, an over-prediction; the independent fit's 28-31%
+    # (the window), the pooled fit's 11-21% (scattered); it held on every seed.
+    assert worst_error(context) < min(worst_error(linear_het), worst_error(linear_pooled))
+    assert worst_error(context) < 0.25
     assert predicted(linear_het, window) < 0.8 * true(window)
     assert predicted(linear_pooled, scattered) > 1.1 * true(scattered)
 
