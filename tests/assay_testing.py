@@ -44,6 +44,21 @@ def run_cli(
     )
 
 
+def run_python(
+    source: str, *args: str, cwd: Path = REPO, env: dict | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """Run a Python script (`python -c SOURCE ARGS`) in `cwd` (the repository root), output captured."""
+    return subprocess.run(
+        [sys.executable, "-c", source, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def stage(name: str):
     """The registered stage `name` as a function `(ctx, params) -> run id` (plan, open, execute)."""
     from flows.registry import load_stages

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from assay_testing import REPO, run_cli
+from assay_testing import REPO, run_cli, run_python
 
 from flows.runtime import UserErrorRecords, use_prefect
 from storage import Lake, UserError
@@ -30,15 +30,7 @@ sys.exit(code)
 def probe(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "ASSAY_"))}
     full_env.update(ASSAY_HOME=str(cwd / ".assay"), PYTHONPATH=str(REPO), **(env or {}))
-    return subprocess.run(
-        [sys.executable, "-c", PROBE, *args],
-        cwd=cwd,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    return run_python(PROBE, *args, cwd=cwd, env=full_env, timeout=600)
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import queue
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from assay_testing import REPO, run_cli
+from assay_testing import run_cli, run_python
 
 from flows import progress as progress_mod
 from flows import reports
@@ -454,15 +453,7 @@ def test_prefect_artifact_links_the_report_and_progress_goes_to_run_logs(tmp_pat
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
     }
     report = tmp_path / "r.html"
-    done = subprocess.run(
-        [sys.executable, "-c", PREFECT_SCRIPT, str(report)],
-        check=False,
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_python(PREFECT_SCRIPT, str(report), env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     line = next(x for x in done.stdout.splitlines() if x.startswith("ARTIFACT"))
     _, artifact_id, kind, data = line.split(" ", 3)

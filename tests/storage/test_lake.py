@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from assay_testing import run_python
 
 from storage import Lake, UserError
 from storage.lake import run_id_for
@@ -301,14 +302,7 @@ def test_a_forked_child_ingests_and_exits_cleanly(tmp_path: Path) -> None:
     """A DuckDB database alive at a fork makes the child crash (SIGSEGV) as it exits, or hang: the
     scratch database is closed before every fork, so children of a process that ingested (a
     multiprocessing pool, a prefork server) ingest and exit normally, and the parent goes on."""
-    out = subprocess.run(
-        [sys.executable, "-c", FORKER, str(tmp_path)],
-        check=False,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = run_python(FORKER, str(tmp_path), timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[0, 0]"
 
