@@ -11,6 +11,7 @@ import os
 import queue
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -557,6 +558,7 @@ def open_in_chromium(page: Path, screenshot: Path, width: int = 1280, height: in
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=True,  # its helper processes too: all gone before the profile is removed
         )
         lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
@@ -590,6 +592,21 @@ def open_in_chromium(page: Path, screenshot: Path, width: int = 1280, height: in
             if proc.poll() is None:
                 proc.terminate()
             proc.wait(timeout=30)
+            _end_process_group(proc.pid)
+
+
+def _end_process_group(group: int, timeout: float = 60) -> None:
+    """Kill what is left of a process group and wait until it is gone. Chromium's helpers outlive the
+    browser process for a moment and still write into the profile: removing it before they are gone
+    failed with "Directory not empty" on a loaded machine. The timeout is only a safety net."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"process group {group} still running after {timeout} s")
 
 
 def distinct_colours(png: Path) -> int:
