@@ -13,6 +13,7 @@ row per dataset; `runs` the registry with `params` and `inputs` as JSON.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
@@ -70,6 +71,17 @@ def scratch_cursor() -> duckdb.DuckDBPyConnection:
         if _SCRATCH is None or _SCRATCH[0] != os.getpid():
             _SCRATCH = (os.getpid(), duckdb.connect(":memory:"))
         return _SCRATCH[1].cursor()
+
+
+def open_scratch_in_background() -> None:
+    """Open the scratch database on a helper thread, for a caller with other work to do before its
+    first DuckDB query (DuckDB releases the GIL while it opens). A failure here is left to that query."""
+
+    def open_scratch() -> None:
+        with contextlib.suppress(Exception):
+            scratch_cursor().close()
+
+    threading.Thread(target=open_scratch, name="assay-duckdb-open").start()
 
 
 def _close_scratch() -> None:

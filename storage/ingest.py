@@ -5,7 +5,8 @@ How a file goes in (memory holds a block of the file, at most SPOOL_BYTES of rec
 1. The file is read in blocks (`storage.ingest_sources`). Each block is normalised in bulk
    (`storage.ingest_columnar`) or, when the bulk path declines, row by row (`storage.ingest_rows`, the
    definition of what is stored, which names the first bad line and field). Both give the same
-   records.
+   records; the bulk path leaves out `messages`, the prompt / response pair, until it is needed. The
+   next block is read while this one is parsed, and normalised while the previous one is hashed.
 2. Records are cut into chunks of VERSION_CHUNK_ROWS rows; the dataset version is the SHA-256 of the
    Arrow IPC stream of those chunks (for up to VERSION_CHUNK_ROWS rows, the same hash as before ingest
    streamed). The chunks wait for the lake write in memory up to SPOOL_BYTES, beyond that in a staging
@@ -13,7 +14,8 @@ How a file goes in (memory holds a block of the file, at most SPOOL_BYTES of rec
    duplicates over the whole file; `dedupe=True` drops exact duplicates (same id, same record) and
    keeps the first.
 3. Only then is the lake touched: a run whose id derives from the version writes the records as one
-   Parquet partition. A bad file writes nothing to the lake.
+   Parquet partition (up to MAX_PARTS files written at once, each an equal range of rows). A bad file
+   writes nothing to the lake.
 
 Re-ingesting the current version is a no-op. Re-ingesting an earlier version makes it current again:
 a registry row (kind ingest, method restore) points at the existing partition; nothing is copied.
@@ -27,7 +29,6 @@ import os
 import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from storage.catalog import RESTORE, scratch_cursor
+from storage.catalog import RESTORE, open_scratch_in_background, scratch_cursor
 from storage.errors import UserError, shorten
-from storage.ingest_columnar import normalize_table
+from storage.ingest_columnar import normalize_table, with_messages
 from storage.ingest_rows import (
     DIFFICULTY_WORDS,
     EXAMPLE_COLUMNS,
@@ -49,7 +50,7 @@ from storage.ingest_rows import (
     normalize_row,
     records_table,
 )
-from storage.ingest_sources import FORMATS, Block, blocks, detect_format
+from storage.ingest_sources import FORMATS, Block, blocks, detect_format, prefetch
 from storage.lake import Lake, staging_tag
 from storage.names import NAME, check_name
 
@@ -119,8 +120,9 @@ class _Hasher:
 
 
 class Spool:
-    """Chunks of records held for the lake write: in memory up to SPOOL_BYTES, beyond that in a staging
-    file (an Arrow IPC file, read back memory-mapped), so memory stays bounded for any file size."""
+    """Chunks of records held for the lake write: in memory up to SPOOL_BYTES (as they come: without
+    `messages` when those are the prompt / response pair), beyond that in a staging file (an Arrow IPC
+    file of EXAMPLE_COLUMNS), so memory stays bounded for any file size."""
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -138,7 +140,7 @@ class Spool:
         if self.writer is None:
             self.path = self.folder / f"ingest-{staging_tag()}.arrow"
             self.writer = pa.ipc.new_file(str(self.path), EXAMPLE_COLUMNS)
-        self.writer.write_table(chunk)
+        self.writer.write_table(with_messages(chunk))
         self.spilled += 1
 
     def finish(self) -> None:
@@ -149,10 +151,12 @@ class Spool:
     def __len__(self) -> int:
         return len(self.tables) + self.spilled
 
-    def chunks(self, start: int = 0, stop: int | None = None) -> Iterator[pa.Table]:
-        """Chunks `start`..`stop` in order (the first in memory, the rest from the staging file)."""
+    def chunks(self, start: int = 0, stop: int | None = None, complete: bool = True) -> Iterator[pa.Table]:
+        """Chunks `start`..`stop` in order (the first in memory, the rest from the staging file), with
+        every EXAMPLE_COLUMNS column (`complete=False`: maybe without `messages`, see `with_messages`)."""
         stop = len(self) if stop is None else stop
-        yield from self.tables[start:stop]
+        for chunk in self.tables[start:stop]:
+            yield with_messages(chunk) if complete else chunk
         first = max(start - len(self.tables), 0)
         last = stop - len(self.tables)
         if self.path is not None and last > first:
@@ -176,8 +180,9 @@ class Spool:
 
 
 class VersionWriter:
-    """Records -> an Arrow IPC stream of VERSION_CHUNK_ROWS-row batches whose SHA-256 (12 hex digits,
-    from `close()`) is the dataset version; each chunk also goes to `spool` when one is given."""
+    """Records -> an Arrow IPC stream of VERSION_CHUNK_ROWS-row batches of EXAMPLE_COLUMNS whose SHA-256
+    (12 hex digits, from `close()`) is the dataset version; each chunk also goes to `spool` when one is
+    given. Tables of PAIRED_COLUMNS are hashed with their `messages` and spooled without them."""
 
     def __init__(self, spool: Spool | None = None):
         self.sink = _Hasher()
@@ -196,9 +201,12 @@ class VersionWriter:
     def _emit(self, rows: int) -> None:
         # One batch per chunk, whatever the blocks were: the bytes depend on the records only. Blocks of
         # whole chunks (JSONL, CSV, Parquet batches) pass without a copy.
-        merged = self.pending[0] if len(self.pending) == 1 else pa.concat_tables(self.pending)
+        pending = self.pending
+        if len({"messages" in table.column_names for table in pending}) > 1:  # both kinds of block (rare)
+            pending = [with_messages(table) for table in pending]
+        merged = pending[0] if len(pending) == 1 else pa.concat_tables(pending)
         chunk, rest = merged.slice(0, rows).combine_chunks(), merged.slice(rows)
-        self.writer.write_table(chunk)
+        self.writer.write_table(with_messages(chunk))  # the pair lives only while it is hashed
         if self.spool is not None:
             self.spool.add(chunk)
         self.pending, self.pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
@@ -304,23 +312,8 @@ def _normalised(
             table = normalize_table(block.table, block.first_row, plan, block.null_may_be_absent)
         if table is None:
             table, _ = normalize_block(block.rows(), block.first_row, block.where, plan)
+        block.drop_source()
         yield table, block
-
-
-def _ahead(items: Iterator[Any]) -> Iterator[Any]:
-    """`items`, with the next one computed on a second thread while the caller handles this one (reading
-    and normalising a block overlaps hashing and spooling the previous one; both release the GIL)."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="assay-ingest") as pool:
-        future = pool.submit(next, items, _END)
-        while True:
-            item = future.result()
-            if item is _END:
-                return
-            future = pool.submit(next, items, _END)
-            yield item
-
-
-_END = object()
 
 
 def _stage(lake: Lake, tables: Iterator[tuple[pa.Table, Block]], source: str, dedupe: bool) -> _Staged:
@@ -328,7 +321,7 @@ def _stage(lake: Lake, tables: Iterator[tuple[pa.Table, Block]], source: str, de
     writer = VersionWriter(spool)
     ids, domains = _Ids(), Counter()
     try:
-        for table, block in _ahead(tables):
+        for table, block in prefetch(tables):
             writer.write(table)
             ids.add(table["example_id"].combine_chunks(), block)
             counts = pc.value_counts(pc.fill_null(table["domain"], "(none)").combine_chunks())
@@ -394,14 +387,21 @@ def _commit(lake: Lake, staged: _Staged, dataset: str, columns: ColumnMap) -> In
     version = staged.version
 
     def with_version(start: int, stop: int) -> Iterator[pa.Table]:
-        for chunk in staged.spool.chunks(start, stop):
-            yield chunk.add_column(1, "version", pa.repeat(pa.scalar(version), chunk.num_rows))
+        """Rows `start`..`stop` with the version column, a chunk (or the part of one in range) at a time."""
+        first = start // VERSION_CHUNK_ROWS
+        last = -(-stop // VERSION_CHUNK_ROWS)
+        for index, chunk in enumerate(staged.spool.chunks(first, last, complete=False), start=first):
+            offset = index * VERSION_CHUNK_ROWS
+            lo, hi = max(start, offset), min(stop, offset + chunk.num_rows)
+            piece = with_messages(chunk.slice(lo - offset, hi - lo))
+            yield piece.add_column(1, "version", pa.repeat(pa.scalar(version), piece.num_rows))
 
     # Parquet encoding is the longest step of the write: up to one partition file per core, each a
-    # contiguous range of chunks (files are read in name order, so rows keep theirs).
+    # contiguous range of rows, the same number in each (files are read in name order, so rows keep
+    # theirs; chunk-sized ranges would leave a core idle behind a short last chunk).
     n = len(staged.spool)
     files = max(1, min(os.cpu_count() or 1, n, MAX_PARTS))
-    bounds = [round(i * n / files) for i in range(files + 1)]
+    bounds = [round(i * staged.rows / files) for i in range(files + 1)]
     with lake.run("ingest", "examples", params=params, inputs={"version": version}) as run:
         if not run.complete:
             groups = [with_version(a, b) for a, b in itertools.pairwise(bounds)]
@@ -444,6 +444,7 @@ def ingest(
     columns = columns or ColumnMap()
     path = Path(path)
     source = blocks(path, fmt, split, fast=columnar)
+    open_scratch_in_background()  # for the catalog written at the end, while the file is read
     staged = _stage(lake, _normalised(source, dataset, columns), str(path), dedupe)
     try:
         if not staged.rows:

@@ -159,6 +159,23 @@ def _meta(table: pa.Table, plan: Plan, null_may_be_absent: bool) -> pa.Array:
     return pc.binary_join_element_wise(*parts, "")
 
 
+# What the columnar path gives: records without `messages`, which are always the (user: prompt,
+# assistant: response) pair there. `with_messages` adds them when they are needed (hashing a version,
+# writing the lake), so ingest does not hold a second copy of every text.
+PAIRED_COLUMNS = EXAMPLE_COLUMNS.remove(EXAMPLE_COLUMNS.get_field_index("messages"))
+
+
+def with_messages(table: pa.Table) -> pa.Table:
+    """`table` with every EXAMPLE_COLUMNS column: the pair of prompt and response added as `messages`
+    when it has none (a table of PAIRED_COLUMNS), else as it is."""
+    if "messages" in table.column_names:
+        return table
+    messages = pair_messages(table["prompt"].combine_chunks(), table["response"].combine_chunks())
+    return table.add_column(
+        EXAMPLE_COLUMNS.get_field_index("messages"), EXAMPLE_COLUMNS.field("messages"), messages
+    )
+
+
 def pair_messages(prompt: pa.Array, response: pa.Array) -> pa.Array:
     """[{user, prompt}, {assistant, response}] for every row. The contents are one copy of each row's
     prompt and response back to back (a sequential join, not a gather), cut by interleaved offsets."""
@@ -177,7 +194,8 @@ def pair_messages(prompt: pa.Array, response: pa.Array) -> pa.Array:
 
 
 def normalize_table(table: pa.Table, first_row: int, plan: Plan, null_may_be_absent: bool) -> pa.Table | None:
-    """The `examples` records of a block, or None when the reference normaliser must decide."""
+    """The `examples` records of a block as PAIRED_COLUMNS (`with_messages` completes them), or None
+    when the reference normaliser must decide."""
     columns = plan.columns
     names = set(table.column_names)
     if plan.chat or any(rival in names for rival in plan.rival_ids) or len(names) != table.num_columns:
@@ -202,10 +220,9 @@ def normalize_table(table: pa.Table, first_row: int, plan: Plan, null_may_be_abs
             "difficulty": _difficulty(table, columns.difficulty),
             "prompt": prompt,
             "response": response,
-            "messages": pair_messages(prompt, response),
             "answer": _answer(table, columns.answer),
             "meta": _meta(table, plan, null_may_be_absent),
         }
     except _Decline:
         return None
-    return pa.table(out, schema=EXAMPLE_COLUMNS)
+    return pa.table(out, schema=PAIRED_COLUMNS)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import csv
 import json
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ from storage.errors import UserError, shorten
 
 FORMATS = ("jsonl", "json", "parquet", "csv", "hf")
 BLOCK_BYTES = 16 << 20  # reads of the file
+SCAN_BYTES = 1 << 20  # slices of a read scanned for newlines and brackets at a time
 BLOCK_ROWS = 65_536  # rows per block (the dataset version's chunk size)
 MAX_BLOCK_BYTES = 256 << 20  # a block of very long rows is cut sooner
 MAX_BLOCK_LINES = 4 * BLOCK_ROWS  # and one of many blank lines (each line's span takes memory)
@@ -57,6 +60,12 @@ class Block:
             return self.table.column_names
         first = self.rows()[0]
         return list(first) if isinstance(first, dict) else []
+
+    def drop_source(self) -> None:
+        """Let go of the source rows (the file's bytes, the parsed table) once the block is normalised:
+        only `lines` and `where` are used after that, and the memory is reused for the next blocks."""
+        self.table = None
+        self._rows = None
 
     def rows(self) -> list[dict]:
         if callable(self._rows):
@@ -261,8 +270,8 @@ class _JsonlReader:
         self.block_bytes = BLOCK_BYTES  # the last block's size: the next buffer's guess
         self.eof = False
         self.first_read = True
-        self.scratch_flags = np.empty(BLOCK_BYTES, bool)
-        self.scratch_bits = np.empty(BLOCK_BYTES, np.uint8)
+        self.scratch_flags = np.empty(SCAN_BYTES, bool)
+        self.scratch_bits = np.empty(SCAN_BYTES, np.uint8)
 
     def blocks(self) -> Iterator[tuple[memoryview, int, JsonlLines]]:
         while not self.eof:
@@ -284,14 +293,19 @@ class _JsonlReader:
         if self.first_read and bytes(memoryview(self.buffer)[: min(n, len(BOM))]) == BOM:
             self.start = self.offset = len(BOM)  # a BOM opens the file only
         self.first_read = False
-        region = np.frombuffer(self.buffer, np.uint8, n, self.filled)
-        # Scratch arrays reused for every read: fresh temporaries would fault their pages in each time.
-        flags, bits = self.scratch_flags[:n], self.scratch_bits[:n]
-        np.equal(region, 10, out=flags)
-        self.newlines = np.concatenate([self.newlines, np.flatnonzero(flags) + self.filled])
-        # "[" is 0x5B and "{" 0x7B: the only bytes that become 0x7B with bit 5 set.
-        np.equal(np.bitwise_or(region, 0x20, out=bits), 0x7B, out=flags)
-        self.openers = np.concatenate([self.openers, np.flatnonzero(flags) + self.filled])
+        newlines, openers = [self.newlines], [self.openers]
+        for start in range(self.filled, self.filled + n, SCAN_BYTES):
+            size = min(SCAN_BYTES, self.filled + n - start)
+            region = np.frombuffer(self.buffer, np.uint8, size, start)
+            # Small scratch arrays reused for every slice: fresh temporaries of a whole read would
+            # fault in their pages each time (slow on a VM), and these stay in cache.
+            flags, bits = self.scratch_flags[:size], self.scratch_bits[:size]
+            np.equal(region, 10, out=flags)
+            newlines.append(np.flatnonzero(flags) + start)
+            # "[" is 0x5B and "{" 0x7B: the only bytes that become 0x7B with bit 5 set.
+            np.equal(np.bitwise_or(region, 0x20, out=bits), 0x7B, out=flags)
+            openers.append(np.flatnonzero(flags) + start)
+        self.newlines, self.openers = np.concatenate(newlines), np.concatenate(openers)
         self.filled += n
         self.eof = n == 0
 
@@ -343,7 +357,8 @@ def _row_blocks(path: Path) -> Iterator[tuple[memoryview, int, JsonlLines]]:
 def jsonl_blocks(path: Path, fast: bool = True) -> Iterator[Block]:
     first_row = 0
     next_line = 1
-    for block, offset, lines in _row_blocks(path):
+    # The next block is read and scanned while this one is parsed.
+    for block, offset, lines in prefetch(_row_blocks(path)):
         starts, ends, _ = lines.spans
         first_line, next_line = next_line, next_line + len(starts) - (block[-1] != 10)
         table = _jsonl_fast(block, lines) if fast else None
@@ -362,6 +377,51 @@ def jsonl_blocks(path: Path, fast: bool = True) -> Iterator[Block]:
         if item.lines is not None and len(item.lines):
             yield item
             first_row += len(item.lines)
+
+
+def prefetch(items: Iterator[Any]) -> Iterator[Any]:
+    """`items`, with the next one computed on a second thread while the caller handles this one (for
+    steps that release the GIL: reading, parsing, hashing). One item ahead, no more.
+
+    Only the worker touches `items` (and closes it). Stopping never waits for the worker: an abandoned
+    generator may be finalised by the garbage collector anywhere, even inside `threading`'s own locks,
+    where joining a thread deadlocks; SimpleQueue.put is safe there."""
+    requests: queue.SimpleQueue = queue.SimpleQueue()
+    results: queue.SimpleQueue = queue.SimpleQueue()
+
+    def work() -> None:
+        try:
+            while requests.get():
+                try:
+                    item = next(items)
+                except StopIteration:
+                    results.put((_END, None))
+                    return
+                except BaseException as exc:  # noqa: BLE001 - the caller raises it
+                    results.put((None, exc))
+                    return
+                results.put((item, None))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    threading.Thread(target=work, name="assay-ingest", daemon=True).start()
+    requests.put(True)
+    try:
+        while True:
+            item, error = results.get()
+            if error is not None:
+                raise error
+            if item is _END:
+                return
+            requests.put(True)
+            yield item
+    finally:
+        requests.put(False)  # the worker stops after the item in hand
+
+
+_END = object()
 
 
 # ------------------------------------------------------------------------------- CSV

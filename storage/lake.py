@@ -62,7 +62,7 @@ def to_table(name: str, frame: pd.DataFrame | pa.Table, run_id: str) -> pa.Table
     table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
     if "run_id" in table.column_names:
         table = table.drop(["run_id"])
-    table = table.append_column("run_id", pa.array([run_id] * table.num_rows, pa.string()))
+    table = table.append_column("run_id", pa.repeat(pa.scalar(run_id, pa.string()), table.num_rows))
     missing = [f.name for f in schema if f.name not in table.column_names]
     if missing:
         raise ValueError(f"table {name}: missing columns {missing}")

@@ -289,11 +289,13 @@ def bench_ingest(quick: bool) -> dict:
         ],
         "rows": rows,
         "notes": "assay ingest reads the file in 16 MB pieces into Arrow buffers (each byte read and scanned "
-        "once; blocks of rows are views, not copies), validates and normalises each block as "
-        "columns (pyarrow compute; the row-by-row reference only for blocks the columnar path declines), "
-        "hashes the records into the dataset version, checks ids over the whole file, and writes one "
-        "Parquet partition with a registry row and the catalog; it writes twice the text of the bare copy "
-        "(the messages column repeats prompt and response). Each figure is the fastest of 5 processes (1 at 5M "
+        "once; blocks of rows are views, not copies; the next piece is read while one is parsed), "
+        "validates and normalises each block as columns (pyarrow compute; the row-by-row reference only "
+        "for blocks the columnar path declines), hashes the records into the dataset version, checks ids "
+        "over the whole file, and writes one Parquet partition (a file per core, equal ranges of rows) "
+        "with a registry row and the catalog (its DuckDB database opened on a helper thread while the "
+        "file is read). It writes twice the text of the bare copy: the messages column repeats prompt "
+        "and response, and is built only while a chunk is hashed and while it is written. Each figure is the fastest of 5 processes (1 at 5M "
         "rows), the two sides in turn; seconds exclude "
         "start-up and imports, peak RSS counts the whole process from its start (VmHWM). Records beyond "
         "512 MB go to a staging file, so assay's memory levels off as the file grows; the bare read holds "

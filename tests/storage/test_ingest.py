@@ -598,3 +598,87 @@ def test_blank_lines_cannot_make_a_block_unbounded(tmp_path: Path, monkeypatch) 
     numbers = [n for b in blocks(path) for n in b.lines.tolist()]
     expected = [i + 1 for i, line in enumerate(text.split("\n")) if line.strip()]
     assert numbers == expected
+
+
+def test_prefetch_keeps_order_and_stops_without_waiting_for_its_worker() -> None:
+    """Items come in order with errors raised where they occur; closing an abandoned prefetch (as the
+    garbage collector may, inside threading's own locks) returns while the worker is still busy, and
+    the worker then closes the source itself."""
+    import threading
+
+    from storage.ingest_sources import prefetch
+
+    assert list(prefetch(iter(range(5)))) == [0, 1, 2, 3, 4]
+
+    def failing():
+        yield "a"
+        raise UserError("bad line 2")
+
+    ahead = prefetch(failing())
+    assert next(ahead) == "a"
+    with pytest.raises(UserError, match="bad line 2"):
+        next(ahead)
+
+    busy, release, source_closed = threading.Event(), threading.Event(), threading.Event()
+
+    def slow():
+        try:
+            yield 1
+            busy.set()
+            release.wait(60)
+            yield 2
+        finally:
+            source_closed.set()
+
+    ahead = prefetch(slow())
+    assert next(ahead) == 1
+    assert busy.wait(60)  # the worker is computing item 2
+    closer = threading.Thread(target=ahead.close)
+    closer.start()
+    closer.join(60)  # a safety net: closing does not wait, however loaded the machine
+    closed_while_busy = not closer.is_alive()
+    release.set()
+    assert closed_while_busy
+    assert source_closed.wait(60)
+
+
+def test_a_chunk_of_columnar_and_row_by_row_blocks_and_parts_cut_inside_chunks(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Columnar blocks keep no `messages` until they are hashed or written; a version chunk that mixes
+    them with a block the columnar path declines (a nested field), and partition files cut inside
+    chunks, still store the reference's lake: same version, rows in file order, files balanced."""
+    from storage import ingest as ingest_module
+    from storage import ingest_sources
+
+    rows = [
+        {"id": i, "prompt": f"q{i} " * (i % 7 + 1), "response": f"a{i}\n" * (i % 3 + 1)} for i in range(2500)
+    ]
+    rows[1500]["tags"] = {"nested": [1, 2]}  # the second block goes row by row
+    path = write_jsonl(tmp_path / "mixed.jsonl", rows)
+    monkeypatch.setattr(ingest_sources, "BLOCK_ROWS", 1000)
+    taken = []
+    original = ingest_columnar.normalize_table
+
+    def counting(*args, **kwargs):
+        out = original(*args, **kwargs)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr("storage.ingest.normalize_table", counting)
+    monkeypatch.setattr(ingest_module, "VERSION_CHUNK_ROWS", 2000)  # blocks 1 and 2 share a chunk
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    reference = ingest(Lake(tmp_path / "ref"), path, "m", columnar=False)
+    fast = ingest(Lake(tmp_path / "fast"), path, "m")
+    assert taken == [True, False, True]
+    files = sorted((tmp_path / "fast" / "examples").glob("run_id=*/*.parquet"))
+    assert [pq.read_metadata(f).num_rows for f in files] == [1250, 1250]  # 2 chunks: 2 files
+    assert pa.concat_tables([pq.read_table(f) for f in files])["row_index"].to_pylist() == list(range(2500))
+    a, b = examples(Lake(tmp_path / "fast"), "m"), examples(Lake(tmp_path / "ref"), "m")
+    pd.testing.assert_frame_equal(a.drop(columns=["messages"]), b.drop(columns=["messages"]))
+    assert a["messages"].map(list).map(str).tolist() == b["messages"].map(list).map(str).tolist()
+    assert a["messages"].iloc[7].tolist() == [
+        {"role": "user", "content": rows[7]["prompt"]},
+        {"role": "assistant", "content": rows[7]["response"]},
+    ]
+    assert fast.version == reference.version and reference.rows == fast.rows == 2500
