@@ -132,7 +132,9 @@ class Spool:
         self.writer: pa.ipc.RecordBatchFileWriter | None = None
         self.spilled = 0
 
-    def add(self, chunk: pa.Table) -> None:
+    def add(self, chunk: pa.Table, complete: pa.Table | None = None) -> None:
+        """Hold `chunk`; `complete` is the same records with `messages` when the caller has them (a chunk
+        that goes to the staging file is written with them)."""
         if self.writer is None and self.nbytes + chunk.nbytes <= SPOOL_BYTES:
             self.tables.append(chunk)
             self.nbytes += chunk.nbytes
@@ -140,7 +142,7 @@ class Spool:
         if self.writer is None:
             self.path = self.folder / f"ingest-{staging_tag()}.arrow"
             self.writer = pa.ipc.new_file(str(self.path), EXAMPLE_COLUMNS)
-        self.writer.write_table(with_messages(chunk))
+        self.writer.write_table(with_messages(chunk) if complete is None else complete)
         self.spilled += 1
 
     def finish(self) -> None:
@@ -206,9 +208,10 @@ class VersionWriter:
             pending = [with_messages(table) for table in pending]
         merged = pending[0] if len(pending) == 1 else pa.concat_tables(pending)
         chunk, rest = merged.slice(0, rows).combine_chunks(), merged.slice(rows)
-        self.writer.write_table(with_messages(chunk))  # the pair lives only while it is hashed
+        complete = with_messages(chunk)  # the pair lives only while it is hashed (and maybe spilled)
+        self.writer.write_table(complete)
         if self.spool is not None:
-            self.spool.add(chunk)
+            self.spool.add(chunk, complete)
         self.pending, self.pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
         self.rows += rows
 

@@ -13,7 +13,7 @@ def lake_tables(gate: tuple[float, float], polars: tuple[float, float], ingest: 
         return [name, 1.0 * ratios[0], ratios[0], 2.0 * ratios[1], ratios[1]]
 
     queries = {
-        "title": "Queries over 50,000,000 score rows (best of 3, engines in turn)",
+        "title": "Queries over 50,000,000 score rows (5 rounds, engines in turn)",
         "rows": [
             engine("assay gate", gate),
             engine("raw duckdb", (1.0, 1.0)),
