@@ -413,7 +413,8 @@ class DartSampling(Stage):
             table = records_table(records)  # the same table and version hash as `assay ingest`
             version = dataset_version(table)
             run.write(
-                "examples", table.add_column(1, "version", pa.repeat(pa.scalar(version, pa.string()), len(table)))
+                "examples",
+                table.add_column(1, "version", pa.repeat(pa.scalar(version, pa.string()), len(table))),
             )
             run.write(
                 "weights",
