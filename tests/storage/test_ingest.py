@@ -411,13 +411,9 @@ def _write(path: Path, rows: list[dict], fmt: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
-def test_columnar_and_row_by_row_ingest_store_the_same_lake(tmp_path: Path, fmt: str, monkeypatch) -> None:
-    """A varied file of more than one block and more than one version chunk: the columnar path takes
-    the blocks (counted), and the lake rows and version equal the row-by-row reference's."""
-    n = max(BLOCK_ROWS, VERSION_CHUNK_ROWS) + 1234
-    path = _write(tmp_path / f"varied.{fmt}", varied_rows(n, seed=1, numeric_difficulty=fmt == "jsonl"), fmt)
-    taken = []
+def count_columnar_blocks(monkeypatch) -> list[bool]:
+    """A list that gets, for every block ingest offers the columnar normaliser, whether it took it."""
+    taken: list[bool] = []
     original = ingest_columnar.normalize_table
 
     def counting(*args, **kwargs):
@@ -426,6 +422,16 @@ def test_columnar_and_row_by_row_ingest_store_the_same_lake(tmp_path: Path, fmt:
         return out
 
     monkeypatch.setattr("storage.ingest.normalize_table", counting)
+    return taken
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_columnar_and_row_by_row_ingest_store_the_same_lake(tmp_path: Path, fmt: str, monkeypatch) -> None:
+    """A varied file of more than one block and more than one version chunk: the columnar path takes
+    the blocks (counted), and the lake rows and version equal the row-by-row reference's."""
+    n = max(BLOCK_ROWS, VERSION_CHUNK_ROWS) + 1234
+    path = _write(tmp_path / f"varied.{fmt}", varied_rows(n, seed=1, numeric_difficulty=fmt == "jsonl"), fmt)
+    taken = count_columnar_blocks(monkeypatch)
     fast = ingest(Lake(tmp_path / "fast"), path, "v", columnar=True)
     reference = ingest(Lake(tmp_path / "ref"), path, "v", columnar=False)
     assert taken and all(taken), taken  # every block went the columnar way
@@ -657,15 +663,7 @@ def test_a_chunk_of_columnar_and_row_by_row_blocks_and_parts_cut_inside_chunks(
     rows[1500]["tags"] = {"nested": [1, 2]}  # the second block goes row by row
     path = write_jsonl(tmp_path / "mixed.jsonl", rows)
     monkeypatch.setattr(ingest_sources, "BLOCK_ROWS", 1000)
-    taken = []
-    original = ingest_columnar.normalize_table
-
-    def counting(*args, **kwargs):
-        out = original(*args, **kwargs)
-        taken.append(out is not None)
-        return out
-
-    monkeypatch.setattr("storage.ingest.normalize_table", counting)
+    taken = count_columnar_blocks(monkeypatch)
     monkeypatch.setattr(ingest_module, "VERSION_CHUNK_ROWS", 2000)  # blocks 1 and 2 share a chunk
     monkeypatch.setattr(os, "cpu_count", lambda: 3)
     reference = ingest(Lake(tmp_path / "ref"), path, "m", columnar=False)
