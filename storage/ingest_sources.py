@@ -14,6 +14,7 @@ path can read it faithfully) and, on demand, the Python rows the reference norma
 
 from __future__ import annotations
 
+import atexit
 import csv
 import json
 import queue
@@ -374,6 +375,8 @@ def jsonl_blocks(path: Path, fast: bool = True) -> Iterator[Block]:
         else:
             parsed, lines = _jsonl_rows(path, block, first_line, offset)
             item = Block(first_row, str(path), None, True, parsed, lines)
+        # Only the item holds the source now, so `drop_source` frees it while the next block is read.
+        block = table = parsed = None
         if item.lines is not None and len(item.lines):
             yield item
             first_row += len(item.lines)
@@ -381,11 +384,13 @@ def jsonl_blocks(path: Path, fast: bool = True) -> Iterator[Block]:
 
 def prefetch(items: Iterator[Any]) -> Iterator[Any]:
     """`items`, with the next one computed on a second thread while the caller handles this one (for
-    steps that release the GIL: reading, parsing, hashing). One item ahead, no more.
+    steps that release the GIL: reading, parsing, hashing). One item ahead of the caller, no more (a
+    prefetch inside another's source adds its own one).
 
     Only the worker touches `items` (and closes it). Stopping never waits for the worker: an abandoned
     generator may be finalised by the garbage collector anywhere, even inside `threading`'s own locks,
-    where joining a thread deadlocks; SimpleQueue.put is safe there."""
+    where joining a thread deadlocks; SimpleQueue.put is safe there. Workers still running when the
+    interpreter exits are stopped and joined first (`_stop_workers`)."""
     requests: queue.SimpleQueue = queue.SimpleQueue()
     results: queue.SimpleQueue = queue.SimpleQueue()
 
@@ -401,12 +406,18 @@ def prefetch(items: Iterator[Any]) -> Iterator[Any]:
                     results.put((None, exc))
                     return
                 results.put((item, None))
+                item = None  # held by the caller now, not here while the next is computed
         finally:
-            close = getattr(items, "close", None)
-            if close is not None:
-                close()
+            try:
+                close = getattr(items, "close", None)
+                if close is not None:
+                    close()
+            finally:
+                _WORKERS.pop(worker, None)
 
-    threading.Thread(target=work, name="assay-ingest", daemon=True).start()
+    worker = threading.Thread(target=work, name="assay-ingest", daemon=True)
+    _WORKERS[worker] = requests
+    worker.start()
     requests.put(True)
     try:
         while True:
@@ -417,11 +428,25 @@ def prefetch(items: Iterator[Any]) -> Iterator[Any]:
                 return
             requests.put(True)
             yield item
+            item = None  # the caller is done with it: not held while the next one is awaited
     finally:
         requests.put(False)  # the worker stops after the item in hand
 
 
 _END = object()
+_WORKERS: dict[threading.Thread, queue.SimpleQueue] = {}
+
+
+@atexit.register
+def _stop_workers() -> None:
+    # A daemon thread still inside pyarrow or DuckDB while the interpreter finalises is ended by
+    # pthread_exit, which aborts the process ("FATAL: exception not rethrown", seen after Ctrl-C in an
+    # ingest): stop and join them first. Joining is safe here, unlike in a generator's finaliser.
+    workers = list(_WORKERS.items())
+    for _, requests in workers:
+        requests.put(False)
+    for worker, _ in workers:
+        worker.join(30)
 
 
 # ------------------------------------------------------------------------------- CSV

@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from assay_testing import run_cli, tree_digest
+from assay_testing import run_cli, run_python, tree_digest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -680,3 +680,34 @@ def test_a_chunk_of_columnar_and_row_by_row_blocks_and_parts_cut_inside_chunks(
         {"role": "assistant", "content": rows[7]["response"]},
     ]
     assert fast.version == reference.version and reference.rows == fast.rows == 2500
+
+
+PREFETCH_AT_EXIT = """
+import sys, threading, time
+from storage.ingest_sources import prefetch
+
+busy = threading.Event()
+
+def source():
+    try:
+        yield 1
+        busy.set()
+        time.sleep(0.5)  # the worker is busy when the interpreter starts to exit
+        yield 2
+    finally:
+        print("source closed", flush=True)
+
+ahead = prefetch(source())
+next(ahead)
+busy.wait(60)
+sys.exit(0)
+"""
+
+
+def test_prefetch_workers_are_stopped_and_joined_before_the_interpreter_exits() -> None:
+    """A daemon worker still inside pyarrow or DuckDB while Python finalises aborts the process (seen as
+    'FATAL: exception not rethrown' after Ctrl-C in an ingest): workers are stopped and joined at exit,
+    so the busy worker finishes its item and closes its source before the process ends."""
+    done = run_python(PREFETCH_AT_EXIT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["source closed"]
