@@ -39,7 +39,7 @@ import pyarrow.compute as pc
 
 from storage.catalog import RESTORE, open_scratch_in_background, scratch_cursor
 from storage.errors import UserError, shorten
-from storage.ingest_columnar import normalize_table, with_messages
+from storage.ingest_columnar import contiguous, normalize_table, with_messages
 from storage.ingest_rows import (
     DIFFICULTY_WORDS,
     EXAMPLE_COLUMNS,
@@ -326,8 +326,8 @@ def _stage(lake: Lake, tables: Iterator[tuple[pa.Table, Block]], source: str, de
     try:
         for table, block in prefetch(tables):
             writer.write(table)
-            ids.add(table["example_id"].combine_chunks(), block)
-            counts = pc.value_counts(pc.fill_null(table["domain"], "(none)").combine_chunks())
+            ids.add(contiguous(table["example_id"]), block)
+            counts = pc.value_counts(pc.fill_null(contiguous(table["domain"]), "(none)"))
             for item in counts.to_pylist():
                 domains[item["values"] or "(none)"] += item["counts"]
         staged = _Staged(spool, writer.close(), writer.rows, domains)

@@ -41,10 +41,16 @@ class _Decline(Exception):
     """This block is not for the columnar path."""
 
 
+def contiguous(column: pa.ChunkedArray) -> pa.Array:
+    """`column` as one array: its only chunk as it is (ChunkedArray.combine_chunks copies even one
+    chunk, and every text column of a block would be copied once more for nothing)."""
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
 def _column(table: pa.Table, name: str) -> pa.Array | None:
     if name not in table.column_names:
         return None
-    column = table[name].combine_chunks()
+    column = contiguous(table[name])
     if pa.types.is_dictionary(column.type):  # e.g. a pandas categorical written to Parquet
         column = column.dictionary_decode()
     if pa.types.is_large_string(column.type) or pa.types.is_string_view(column.type):
@@ -71,7 +77,7 @@ def _ids(table: pa.Table, plan: Plan, prompt: pa.Array, response: pa.Array) -> p
             hashed = con.sql("SELECT left(sha256(p || chr(0) || r), 16) AS h FROM pairs").to_arrow_table()
         finally:
             con.close()
-        return hashed["h"].combine_chunks().cast(pa.string())
+        return contiguous(hashed["h"]).cast(pa.string())
     column = _column(table, plan.id_column)
     if column is None or column.null_count:
         raise _Decline
@@ -170,7 +176,7 @@ def with_messages(table: pa.Table) -> pa.Table:
     when it has none (a table of PAIRED_COLUMNS), else as it is."""
     if "messages" in table.column_names:
         return table
-    messages = pair_messages(table["prompt"].combine_chunks(), table["response"].combine_chunks())
+    messages = pair_messages(contiguous(table["prompt"]), contiguous(table["response"]))
     return table.add_column(
         EXAMPLE_COLUMNS.get_field_index("messages"), EXAMPLE_COLUMNS.field("messages"), messages
     )

@@ -209,18 +209,27 @@ def bench_queries(quick: bool) -> dict:
     }
 
 
+# This VM hands memory back to its host about 2 s after the guest frees it (virtio-balloon free page
+# reporting, 2 MB blocks), and faulting it in again costs 1-3 ms per MB with transparent huge pages,
+# against about 0.2 ms for pages another process freed a moment ago. Without a pause the bare side
+# always ran on pages the assay process before it had just freed (assay frees more than bare needs),
+# while assay found fewer freshly freed pages than it needs; both sides now wait SETTLE_S after their
+# imports, so both start on memory in the same state.
+SETTLE_S = 3.0
 INGEST_RUNNER = """
 import json, sys, time
 from pathlib import Path
-kind, path, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+kind, path, out, settle = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), float(sys.argv[4])
 if kind == "bare":
     import pyarrow.json as pajson, pyarrow.parquet as pq
-    start, cpu = time.perf_counter(), time.process_time()
-    pq.write_table(pajson.read_json(path), out / "bare.parquet")
 else:
     from storage import Lake
     from storage.ingest import ingest
-    start, cpu = time.perf_counter(), time.process_time()
+time.sleep(settle)
+start, cpu = time.perf_counter(), time.process_time()
+if kind == "bare":
+    pq.write_table(pajson.read_json(path), out / "bare.parquet")
+else:
     ingest(Lake(out / "lake"), path, "bench")
 seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
 # VmHWM: this process's peak (ru_maxrss would carry over the parent's peak through fork and exec)
@@ -232,7 +241,7 @@ print(json.dumps({"seconds": seconds, "cpu": cpu, "rss_mb": peak / 1024}))
 def _ingest_once(kind: str, path: Path, workdir: Path) -> dict:
     out = Path(tempfile.mkdtemp(dir=workdir))
     proc = subprocess.run(
-        [sys.executable, "-c", INGEST_RUNNER, kind, str(path), str(out)],
+        [sys.executable, "-c", INGEST_RUNNER, kind, str(path), str(out), str(SETTLE_S)],
         capture_output=True,
         text=True,
         check=True,
@@ -266,7 +275,7 @@ def bench_ingest(quick: bool) -> dict:
         for n in sizes:
             path = Path(tmp) / f"data-{n}.jsonl"
             _write_jsonl(path, n)
-            # Cold processes on a shared machine are bimodal (memory compaction stalls): the minimum of
+            # The cost of fresh memory on this VM varies from one moment to the next: the minimum of
             # five estimates the undisturbed cost of each side.
             repeats = 5 if n <= 1_000_000 else 1
             runs = [
@@ -307,8 +316,9 @@ def bench_ingest(quick: bool) -> dict:
         "with a registry row and the catalog (its DuckDB database opened on a helper thread while the "
         "file is read). It writes twice the text of the bare copy: the messages column repeats prompt "
         "and response, and is built only while a chunk is hashed and while it is written. Each figure is the fastest of 5 processes (1 at 5M "
-        "rows), the two sides in turn; seconds exclude "
-        "start-up and imports, peak RSS counts the whole process from its start (VmHWM). Records beyond "
+        f"rows), the two sides in turn; each process waits {SETTLE_S:.0f} s after its imports (so that both "
+        "sides find the memory the VM handed back to its host, not pages the other side just freed), and "
+        "seconds exclude start-up, imports and that wait; peak RSS counts the whole process from its start (VmHWM). Records beyond "
         "512 MB go to a staging file, so assay's memory levels off as the file grows; the bare read holds "
         "the whole table. The CPU ratio (process CPU seconds, all threads) depends less on other load "
         "on the machine than the wall-clock ratio.",

@@ -521,6 +521,31 @@ def test_jsonl_blocks_hold_whole_chunks_of_rows(tmp_path: Path, monkeypatch) -> 
     assert [r["prompt"] for b in parts for r in b.rows()] == [f"p{i}" for i in range(2005)]
 
 
+def test_columnar_records_share_the_parsed_text_buffers(tmp_path: Path) -> None:
+    """A JSONL block parses into one chunk per column, and its prompt / response reach the records (and
+    the messages built from them) without another copy: every extra copy of the text is memory the
+    process faults in (see DEVELOPERS.md)."""
+    from storage.ingest_columnar import contiguous, normalize_table, with_messages
+    from storage.ingest_rows import Plan
+
+    rows = [{"id": i, "prompt": f"question {i} " * 20, "response": f"answer {i} " * 30} for i in range(3000)]
+    path = write_jsonl(tmp_path / "text.jsonl", rows)
+    (block,) = list(blocks(path))
+    assert block.table is not None and {block.table[c].num_chunks for c in block.table.column_names} == {1}
+    plan = Plan.from_first_row(block.first_keys(), "d", ColumnMap(), str(path))
+    records = normalize_table(block.table, block.first_row, plan, block.null_may_be_absent)
+    for column in ("prompt", "response"):
+        parsed = block.table[column].chunk(0).buffers()[2].address
+        assert records[column].chunk(0).buffers()[2].address == parsed
+        assert contiguous(records[column]).buffers()[2].address == parsed
+    assert with_messages(records)["messages"].to_pylist()[7] == [
+        {"role": "user", "content": rows[7]["prompt"]},
+        {"role": "assistant", "content": rows[7]["response"]},
+    ]
+    several = pa.chunked_array([pa.array(["a", "b"]), pa.array(["c"])])
+    assert contiguous(several).to_pylist() == ["a", "b", "c"]
+
+
 def test_records_spilled_to_a_staging_file_give_the_same_lake(tmp_path: Path, monkeypatch) -> None:
     """Past SPOOL_BYTES the records wait in a staging file: same version, rows and dedupe; the file is
     gone afterwards, on success and on a refusal."""
