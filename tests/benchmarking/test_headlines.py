@@ -21,8 +21,11 @@ def lake_tables(gate: tuple[float, float], polars: tuple[float, float], ingest: 
             engine("polars", polars),
         ],
     }
-    sizes = ["200,000 rows (40 MB)", "5,000,000 rows (1,000 MB)"]
-    rows = [[size, 2.0 * r, 2.0, r, r * 0.9, 500, 400] for size, r in zip(sizes, ingest, strict=False)]
+    sizes = [("200,000 rows (40 MB)", "warm"), ("5,000,000 rows (1,000 MB)", "cold")]
+    rows = [
+        [size, memory, 2.0 * r, 2.0, r, r * 0.9, 500, 400]
+        for (size, memory), r in zip(sizes, ingest, strict=False)
+    ]
     return [queries, {"title": "Ingest", "rows": rows}]
 
 
@@ -30,13 +33,16 @@ def test_lake_headline_states_each_target_and_whether_it_is_met():
     line = lake_headline(lake_tables((1.04, 1.08), (4.0, 1.6), [2.5, 2.9]))
     assert "gate 1.04x / 1.08x raw DuckDB" in line and "50,000,000 score rows" in line
     assert "target <= 1.1x: met" in line and "ahead of polars and pandas: yes" in line
-    assert "ingest 200,000 rows: 2.50x bare pyarrow wall" in line
+    assert "ingest 200,000 rows, warm memory: 2.50x bare pyarrow wall" in line
     assert line.count("(target <= 3x: met)") == 2
 
     missed = lake_headline(lake_tables((1.04, 1.25), (4.0, 1.1), [2.5, 3.4]))
     # the worse of the two queries decides; polars ahead of the gate on by-group is reported
     assert "target <= 1.1x: NOT met" in missed and "ahead of polars and pandas: NO" in missed
-    assert "ingest 5,000,000 rows: 3.40x bare pyarrow wall, 3.06x CPU (target <= 3x: NOT met)" in missed
+    assert (
+        "ingest 5,000,000 rows, cold memory: 3.40x bare pyarrow wall, 3.06x CPU (target <= 3x: NOT met)"
+        in missed
+    )
 
 
 def test_ppp_headline_counts_data_sets_where_every_seed_found_the_true_k():
