@@ -50,9 +50,10 @@ from storage.ingest_rows import (
     normalize_row,
     records_table,
 )
-from storage.ingest_sources import FORMATS, Block, blocks, detect_format, prefetch
+from storage.ingest_sources import FORMATS, Block, blocks, detect_format
 from storage.lake import Lake, staging_tag
 from storage.names import NAME, check_name
+from storage.prefetch import prefetch
 
 __all__ = [
     "DATASET_NAME",
@@ -132,9 +133,9 @@ class Spool:
         self.writer: pa.ipc.RecordBatchFileWriter | None = None
         self.spilled = 0
 
-    def add(self, chunk: pa.Table, complete: pa.Table | None = None) -> None:
-        """Hold `chunk`; `complete` is the same records with `messages` when the caller has them (a chunk
-        that goes to the staging file is written with them)."""
+    def add(self, chunk: pa.Table, complete: pa.Table) -> None:
+        """Hold `chunk`; `complete` is the same records with `messages` (`with_messages(chunk)`, which the
+        caller has built to hash them): a chunk that goes to the staging file is written with them."""
         if self.writer is None and self.nbytes + chunk.nbytes <= SPOOL_BYTES:
             self.tables.append(chunk)
             self.nbytes += chunk.nbytes
@@ -142,7 +143,7 @@ class Spool:
         if self.writer is None:
             self.path = self.folder / f"ingest-{staging_tag()}.arrow"
             self.writer = pa.ipc.new_file(str(self.path), EXAMPLE_COLUMNS)
-        self.writer.write_table(with_messages(chunk) if complete is None else complete)
+        self.writer.write_table(complete)
         self.spilled += 1
 
     def finish(self) -> None:

@@ -637,7 +637,7 @@ def test_prefetch_keeps_order_and_stops_without_waiting_for_its_worker() -> None
     the worker then closes the source itself."""
     import threading
 
-    from storage.ingest_sources import prefetch
+    from storage.prefetch import prefetch
 
     assert list(prefetch(iter(range(5)))) == [0, 1, 2, 3, 4]
 
@@ -709,7 +709,7 @@ def test_a_chunk_of_columnar_and_row_by_row_blocks_and_parts_cut_inside_chunks(
 
 PREFETCH_AT_EXIT = """
 import sys, threading, time
-from storage.ingest_sources import prefetch
+from storage.prefetch import prefetch
 
 busy = threading.Event()
 
