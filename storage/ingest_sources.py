@@ -34,6 +34,7 @@ BLOCK_ROWS = 65_536  # rows per block (the dataset version's chunk size)
 MAX_BLOCK_BYTES = 256 << 20  # a block of very long rows is cut sooner
 MAX_BLOCK_LINES = 4 * BLOCK_ROWS  # and one of many blank lines (each line's span takes memory)
 MAX_FAST_NESTING = 256
+MAX_PARSE_BLOCK = 2**31 - 1  # pyarrow.json's block_size is an int32
 BOM = b"\xef\xbb\xbf"
 
 
@@ -187,17 +188,21 @@ def _jsonl_fast(block: memoryview, lines: JsonlLines) -> pa.Table | None:
     ):
         return None
     longest = int((ends - starts).max())
-    if not _valid_utf8(block):
+    # One parse block for the whole block: one chunk per column, which the records keep as they are
+    # (1 MB blocks parse on both cores, but every column was then copied into one chunk: more fresh
+    # memory than the parse saved; the other core reads, normalises and hashes meanwhile). pyarrow's
+    # block size is a 32-bit number: a block beyond it (a line of nearly 2 GB) parses line-sized blocks,
+    # and a line beyond it goes to the reference.
+    block_size = max(len(block), longest) + 2
+    if block_size > MAX_PARSE_BLOCK:
+        block_size = longest + 2
+    if block_size > MAX_PARSE_BLOCK or not _valid_utf8(block):
         return None  # pyarrow does not check every string; the reference names the line
     try:
-        # One parse block for the whole block: one chunk per column, which the records keep as they are
-        # (1 MB blocks parse on both cores, but every column was then copied into one chunk: more
-        # fresh memory than the parse saved; the other core reads, normalises and hashes meanwhile).
         table = pajson.read_json(
-            pa.BufferReader(block),
-            read_options=pajson.ReadOptions(use_threads=True, block_size=max(len(block), longest) + 2),
+            pa.BufferReader(block), read_options=pajson.ReadOptions(use_threads=True, block_size=block_size)
         )
-    except (pa.ArrowException, UnicodeDecodeError, ValueError):
+    except (pa.ArrowException, UnicodeDecodeError, ValueError, OverflowError):
         return None
     # One object per non-empty line: `{...}{...}` on one line would give pyarrow two rows.
     return table if table.num_rows == int(filled.sum()) else None

@@ -544,6 +544,35 @@ def test_columnar_records_share_the_parsed_text_buffers(tmp_path: Path) -> None:
     ]
     several = pa.chunked_array([pa.array(["a", "b"]), pa.array(["c"])])
     assert contiguous(several).to_pylist() == ["a", "b", "c"]
+    # with_messages allocates the pairs' text once (prompt and response back to back), no copy of either
+    text = records["prompt"].nbytes + records["response"].nbytes
+    counting = pa.proxy_memory_pool(pa.default_memory_pool())
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(counting)
+    try:
+        with_messages(records)
+    finally:
+        pa.set_memory_pool(previous)
+    assert text < counting.max_memory() < 1.5 * text
+
+
+def test_a_block_beyond_pyarrows_parse_block_size_goes_line_by_line(tmp_path: Path, monkeypatch) -> None:
+    """pyarrow.json's block size is 32-bit: a block larger than that parses in line-sized blocks, and a
+    line larger than that goes to the reference normaliser (here with the limit made small)."""
+    from storage import ingest_sources
+
+    rows = [{"prompt": "p" * (200 if i == 3 else 20), "response": f"r{i}"} for i in range(10)]
+    path = write_jsonl(tmp_path / "long.jsonl", rows)
+    (first,) = list(blocks(path))
+    whole = first.table
+    longest = max(len(json.dumps(r)) for r in rows)
+    monkeypatch.setattr(ingest_sources, "MAX_PARSE_BLOCK", longest + 2)
+    (block,) = list(blocks(path))
+    assert block.table is not None and block.table.equals(whole) and block.table["prompt"].num_chunks > 1
+    monkeypatch.setattr(ingest_sources, "MAX_PARSE_BLOCK", longest + 1)
+    (block,) = list(blocks(path))
+    assert block.table is None and [r["prompt"] for r in block.rows()] == [r["prompt"] for r in rows]
+    assert ingest(Lake(tmp_path / "lake"), path, "d").rows == 10
 
 
 def test_records_spilled_to_a_staging_file_give_the_same_lake(tmp_path: Path, monkeypatch) -> None:
