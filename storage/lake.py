@@ -329,6 +329,7 @@ class Lake:
         with open(lock_dir / "catalog.lock", "a+") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             registry = self._registry_mtime()
+            catalog.compact_registry(self.root, self.staging_path("registry", ".parquet"))
             tmp = self.staging_path("catalog", ".duckdb")
             catalog.write_catalog(tmp, self.root)
             wal = tmp.with_name(tmp.name + ".wal")

@@ -335,3 +335,82 @@ def test_removing_a_run_removes_its_rows_and_what_it_keeps_in_the_work_area(lake
     assert lake.query("SELECT DISTINCT run_id FROM scores")["run_id"].tolist() == [runs[1]]
     assert not (lake_dir / ".work" / "factors" / runs[0]).exists()
     assert (lake_dir / ".work" / "factors" / runs[1] / "factors.safetensors").exists()
+
+
+def runs_view(lake: Lake) -> pd.DataFrame:
+    return lake.query("SELECT * FROM runs ORDER BY run_id")
+
+
+def test_the_compacted_registry_gives_the_same_runs_as_every_file(lake_dir: Path, monkeypatch) -> None:
+    """With the registry compacted, each run's row comes from the compacted file while its own file is
+    unchanged, and from its file once replaced (a run re-run after failing), removed or added; a run
+    file of an older schema (a column missing) reads as before; a damaged compacted file is ignored.
+    Every time the runs view equals one read from the run files alone."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from storage import catalog
+
+    monkeypatch.setattr(catalog, "COMPACT_AFTER", 10**6)  # compacted only where this test says
+    lake = Lake(lake_dir)
+    ids = []
+    for i in range(6):
+        with lake.run("attribute", "test", params={"i": i}) as run:
+            run.write("scores", scores_frame(2, offset=i))
+        ids.append(run.run_id)
+    with pytest.raises(RuntimeError), lake.run("attribute", "test", params={"i": "flaky"}) as flaky:
+        raise RuntimeError("first attempt fails")
+    old_schema = lake_dir / "runs" / "old-run.parquet"
+    row = pq.read_table(catalog.registry_files(lake_dir)[0]).to_pylist()[0]
+    pq.write_table(pa.Table.from_pylist([{**row, "run_id": "old-run"}]).drop(["host"]), old_schema)
+
+    def every_file() -> pd.DataFrame:
+        con = __import__("duckdb").connect()
+        files = catalog.registry_files(lake_dir)
+        return con.execute(
+            f"SELECT * FROM read_parquet({catalog._file_list(files)}, union_by_name=true) ORDER BY run_id"
+        ).df()
+
+    expected = runs_view(lake)
+    assert catalog.compact_registry(lake_dir, lake.staging_path("registry"), after=0)
+    assert (lake_dir / catalog.COMPACT_REGISTRY).exists() and not list((lake_dir / ".staging").iterdir())
+    pd.testing.assert_frame_equal(runs_view(lake), expected)
+    con = __import__("duckdb").connect()
+    assert catalog._registry_table(con, lake_dir, "t") == 0  # every row from the compacted file
+
+    with lake.run("attribute", "test", params={"i": "flaky"}) as run:  # replaces the failed run's file
+        run.write("scores", scores_frame(1))
+    with lake.run("attribute", "test", params={"i": 99}) as added:
+        pass
+    (lake_dir / "runs" / f"{ids[0]}.parquet").unlink()
+    assert catalog._registry_table(con, lake_dir, "t") == 2  # the replaced file and the new one
+    after = runs_view(lake)
+    assert after.set_index("run_id").loc[flaky.run_id, "status"] == "complete"
+    assert ids[0] not in set(after["run_id"]) and added.run_id in set(after["run_id"])
+    pd.testing.assert_frame_equal(
+        after.drop(columns=["params", "inputs"]), every_file().drop(columns=["params", "inputs"])
+    )
+    assert len(after) == len(expected) and after["host"].isna().sum() == 1  # one run added, one removed
+
+    (lake_dir / catalog.COMPACT_REGISTRY).write_bytes(b"not parquet")
+    pd.testing.assert_frame_equal(runs_view(lake), after)
+    assert lake.query("SELECT count(*) AS n FROM scores")["n"][0] == 2 * 5 + 1
+
+
+def test_runs_refresh_the_compacted_registry_every_few_runs(lake_dir: Path, monkeypatch) -> None:
+    """`refresh_catalog` (after every run) rewrites the compacted registry once COMPACT_AFTER run files
+    are outside it, so a query reads at most that many run files one by one."""
+    import duckdb
+
+    from storage import catalog
+
+    monkeypatch.setattr(catalog, "COMPACT_AFTER", 3)
+    lake = Lake(lake_dir)
+    outside = []
+    for i in range(7):
+        with lake.run("attribute", "test", params={"i": i}):
+            pass
+        outside.append(catalog._registry_table(duckdb.connect(), lake_dir, "t"))
+    # a run's file is written twice (running, complete) and the catalog refreshed after the second
+    assert outside == [1, 2, 0, 1, 2, 0, 1]
+    assert len(runs_view(lake)) == 7
