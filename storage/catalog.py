@@ -139,23 +139,38 @@ def registry_files(root: Path) -> list[str]:
 # the other files: at 1,000 runs a query read 1,000 small Parquet files (0.7 s) before.
 COMPACT_REGISTRY = Path(".registry") / "runs.parquet"
 COMPACT_AFTER = 16  # registry files not in the compacted file before `refresh_catalog` rewrites it
-_STAMP = ("_file", "_inode", "_mtime_ns", "_size")
+_STAMP = ("_file", "_inode", "_mtime_ns", "_ctime_ns", "_size")
+Stamp = tuple[int, int, int, int]
 
 
-def _stamps(files: list[str]) -> dict[str, tuple[int, int, int]]:
-    """File name -> (inode, mtime, size). A run's file is replaced, never rewritten in place, and the
-    new file exists before the old one goes, so a replacement always has another inode."""
+def _stamps(files: list[str]) -> dict[str, Stamp]:
+    """File name -> (inode, mtime, ctime, size). A run's file is replaced as a whole (os.replace), a
+    few times in its life (running, then complete or failed, maybe running again), and each of those
+    records differs in size from the one before (the status and finish time change). So a file that
+    still has its stamp holds the row read with it; inode numbers alone are reused at once here, and
+    mtime and ctime may be coarse (milliseconds) on some file systems."""
     stamps = {}
     for file in files:
         try:
             stat = os.stat(file)
         except FileNotFoundError:
             continue  # gone since it was listed: read (and fail) as before, or absent next time
-        stamps[os.path.basename(file)] = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        stamps[os.path.basename(file)] = (stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size)
     return stamps
 
 
-def _compacted_rows(root: Path, stamps: dict[str, tuple[int, int, int]]) -> pa.Table | None:
+def _runs_columns(con: duckdb.DuckDBPyConnection, source: str) -> str:
+    """The select list that gives `source` (registry rows) the RUNS schema: each column in its order and
+    type, NULL where the files lack it, and nothing else. The registry's schema is then the same
+    whatever mix of files (an older one missing a column, a compacted file) the rows came from."""
+    present = {row[0] for row in con.execute(f"DESCRIBE {source}").fetchall()}
+    return ", ".join(
+        f"CAST({field.name if field.name in present else 'NULL'} AS {sql_type(field.type)}) AS {field.name}"
+        for field in RUNS
+    )
+
+
+def _compacted_rows(root: Path, stamps: dict[str, Stamp]) -> pa.Table | None:
     """The compacted registry's rows whose file still has the stamp they were read with (with the
     stamp columns), or None when there is no compacted registry."""
     import pyarrow.parquet as pq
@@ -169,7 +184,7 @@ def _compacted_rows(root: Path, stamps: dict[str, tuple[int, int, int]]) -> pa.T
     if not set(_STAMP) <= set(table.column_names):
         return None  # not a file this version wrote: ignored, rewritten at the next refresh
     keys = zip(*(table[c].to_pylist() for c in _STAMP), strict=True)
-    keep = [stamps.get(name) == (inode, mtime, size) for name, inode, mtime, size in keys]
+    keep = [stamps.get(name) == tuple(stamp) for name, *stamp in keys]
     return table.filter(pa.array(keep, pa.bool_()))
 
 
@@ -205,17 +220,13 @@ def _registry_table(con: duckdb.DuckDBPyConnection, root: Path, name: str) -> in
     return len(rest)
 
 
-def _stamp_table(stamps: dict[str, tuple[int, int, int] | None]) -> pa.Table:
+def _stamp_table(stamps: dict[str, Stamp | None]) -> pa.Table:
     names = list(stamps)
-    values = [stamps[n] or (None, None, None) for n in names]
-    return pa.table(
-        {
-            "_file": pa.array(names, pa.string()),
-            "_inode": pa.array([v[0] for v in values], pa.int64()),
-            "_mtime_ns": pa.array([v[1] for v in values], pa.int64()),
-            "_size": pa.array([v[2] for v in values], pa.int64()),
-        }
-    )
+    values = [stamps[n] or (None,) * 4 for n in names]
+    columns = {"_file": pa.array(names, pa.string())}
+    for k, column in enumerate(_STAMP[1:]):
+        columns[column] = pa.array([v[k] for v in values], pa.int64())
+    return pa.table(columns)
 
 
 def compact_registry(root: Path, tmp: Path, after: int | None = None) -> bool:
@@ -241,8 +252,9 @@ def compact_registry(root: Path, tmp: Path, after: int | None = None) -> bool:
         dest = root / COMPACT_REGISTRY
         try:
             dest.parent.mkdir(exist_ok=True)
+            columns = _runs_columns(con, "_registry_compacting") + ", " + ", ".join(_STAMP)
             con.execute(
-                f"COPY (SELECT * FROM _registry_compacting ORDER BY _file) TO {quote(tmp)} (FORMAT parquet)"
+                f"COPY (SELECT {columns} FROM _registry_compacting ORDER BY _file) TO {quote(tmp)} (FORMAT parquet)"
             )
             os.replace(tmp, dest)
         except (OSError, duckdb.IOException):
@@ -308,7 +320,7 @@ def _read_registry(con: duckdb.DuckDBPyConnection, root: Path) -> bool:
             if _registry_table(con, root, "_registry_stamped") is None:
                 return False
             con.execute(
-                "CREATE OR REPLACE TABLE _registry AS SELECT * EXCLUDE (" + ", ".join(_STAMP) + ") "
+                f"CREATE OR REPLACE TABLE _registry AS SELECT {_runs_columns(con, '_registry_stamped')} "
                 "FROM _registry_stamped ORDER BY _file"
             )
             con.execute("DROP TABLE _registry_stamped")

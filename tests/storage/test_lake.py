@@ -414,3 +414,45 @@ def test_runs_refresh_the_compacted_registry_every_few_runs(lake_dir: Path, monk
     # a run's file is written twice (running, complete) and the catalog refreshed after the second
     assert outside == [1, 2, 0, 1, 2, 0, 1]
     assert len(runs_view(lake)) == 7
+
+
+def test_the_runs_view_has_the_registry_schema_whatever_the_files_held(lake_dir: Path) -> None:
+    """A run file with a column the registry does not have, or a timestamp in nanoseconds, or one
+    missing a column: the runs view always has the RUNS columns, in order and type, also after such a
+    file went into the compacted registry and was then removed."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from storage import catalog
+    from storage.schemas import RUNS
+
+    lake = Lake(lake_dir)
+    for i in range(2):
+        with lake.run("attribute", "test", params={"i": i}):
+            pass
+    row = pq.read_table(catalog.registry_files(lake_dir)[0])
+    odd = row.set_column(0, "run_id", pa.array(["a-odd"])).append_column("foo", pa.array([1]))
+    odd = odd.set_column(
+        odd.schema.get_field_index("started_at"),
+        "started_at",
+        odd["started_at"].cast(pa.timestamp("ns", "UTC")),
+    )
+    pq.write_table(odd, lake_dir / "runs" / "a-odd.parquet")
+    pq.write_table(
+        row.set_column(0, "run_id", pa.array(["a-old"])).drop(["model"]), lake_dir / "runs" / "a-old.parquet"
+    )
+
+    def check(n: int) -> None:
+        runs = runs_view(lake)
+        assert list(runs.columns) == RUNS.names and len(runs) == n
+        assert str(runs["started_at"].dtype).startswith("datetime64[us, ")
+
+    check(4)
+    assert catalog.compact_registry(lake_dir, lake.staging_path("registry"), after=0)
+    check(4)
+    (lake_dir / "runs" / "a-odd.parquet").unlink()
+    (lake_dir / "runs" / "a-old.parquet").unlink()
+    check(2)
+    assert catalog.compact_registry(lake_dir, lake.staging_path("registry"), after=0)
+    check(2)
+    assert pq.read_schema(lake_dir / catalog.COMPACT_REGISTRY).names == RUNS.names + list(catalog._STAMP)
