@@ -237,16 +237,7 @@ def compact_registry(root: Path, tmp: Path, after: int | None = None) -> bool:
     root = Path(root)
     con = scratch_cursor()
     try:
-        for attempt in range(REGISTRY_READS):
-            try:
-                outside = _registry_table(con, root, "_registry_compacting")
-                break
-            except duckdb.InterruptException:
-                raise
-            except duckdb.Error:
-                if attempt == REGISTRY_READS - 1:
-                    raise
-                time.sleep(0.01 * (attempt + 1))
+        outside = _read_registry_table(con, root, "_registry_compacting")
         if outside is None or outside < (COMPACT_AFTER if after is None else after):
             return False
         dest = root / COMPACT_REGISTRY
@@ -310,28 +301,33 @@ ALL_VIEWS = (*(("examples_all" if t == "examples" else t) for t in TABLES), *_NE
 REGISTRY_READS = 5
 
 
-def _read_registry(con: duckdb.DuckDBPyConnection, root: Path) -> bool:
-    """Table _registry from the registry files; False when there are none. A run's registry file is
-    replaced (atomically) as it starts, completes or fails, and DuckDB opens a file more than once while
-    reading it: a replacement in between reads as broken Parquet ("Invalid data"). The files are listed
-    and read again then, up to REGISTRY_READS times."""
+def _read_registry_table(con: duckdb.DuckDBPyConnection, root: Path, name: str) -> int | None:
+    """`_registry_table`, listed and read again when a read fails, up to REGISTRY_READS times: a run's
+    registry file is replaced (atomically) as it starts, completes or fails, and DuckDB opens a file
+    more than once while reading it, so a replacement in between reads as broken Parquet ("Invalid
+    data")."""
     for attempt in range(REGISTRY_READS):
         try:
-            if _registry_table(con, root, "_registry_stamped") is None:
-                return False
-            con.execute(
-                f"CREATE OR REPLACE TABLE _registry AS SELECT {_runs_columns(con, '_registry_stamped')} "
-                "FROM _registry_stamped ORDER BY _file"
-            )
-            con.execute("DROP TABLE _registry_stamped")
-            return True
+            return _registry_table(con, root, name)
         except duckdb.InterruptException:
             raise
         except duckdb.Error:
             if attempt == REGISTRY_READS - 1:
                 raise
             time.sleep(0.01 * (attempt + 1))
-    return False
+    return None
+
+
+def _read_registry(con: duckdb.DuckDBPyConnection, root: Path) -> bool:
+    """Table _registry (the RUNS schema) from the registry; False when there are no registry files."""
+    if _read_registry_table(con, root, "_registry_stamped") is None:
+        return False
+    con.execute(
+        f"CREATE OR REPLACE TABLE _registry AS SELECT {_runs_columns(con, '_registry_stamped')} "
+        "FROM _registry_stamped ORDER BY _file"
+    )
+    con.execute("DROP TABLE _registry_stamped")
+    return True
 
 
 class LakeViews:
