@@ -212,7 +212,9 @@ def _registry_table(con: duckdb.DuckDBPyConnection, root: Path, name: str) -> in
             "LEFT JOIN _rest_stamps s ON s._file = parse_filename(r.filename)"
         )
     try:
-        con.execute(f"CREATE OR REPLACE TABLE {name} AS " + " UNION ALL BY NAME ".join(parts))
+        # TEMP: private to this connection (cursors of the scratch database share its tables), and not
+        # written into catalog.duckdb while that file is the current database.
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS " + " UNION ALL BY NAME ".join(parts))
     finally:
         for view in ("_compacted_rows", "_rest_stamps"):
             with contextlib.suppress(duckdb.Error):
