@@ -177,10 +177,8 @@ def _compacted_rows(root: Path, stamps: dict[str, Stamp]) -> pa.Table | None:
 
     try:
         table = pq.read_table(root / COMPACT_REGISTRY)
-    except FileNotFoundError:
-        return None
     except (OSError, pa.ArrowException):
-        return None  # damaged: every run is read from its own file, and the next refresh rewrites it
+        return None  # absent, or damaged: every run is read from its own file until the next refresh
     if not set(_STAMP) <= set(table.column_names):
         return None  # not a file this version wrote: ignored, rewritten at the next refresh
     keys = zip(*(table[c].to_pylist() for c in _STAMP), strict=True)
