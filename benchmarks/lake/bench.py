@@ -41,7 +41,9 @@ BY_GROUP = """SELECT tr.domain AS train_domain, tr.difficulty, tg.domain AS targ
   FROM scores s JOIN examples tr ON s.train_id = tr.example_id JOIN examples tg ON s.target_id = tg.example_id
   GROUP BY ALL ORDER BY ALL"""
 
-QUERY_ROUNDS = 6  # even: the gate and raw DuckDB each run first in half the rounds
+PAIR_ROUNDS = 16  # the gate and raw DuckDB: even, so each runs first in half the rounds
+PEER_ROUNDS = 4  # pandas and polars; divides PAIR_ROUNDS, and even
+REGISTRY_ROUNDS = 6  # even: the two registry states each run first in half the rounds
 
 
 def build_lake(root: Path, n_train: int, n_target: int, shards: int = 10) -> Lake:
@@ -160,54 +162,89 @@ def query_engines(lake: Lake) -> dict[str, dict[str, callable]]:
     return engines
 
 
+def _paired_schedule(engines: list[str], paired: tuple[str, str]) -> list[list[str]]:
+    """The engines of each round, in the order they run. The gate and raw DuckDB run back to back in every
+    round, each first in half of them; the other engines join every (PAIR_ROUNDS // PEER_ROUNDS)th round,
+    before the pair in the first half of those rounds and after it in the second, so no engine always runs
+    right after pandas and polars have churned gigabytes."""
+    peers = [name for name in engines if name not in paired]
+    every = PAIR_ROUNDS // PEER_ROUNDS
+    schedule = []
+    for round_ in range(PAIR_ROUNDS):
+        block = round_ // every
+        order = list(paired if (round_ + block) % 2 == 0 else paired[::-1])
+        if round_ % every == 0:
+            others = peers if block % 2 == 0 else peers[::-1]
+            order = others + order if block < PEER_ROUNDS // 2 else order + others
+        schedule.append(order)
+    return schedule
+
+
 def bench_queries(quick: bool) -> dict:
     n_train, n_target = (50_000, 100) if quick else (250_000, 200)
+    paired = ("assay gate", "raw duckdb")
     with tempfile.TemporaryDirectory() as tmp:
         lake = build_lake(Path(tmp) / "lake", n_train, n_target)
         rows = n_train * n_target
         engines = query_engines(lake)
-        # Round robin: each round runs every engine once, the order rotating, so load from elsewhere on
-        # the machine falls on all of them alike and no engine always runs right after pandas and polars
-        # have churned gigabytes. The gate and raw DuckDB run back to back (in turn which first): the
-        # ratio is the median over rounds of the gate's time over raw DuckDB's in the same round. The
-        # best of 5 of each engine alone moved the gate's ratio by 0.9-1.3x between runs of the same
-        # code here, more than the gate's own cost (about 0.08 s of a 1.5-3 s query).
-        paired = ("assay gate", "raw duckdb")
-        units = [paired] + [(name,) for name in engines if name not in paired]
-        rounds: dict[str, dict[str, list[float]]] = {
-            name: {q: [] for q in queries} for name, queries in engines.items()
+        # The ratio is the median over rounds of an engine's time over raw DuckDB's in the same round. One
+        # query's time moves by 0.8-1.3x from round to round on this VM (memory handed back to the host,
+        # other load), more than the gate's own cost (about 0.06 s of a 1.5-3 s query): 6 rounds let the
+        # by-group median move by about 10% between runs, so the close pair gets PAIR_ROUNDS, and the
+        # middle half of the per-round ratios is reported beside the median.
+        seconds: dict[str, dict[str, dict[int, float]]] = {
+            name: {q: {} for q in queries} for name, queries in engines.items()
         }
-        for round_ in range(QUERY_ROUNDS):
-            for unit in units[round_ % len(units) :] + units[: round_ % len(units)]:
-                for name in unit if round_ % 2 == 0 else unit[::-1]:
-                    for q, fn in engines[name].items():
-                        rounds[name][q].append(timed(fn, repeats=1)[0])
-    base = rounds["raw duckdb"]
+        for round_, order in enumerate(_paired_schedule(list(engines), paired)):
+            for name in order:
+                for q, fn in engines[name].items():
+                    seconds[name][q][round_] = timed(fn, repeats=1)[0]
+    base = seconds["raw duckdb"]
 
-    def ratio(name: str, q: str) -> float:
-        return round(float(np.median(np.array(rounds[name][q]) / np.array(base[q]))), 2)
+    def ratios(name: str, q: str) -> np.ndarray:
+        return np.array([t / base[q][round_] for round_, t in seconds[name][q].items()])
+
+    def middle_half(name: str, q: str) -> str:
+        low, high = np.percentile(ratios(name, q), [25, 75])
+        return f"{low:.2f}-{high:.2f}"
 
     table_rows = [
         [
             name,
-            round(min(t["top-k"]), 3),
-            ratio(name, "top-k"),
-            round(min(t["by-group"]), 3),
-            ratio(name, "by-group"),
+            round(min(t["top-k"].values()), 3),
+            round(float(np.median(ratios(name, "top-k"))), 2),
+            round(min(t["by-group"].values()), 3),
+            round(float(np.median(ratios(name, "by-group"))), 2),
+            middle_half(name, "top-k"),
+            middle_half(name, "by-group"),
+            len(t["top-k"]),
         ]
-        for name, t in rounds.items()
+        for name, t in seconds.items()
     ]
     return {
-        "title": f"Queries over {rows:,} score rows ({QUERY_ROUNDS} rounds, engines in turn)",
-        "columns": ["engine", "top-k s", "top-k vs raw duckdb", "by-group s", "by-group vs raw duckdb"],
+        "title": f"Queries over {rows:,} score rows (engines in turn)",
+        "columns": [
+            "engine",
+            "top-k s",
+            "top-k vs raw duckdb",
+            "by-group s",
+            "by-group vs raw duckdb",
+            "top-k ratio, middle half",
+            "by-group ratio, middle half",
+            "rounds",
+        ],
         "rows": table_rows,
         "notes": "top-k: 10 most helpful train examples per target; by-group: mean influence by (train "
         "domain, difficulty) x target domain. The gate adds statement parsing, views of complete runs "
         "(explicit file lists, defined only for the tables a statement names), limits and a watchdog "
         "over raw DuckDB on the same files; both open a fresh connection per query. polars uses "
         "`top_k_by` per group; pandas sorts and takes the head of each group. Seconds are the best "
-        f"of {QUERY_ROUNDS} rounds; each ratio is the median over the rounds of the engine's time over "
-        "raw DuckDB's in the same round (the gate and raw DuckDB run back to back).",
+        "of the engine's rounds; each ratio is the median over its rounds of the engine's time over raw "
+        "DuckDB's in the same round, with the middle half (25th-75th percentile) of those per-round "
+        f"ratios. The gate and raw DuckDB run back to back in each of {PAIR_ROUNDS} rounds, each first in "
+        f"half of them; pandas and polars, far behind, join {PEER_ROUNDS} of the rounds (before the pair in "
+        "half of those, after it in the others). One query's time moves by 0.8-1.3x between rounds on this "
+        "VM, so the ratio of a handful of rounds moves by about 10% between runs.",
     }
 
 
@@ -380,7 +417,7 @@ def bench_registry(quick: bool) -> dict:
             compacted = lake.root / catalog.COMPACT_REGISTRY
             kept = compacted.read_bytes()
             times: dict[str, list[float]] = {"compacted": [], "every file": []}
-            for round_ in range(QUERY_ROUNDS):
+            for round_ in range(REGISTRY_ROUNDS):
                 for state in ("compacted", "every file") if round_ % 2 == 0 else ("every file", "compacted"):
                     if state == "compacted":
                         compacted.write_bytes(kept)
@@ -402,7 +439,7 @@ def bench_registry(quick: bool) -> dict:
         "title": "A gated query as runs accumulate: compacted registry vs every run's file",
         "columns": ["runs", "compacted s", "every run file s", "speed-up (median of paired rounds)"],
         "rows": rows,
-        "notes": f"`{REGISTRY_QUERY}` through the gate (`run_sql`), {QUERY_ROUNDS} rounds, the two states in turn. "
+        "notes": f"`{REGISTRY_QUERY}` through the gate (`run_sql`), {REGISTRY_ROUNDS} rounds, the two states in turn. "
         "Each run has its registry file and a one-row scores partition. Compacted: the runs' rows come from "
         "`.registry/runs.parquet`, each checked against its file's inode, mtime, ctime and size (a scandir "
         "and a stat per run remain); every file: the same gate without the compacted file, reading every "
@@ -440,9 +477,15 @@ def headline(tables: list[dict]) -> str:
         if name in ratio
     )
     ahead = all(ratio[name][q] > gate[q] for name in ("polars", "pandas") if name in ratio for q in range(2))
+    gate_row = next(row for row in queries["rows"] if row[0] == "assay gate")
+    spread = (
+        f"median of {gate_row[7]} paired rounds, middle half {gate_row[5]} / {gate_row[6]}; "
+        if len(gate_row) > 7
+        else ""
+    )
     parts = [
         (
-            f"gate {gate[0]:.2f}x / {gate[1]:.2f}x raw DuckDB (top-k / by-group, {rows} score rows; "
+            f"gate {gate[0]:.2f}x / {gate[1]:.2f}x raw DuckDB (top-k / by-group, {rows} score rows; {spread}"
             f"target <= 1.1x: {_meets(max(gate), 1.1)}; ahead of polars and pandas: {'yes' if ahead else 'NO'}); "
             f"{peers}"
         )

@@ -38,6 +38,12 @@ def test_lake_headline_states_each_target_and_whether_it_is_met():
     assert line.count("(target <= 3x: met)") == 2
     assert "a gated query at 1,000 runs: 0.050 s with the compacted registry, 14.0x faster" in line
 
+    spread = lake_tables((1.04, 1.08), (4.0, 1.6), [2.5, 2.9])
+    spread[0]["rows"][0] += ["0.98-1.09", "1.01-1.12", 16]
+    assert "score rows; median of 16 paired rounds, middle half 0.98-1.09 / 1.01-1.12; target" in (
+        lake_headline(spread)
+    )
+
     missed = lake_headline(lake_tables((1.04, 1.25), (4.0, 1.1), [2.5, 3.4]))
     # the worse of the two queries decides; polars ahead of the gate on by-group is reported
     assert "target <= 1.1x: NOT met" in missed and "ahead of polars and pandas: NO" in missed
