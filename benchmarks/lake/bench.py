@@ -41,8 +41,8 @@ BY_GROUP = """SELECT tr.domain AS train_domain, tr.difficulty, tg.domain AS targ
   FROM scores s JOIN examples tr ON s.train_id = tr.example_id JOIN examples tg ON s.target_id = tg.example_id
   GROUP BY ALL ORDER BY ALL"""
 
-PAIR_ROUNDS = 16  # the gate and raw DuckDB: even, so each runs first in half the rounds
-PEER_ROUNDS = 4  # pandas and polars; divides PAIR_ROUNDS, and even
+PAIR_ROUNDS = 16  # the gate and raw DuckDB, back to back (see _paired_schedule for the constraints)
+PEER_ROUNDS = 4  # pandas and polars
 REGISTRY_ROUNDS = 6  # even: the two registry states each run first in half the rounds
 
 
@@ -162,22 +162,52 @@ def query_engines(lake: Lake) -> dict[str, dict[str, callable]]:
     return engines
 
 
-def _paired_schedule(engines: list[str], paired: tuple[str, str]) -> list[list[str]]:
-    """The engines of each round, in the order they run. The gate and raw DuckDB run back to back in every
-    round, each first in half of them; the other engines join every (PAIR_ROUNDS // PEER_ROUNDS)th round,
-    before the pair in the first half of those rounds and after it in the second, so no engine always runs
-    right after pandas and polars have churned gigabytes."""
+def _paired_schedule(
+    engines: list[str], paired: tuple[str, str], rounds: int = PAIR_ROUNDS, peer_rounds: int = PEER_ROUNDS
+) -> list[list[str]]:
+    """The engines of each round, in the order they run. The two `paired` engines run back to back in
+    every round, each first in half of them and as often early in the run as late. The other engines
+    join every (rounds // peer_rounds)th round, before the pair in the first half of those rounds and
+    after it in the second, so that either side of the pair runs right after them equally often (pandas
+    and polars churn gigabytes). That balance needs `peer_rounds` a multiple of 4 that divides `rounds`
+    an even number of times."""
+    every, rest = divmod(rounds, peer_rounds)
+    if rest or every % 2 or peer_rounds % 4:
+        raise ValueError(
+            f"{peer_rounds} peer rounds in {rounds}: expected a multiple of 4 that divides the rounds "
+            "an even number of times"
+        )
     peers = [name for name in engines if name not in paired]
-    every = PAIR_ROUNDS // PEER_ROUNDS
     schedule = []
-    for round_ in range(PAIR_ROUNDS):
+    for round_ in range(rounds):
         block = round_ // every
         order = list(paired if (round_ + block) % 2 == 0 else paired[::-1])
         if round_ % every == 0:
             others = peers if block % 2 == 0 else peers[::-1]
-            order = others + order if block < PEER_ROUNDS // 2 else order + others
+            order = others + order if block < peer_rounds // 2 else order + others
         schedule.append(order)
     return schedule
+
+
+def paired_ratios(seconds: dict[int, float], base: dict[int, float]) -> dict[int, float]:
+    """An engine's time over the base engine's in the same round, for each round the engine ran."""
+    return {round_: t / base[round_] for round_, t in seconds.items()}
+
+
+def ratio_summary(ratios: dict[int, float], first: set[int] | None = None) -> tuple[float, str]:
+    """An engine's ratio over its rounds, and the middle half (25th-75th percentile) of the per-round
+    ratios as "low-high". The ratio is their median; for the side of a pair that ran `first` in some
+    rounds and second in the others, it is the geometric mean of the two medians, as a crossover trial
+    averages its two sequences: whichever engine runs second in a round runs on the memory the first
+    just freed, and this cancels that advantage instead of landing between the two clusters."""
+    values = list(ratios.values())
+    low, high = np.percentile(values, [25, 75])
+    if first is None:
+        center = float(np.median(values))
+    else:
+        halves = [[x for r, x in ratios.items() if (r in first) == ran_first] for ran_first in (True, False)]
+        center = float(np.exp(np.mean([np.median(np.log(half)) for half in halves])))
+    return round(center, 2), f"{low:.2f}-{high:.2f}"
 
 
 def bench_queries(quick: bool) -> dict:
@@ -187,42 +217,49 @@ def bench_queries(quick: bool) -> dict:
         lake = build_lake(Path(tmp) / "lake", n_train, n_target)
         rows = n_train * n_target
         engines = query_engines(lake)
-        # The ratio is the median over rounds of an engine's time over raw DuckDB's in the same round. One
-        # query's time moves by 0.8-1.3x from round to round on this VM (memory handed back to the host,
-        # other load), more than the gate's own cost (about 0.06 s of a 1.5-3 s query): 6 rounds let the
+        # Ratios are of an engine's time over raw DuckDB's in the same round (ratio_summary). One query's
+        # time moves by 0.8-1.3x from round to round on this VM (memory handed back to the host, other
+        # load), more than the gate's own cost (about 0.03-0.06 s of a 1.5-3 s query): 6 rounds let the
         # by-group median move by about 10% between runs, so the close pair gets PAIR_ROUNDS, and the
-        # middle half of the per-round ratios is reported beside the median.
+        # middle half of the per-round ratios is reported beside the ratio.
+        schedule = _paired_schedule(list(engines), paired)
         seconds: dict[str, dict[str, dict[int, float]]] = {
             name: {q: {} for q in queries} for name, queries in engines.items()
         }
-        for round_, order in enumerate(_paired_schedule(list(engines), paired)):
+        for round_, order in enumerate(schedule):
             for name in order:
                 for q, fn in engines[name].items():
                     seconds[name][q][round_] = timed(fn, repeats=1)[0]
     base = seconds["raw duckdb"]
-
-    def ratios(name: str, q: str) -> np.ndarray:
-        return np.array([t / base[q][round_] for round_, t in seconds[name][q].items()])
-
-    def middle_half(name: str, q: str) -> str:
-        low, high = np.percentile(ratios(name, q), [25, 75])
-        return f"{low:.2f}-{high:.2f}"
-
+    queries = ("top-k", "by-group")
+    ratios = {name: {q: paired_ratios(t[q], base[q]) for q in queries} for name, t in seconds.items()}
+    first = {r for r, order in enumerate(schedule) if order.index(paired[0]) < order.index(paired[1])}
+    summary = {
+        name: {q: ratio_summary(r[q], first if name == paired[0] else None) for q in queries}
+        for name, r in ratios.items()
+    }
     table_rows = [
         [
             name,
             round(min(t["top-k"].values()), 3),
-            round(float(np.median(ratios(name, "top-k"))), 2),
+            summary[name]["top-k"][0],
             round(min(t["by-group"].values()), 3),
-            round(float(np.median(ratios(name, "by-group"))), 2),
-            middle_half(name, "top-k"),
-            middle_half(name, "by-group"),
+            summary[name]["by-group"][0],
+            summary[name]["top-k"][1],
+            summary[name]["by-group"][1],
             len(t["top-k"]),
         ]
         for name, t in seconds.items()
     ]
+    # What running second in a round is worth: the gate's median ratio in each case.
+    gate = ratios[paired[0]]
+    by_order = ", ".join(
+        f"{q} {np.median([x for r, x in gate[q].items() if r in first]):.2f} / "
+        f"{np.median([x for r, x in gate[q].items() if r not in first]):.2f}"
+        for q in queries
+    )
     return {
-        "title": f"Queries over {rows:,} score rows (engines in turn)",
+        "title": f"Queries over {rows:,} score rows (paired rounds)",
         "columns": [
             "engine",
             "top-k s",
@@ -234,17 +271,24 @@ def bench_queries(quick: bool) -> dict:
             "rounds",
         ],
         "rows": table_rows,
+        # every timed query, for checking the summary: {engine: {query: {round: seconds}}}
+        "per_round": seconds,
         "notes": "top-k: 10 most helpful train examples per target; by-group: mean influence by (train "
         "domain, difficulty) x target domain. The gate adds statement parsing, views of complete runs "
         "(explicit file lists, defined only for the tables a statement names), limits and a watchdog "
         "over raw DuckDB on the same files; both open a fresh connection per query. polars uses "
         "`top_k_by` per group; pandas sorts and takes the head of each group. Seconds are the best "
-        "of the engine's rounds; each ratio is the median over its rounds of the engine's time over raw "
-        "DuckDB's in the same round, with the middle half (25th-75th percentile) of those per-round "
-        f"ratios. The gate and raw DuckDB run back to back in each of {PAIR_ROUNDS} rounds, each first in "
-        f"half of them; pandas and polars, far behind, join {PEER_ROUNDS} of the rounds (before the pair in "
-        "half of those, after it in the others). One query's time moves by 0.8-1.3x between rounds on this "
-        "VM, so the ratio of a handful of rounds moves by about 10% between runs.",
+        "of the engine's rounds (16 or 4: not comparable between the two). Ratios are of an engine's time "
+        "over raw DuckDB's in the same round; the table gives the median over the engine's rounds (for "
+        "the gate, the geometric mean of its medians in the rounds it ran first and second, as a crossover "
+        "trial averages its two sequences: the second of a pair can run faster, on memory the first just "
+        "freed), and the middle half (25th-75th percentile) of the per-round ratios. The gate and raw "
+        "DuckDB run back to back in each "
+        f"of {PAIR_ROUNDS} rounds, each first in half of them; pandas and polars, far behind, join "
+        f"{PEER_ROUNDS} evenly spaced rounds (before the pair in half of those, after it in the others). "
+        f"The gate's median ratio in the rounds it ran first / second: {by_order}. One query's time moves "
+        "by 0.8-1.3x between rounds on this VM, so the ratio of a handful of rounds moves by about 10% "
+        "between runs. lake.json holds every round's seconds (`per_round`).",
     }
 
 
@@ -366,7 +410,8 @@ def bench_ingest(quick: bool) -> dict:
         "over the whole file, and writes one Parquet partition (a file per core, equal ranges of rows) "
         "with a registry row and the catalog (its DuckDB database opened on a helper thread while the "
         "file is read). It writes twice the text of the bare copy: the messages column repeats prompt "
-        "and response, and is built only while a chunk is hashed and while it is written. Each figure is the fastest of 5 processes (1 at 5M "
+        "and response, and is built only while a chunk is hashed and while it is written. Each figure is "
+        "the fastest of 5 processes (1 at 5M "
         "rows), the two sides in turn. Memory: this VM hands freed memory back to its host after about 2 s, "
         "and faulting it in again (huge pages) costs 1-3 ms per MB against about 0.2 ms for memory freed a "
         "moment ago; warm: each timed process starts right after a warm-up process of the same side (as on "
@@ -478,11 +523,7 @@ def headline(tables: list[dict]) -> str:
     )
     ahead = all(ratio[name][q] > gate[q] for name in ("polars", "pandas") if name in ratio for q in range(2))
     gate_row = next(row for row in queries["rows"] if row[0] == "assay gate")
-    spread = (
-        f"median of {gate_row[7]} paired rounds, middle half {gate_row[5]} / {gate_row[6]}; "
-        if len(gate_row) > 7
-        else ""
-    )
+    spread = f"median of {gate_row[7]} paired rounds, middle half {gate_row[5]} / {gate_row[6]}; "
     parts = [
         (
             f"gate {gate[0]:.2f}x / {gate[1]:.2f}x raw DuckDB (top-k / by-group, {rows} score rows; {spread}"
