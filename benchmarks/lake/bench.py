@@ -523,7 +523,7 @@ def headline(tables: list[dict]) -> str:
     )
     ahead = all(ratio[name][q] > gate[q] for name in ("polars", "pandas") if name in ratio for q in range(2))
     gate_row = next(row for row in queries["rows"] if row[0] == "assay gate")
-    spread = f"median of {gate_row[7]} paired rounds, middle half {gate_row[5]} / {gate_row[6]}; "
+    spread = f"crossover ratio of {gate_row[7]} paired rounds, middle half {gate_row[5]} / {gate_row[6]}; "
     parts = [
         (
             f"gate {gate[0]:.2f}x / {gate[1]:.2f}x raw DuckDB (top-k / by-group, {rows} score rows; {spread}"

@@ -33,7 +33,9 @@ def lake_tables(gate: tuple[float, float], polars: tuple[float, float], ingest: 
 def test_lake_headline_states_each_target_and_whether_it_is_met():
     line = lake_headline(lake_tables((1.04, 1.08), (4.0, 1.6), [2.5, 2.9]))
     assert "gate 1.04x / 1.08x raw DuckDB" in line and "50,000,000 score rows" in line
-    assert "score rows; median of 16 paired rounds, middle half 0.98-1.09 / 1.01-1.12; target" in line
+    assert (
+        "score rows; crossover ratio of 16 paired rounds, middle half 0.98-1.09 / 1.01-1.12; target" in line
+    )
     assert "target <= 1.1x: met" in line and "ahead of polars and pandas: yes" in line
     assert "ingest 200,000 rows, warm memory: 2.50x bare pyarrow wall" in line
     assert line.count("(target <= 3x: met)") == 2
