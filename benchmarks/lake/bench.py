@@ -194,20 +194,57 @@ def paired_ratios(seconds: dict[int, float], base: dict[int, float]) -> dict[int
     return {round_: t / base[round_] for round_, t in seconds.items()}
 
 
+def _median_of_logs(values: list[float]) -> float:
+    return float(np.exp(np.median(np.log(values))))
+
+
 def ratio_summary(ratios: dict[int, float], first: set[int] | None = None) -> tuple[float, str]:
     """An engine's ratio over its rounds, and the middle half (25th-75th percentile) of the per-round
     ratios as "low-high". The ratio is their median; for the side of a pair that ran `first` in some
-    rounds and second in the others, it is the geometric mean of the two medians, as a crossover trial
-    averages its two sequences: whichever engine runs second in a round runs on the memory the first
-    just freed, and this cancels that advantage instead of landing between the two clusters."""
+    rounds and second in the others, it is the geometric mean of the two medians, as an AB/BA crossover
+    trial averages its two sequences: if the second of a pair runs faster (on memory the first just
+    freed), by the same factor whichever engine it is, this cancels that, where the plain median of all
+    rounds would land between the two clusters."""
     values = list(ratios.values())
     low, high = np.percentile(values, [25, 75])
     if first is None:
         center = float(np.median(values))
     else:
         halves = [[x for r, x in ratios.items() if (r in first) == ran_first] for ran_first in (True, False)]
-        center = float(np.exp(np.mean([np.median(np.log(half)) for half in halves])))
+        center = float(np.sqrt(np.prod([_median_of_logs(half) for half in halves])))
     return round(center, 2), f"{low:.2f}-{high:.2f}"
+
+
+def ran_first(schedule: list[list[str]], engine: str, other: str) -> set[int]:
+    """The rounds in which `engine` ran before `other`."""
+    return {r for r, order in enumerate(schedule) if order.index(engine) < order.index(other)}
+
+
+def summarise_rounds(
+    seconds: dict[str, dict[str, dict[int, float]]], schedule: list[list[str]], paired: tuple[str, str]
+) -> tuple[list[list], str]:
+    """The table's rows from every round's seconds ({engine: {query: {round: seconds}}}): per engine and
+    query the best seconds, the ratio against the second engine of `paired` (raw DuckDB) and the middle
+    half of the per-round ratios, and the engine's rounds; and, as text, the first engine's median ratio
+    in the rounds it ran first / second (what running second is worth)."""
+    base = seconds[paired[1]]
+    queries = list(base)
+    first = ran_first(schedule, *paired)
+    rows = []
+    for name, times in seconds.items():
+        row = [name]
+        summary = {}
+        for q in queries:
+            ratios = paired_ratios(times[q], base[q])
+            summary[q] = ratio_summary(ratios, first if name == paired[0] else None)
+            row += [round(min(times[q].values()), 3), summary[q][0]]
+        rows.append(row + [summary[q][1] for q in queries] + [len(times[queries[0]])])
+    by_order = []
+    for q in queries:
+        ratios = paired_ratios(seconds[paired[0]][q], base[q])
+        halves = [[x for r, x in ratios.items() if (r in first) == f] for f in (True, False)]
+        by_order.append(f"{q} {_median_of_logs(halves[0]):.2f} / {_median_of_logs(halves[1]):.2f}")
+    return rows, ", ".join(by_order)
 
 
 def bench_queries(quick: bool) -> dict:
@@ -230,34 +267,7 @@ def bench_queries(quick: bool) -> dict:
             for name in order:
                 for q, fn in engines[name].items():
                     seconds[name][q][round_] = timed(fn, repeats=1)[0]
-    base = seconds["raw duckdb"]
-    queries = ("top-k", "by-group")
-    ratios = {name: {q: paired_ratios(t[q], base[q]) for q in queries} for name, t in seconds.items()}
-    first = {r for r, order in enumerate(schedule) if order.index(paired[0]) < order.index(paired[1])}
-    summary = {
-        name: {q: ratio_summary(r[q], first if name == paired[0] else None) for q in queries}
-        for name, r in ratios.items()
-    }
-    table_rows = [
-        [
-            name,
-            round(min(t["top-k"].values()), 3),
-            summary[name]["top-k"][0],
-            round(min(t["by-group"].values()), 3),
-            summary[name]["by-group"][0],
-            summary[name]["top-k"][1],
-            summary[name]["by-group"][1],
-            len(t["top-k"]),
-        ]
-        for name, t in seconds.items()
-    ]
-    # What running second in a round is worth: the gate's median ratio in each case.
-    gate = ratios[paired[0]]
-    by_order = ", ".join(
-        f"{q} {np.median([x for r, x in gate[q].items() if r in first]):.2f} / "
-        f"{np.median([x for r, x in gate[q].items() if r not in first]):.2f}"
-        for q in queries
-    )
+    table_rows, by_order = summarise_rounds(seconds, schedule, paired)
     return {
         "title": f"Queries over {rows:,} score rows (paired rounds)",
         "columns": [
@@ -271,8 +281,9 @@ def bench_queries(quick: bool) -> dict:
             "rounds",
         ],
         "rows": table_rows,
-        # every timed query, for checking the summary: {engine: {query: {round: seconds}}}
-        "per_round": seconds,
+        # every timed query and the order of each round, for checking the summary
+        "per_round": seconds,  # {engine: {query: {round: seconds}}}
+        "schedule": schedule,
         "notes": "top-k: 10 most helpful train examples per target; by-group: mean influence by (train "
         "domain, difficulty) x target domain. The gate adds statement parsing, views of complete runs "
         "(explicit file lists, defined only for the tables a statement names), limits and a watchdog "
@@ -288,7 +299,7 @@ def bench_queries(quick: bool) -> dict:
         f"{PEER_ROUNDS} evenly spaced rounds (before the pair in half of those, after it in the others). "
         f"The gate's median ratio in the rounds it ran first / second: {by_order}. One query's time moves "
         "by 0.8-1.3x between rounds on this VM, so the ratio of a handful of rounds moves by about 10% "
-        "between runs. lake.json holds every round's seconds (`per_round`).",
+        "between runs. lake.json holds every round's seconds (`per_round`) and order (`schedule`).",
     }
 
 
