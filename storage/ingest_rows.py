@@ -164,8 +164,33 @@ def meta_json(meta: Mapping[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------- rows
+def _given(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def _other_form(row: Mapping[str, Any], where: str, plan: Plan) -> UserError | None:
+    """The error for a row of the other form than the file's (a messages list, or a prompt and a
+    response; the first row's columns decide), which would otherwise read as an empty column."""
+    columns = plan.columns
+    pair = f"{columns.prompt!r} and {columns.response!r}"
+    prompt, response = _given(row.get(columns.prompt)), _given(row.get(columns.response))
+    messages = _given(row.get(columns.messages))
+    if plan.chat and prompt and response and not messages:
+        given, expected = pair, repr(columns.messages)
+    elif not plan.chat and messages and not prompt and not response:
+        given, expected = repr(columns.messages), pair
+    else:
+        return None
+    return UserError(
+        f"{where}: gives {given} but not {expected}, which the file's first row set as its form: give "
+        "every row the same form"
+    )
+
+
 def _prompt_response(row: Mapping[str, Any], where: str, plan: Plan) -> tuple[str, str, list[dict]]:
     columns = plan.columns
+    if (error := _other_form(row, where, plan)) is not None:
+        raise error
     if plan.chat:
         messages = _messages(row.get(columns.messages), where, columns.messages)
         if messages[-1]["role"] != "assistant":

@@ -205,6 +205,7 @@ def test_dataset_names_are_checked_whole(tmp_path: Path, name: str) -> None:
     assert not (tmp_path / "lake").exists()
 
 
+CHAT_LINE = '{"messages": [{"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]}\n'
 BAD_INPUTS = {
     "malformed_line": (
         '{"prompt": "a", "response": "b"}\n{"prompt": "c", "response"\n',
@@ -260,6 +261,15 @@ BAD_INPUTS = {
     "two_objects_on_a_line": (
         '{"prompt": "a", "response": "b"}{"prompt": "c", "response": "d"}\n',
         "line 1: malformed JSON (Extra data)",
+    ),
+    # The first row sets the file's form; a row of the other form is named, not read as an empty column.
+    "messages_row_in_a_prompt_response_file": (
+        '{"prompt": "a", "response": "b"}\n' + CHAT_LINE,
+        "line 2: gives 'messages' but not 'prompt' and 'response', which the file's first row set",
+    ),
+    "prompt_response_row_in_a_messages_file": (
+        CHAT_LINE + '{"prompt": "a", "response": "b"}\n',
+        "line 2: gives 'prompt' and 'response' but not 'messages', which the file's first row set",
     ),
     "duplicate_key_keeps_the_last_like_json": (
         '{"prompt": "a", "prompt": 5, "response": "b"}\n',
