@@ -169,22 +169,27 @@ def _given(value: Any) -> bool:
 
 
 def _other_form(row: Mapping[str, Any], where: str, plan: Plan) -> UserError | None:
-    """The error for a row of the other form than the file's (a messages list, or a prompt and a
-    response; the first row's columns decide), which would otherwise read as an empty column."""
+    """The error for a row of the other form than the file's, which would otherwise read as an empty
+    column. A file is read as pairs when it has prompt and response columns (in JSONL: keys of its first
+    row), else as chat `messages`."""
     columns = plan.columns
-    pair = f"{columns.prompt!r} and {columns.response!r}"
-    prompt, response = _given(row.get(columns.prompt)), _given(row.get(columns.response))
-    messages = _given(row.get(columns.messages))
-    if plan.chat and prompt and response and not messages:
-        given, expected = pair, repr(columns.messages)
-    elif not plan.chat and messages and not prompt and not response:
-        given, expected = repr(columns.messages), pair
-    else:
-        return None
-    return UserError(
-        f"{where}: gives {given} but not {expected}, which the file's first row set as its form: give "
-        "every row the same form"
+    prompt, response, messages = (
+        shorten(c, 40) for c in (columns.prompt, columns.response, columns.messages)
     )
+    pair = f"{prompt} and {response}"
+    has_prompt, has_response = _given(row.get(columns.prompt)), _given(row.get(columns.response))
+    has_messages = _given(row.get(columns.messages))
+    if plan.chat and has_prompt and has_response and not has_messages:
+        return UserError(
+            f"{where}: has {pair} but no {messages}, which this file is read as (its first row has "
+            f"{messages} and not {pair}): give every row the same form"
+        )
+    if not plan.chat and has_messages and not has_prompt and not has_response:
+        return UserError(
+            f"{where}: has {messages} but no {pair}, which this file is read as (it has those columns): "
+            "give every row the same form, or drop those columns to read it as chat"
+        )
+    return None
 
 
 def _prompt_response(row: Mapping[str, Any], where: str, plan: Plan) -> tuple[str, str, list[dict]]:

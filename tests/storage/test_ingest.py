@@ -87,6 +87,50 @@ def test_chat_format_and_id_column(tmp_path: Path) -> None:
     assert len(row["messages"]) == 3
 
 
+@pytest.mark.parametrize("columnar", [True, False])
+def test_rows_may_carry_the_other_forms_columns_beside_their_own(tmp_path: Path, columnar: bool) -> None:
+    def chat(user: str, assistant: str) -> list[dict]:
+        return [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+
+    lake = Lake(tmp_path / "lake")
+    # a chat file (its first row has no response): the messages decide, whatever else a row carries
+    rows = [
+        {"messages": chat("c", "d"), "prompt": "x"},
+        {"messages": chat("g", "h"), "prompt": "z", "response": "y"},
+    ]
+    ingest(lake, write_jsonl(tmp_path / "chat.jsonl", rows), "chat", columnar=columnar)
+    got = lake.examples("chat")
+    assert list(got["prompt"]) == ["c", "g"] and list(got["response"]) == ["d", "h"]
+    # a pair file: prompt and response decide, and a row's own messages are kept
+    rows = [{"prompt": "a", "response": "b"}, {"prompt": "e", "response": "f", "messages": chat("c", "d")}]
+    ingest(lake, write_jsonl(tmp_path / "pair.jsonl", rows), "pair", columnar=columnar)
+    got = lake.examples("pair")
+    assert list(got["prompt"]) == ["a", "e"] and [len(m) for m in got["messages"]] == [2, 2]
+    assert got["messages"].iloc[1][0]["content"] == "c"
+
+
+def test_a_row_of_the_other_form_is_named_with_the_files_own_column_names(tmp_path: Path) -> None:
+    rows = [{"q": "a", "ans": "b"}, {"conv": [{"role": "user", "content": "c"}]}]
+    with pytest.raises(UserError, match=r"line 2: has 'conv' but no 'q' and 'ans'"):
+        ingest(
+            Lake(tmp_path / "lake"),
+            write_jsonl(tmp_path / "m.jsonl", rows),
+            "m",
+            ColumnMap("q", "ans", "conv"),
+        )
+    # A Parquet of chat rows with empty pair columns (floats holding NaN, which is no value): read as
+    # pairs, its first row is refused as chat, and the message says how to read the file as chat.
+    chat = json.dumps([{"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}])
+    nan = pa.array([np.nan, np.nan])
+    pq.write_table(
+        pa.table({"prompt": nan, "response": nan, "messages": [chat, chat]}), tmp_path / "m.parquet"
+    )
+    with pytest.raises(
+        UserError, match=r"row 1: has 'messages' but no 'prompt' and 'response'.* drop those columns"
+    ):
+        ingest(Lake(tmp_path / "lake"), tmp_path / "m.parquet", "m")
+
+
 def test_content_ids_are_stable_and_reingest_is_a_no_op(tmp_path: Path) -> None:
     lake = Lake(tmp_path / "lake")
     path = write_jsonl(tmp_path / "a.jsonl", ROWS)
@@ -265,11 +309,15 @@ BAD_INPUTS = {
     # The first row sets the file's form; a row of the other form is named, not read as an empty column.
     "messages_row_in_a_prompt_response_file": (
         '{"prompt": "a", "response": "b"}\n' + CHAT_LINE,
-        "line 2: gives 'messages' but not 'prompt' and 'response', which the file's first row set",
+        "line 2: has 'messages' but no 'prompt' and 'response', which this file is read as (it has those",
     ),
     "prompt_response_row_in_a_messages_file": (
         CHAT_LINE + '{"prompt": "a", "response": "b"}\n',
-        "line 2: gives 'prompt' and 'response' but not 'messages', which the file's first row set",
+        "line 2: has 'prompt' and 'response' but no 'messages', which this file is read as (its first row",
+    ),
+    "pair_row_with_messages_and_a_prompt_but_no_response": (
+        '{"prompt": "a", "response": "b"}\n' + CHAT_LINE.replace("{", '{"prompt": "x", ', 1),
+        "line 2: column 'response' is empty",
     ),
     "duplicate_key_keeps_the_last_like_json": (
         '{"prompt": "a", "prompt": 5, "response": "b"}\n',
