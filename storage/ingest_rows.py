@@ -104,8 +104,13 @@ class Plan:
 
 
 # ------------------------------------------------------------------------------- values
+def _given(value: Any) -> bool:
+    """Whether a cell holds a value: None and NaN (a missing cell in CSV or a float column) do not."""
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
 def _text(value: Any, where: str, column: str, required: bool) -> str | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if not _given(value):
         if required:
             raise UserError(f"{where}: column {column!r} is empty")
         return None
@@ -164,14 +169,10 @@ def meta_json(meta: Mapping[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------- rows
-def _given(value: Any) -> bool:
-    return value is not None and not (isinstance(value, float) and math.isnan(value))
-
-
-def _other_form(row: Mapping[str, Any], where: str, plan: Plan) -> UserError | None:
-    """The error for a row of the other form than the file's, which would otherwise read as an empty
-    column. A file is read as pairs when it has prompt and response columns (in JSONL: keys of its first
-    row), else as chat `messages`."""
+def _check_form(row: Mapping[str, Any], where: str, plan: Plan) -> None:
+    """Refuse a row of the other form than the file's, which would otherwise read as an empty column. A
+    file is read as pairs when it has prompt and response columns (in JSONL: keys of its first row), else
+    as chat `messages`."""
     columns = plan.columns
     prompt, response, messages = (
         shorten(c, 40) for c in (columns.prompt, columns.response, columns.messages)
@@ -180,22 +181,20 @@ def _other_form(row: Mapping[str, Any], where: str, plan: Plan) -> UserError | N
     has_prompt, has_response = _given(row.get(columns.prompt)), _given(row.get(columns.response))
     has_messages = _given(row.get(columns.messages))
     if plan.chat and has_prompt and has_response and not has_messages:
-        return UserError(
+        raise UserError(
             f"{where}: has {pair} but no {messages}, which this file is read as (its first row has "
             f"{messages} and not {pair}): give every row the same form"
         )
     if not plan.chat and has_messages and not has_prompt and not has_response:
-        return UserError(
+        raise UserError(
             f"{where}: has {messages} but no {pair}, which this file is read as (it has those columns): "
             "give every row the same form, or drop those columns to read it as chat"
         )
-    return None
 
 
 def _prompt_response(row: Mapping[str, Any], where: str, plan: Plan) -> tuple[str, str, list[dict]]:
     columns = plan.columns
-    if (error := _other_form(row, where, plan)) is not None:
-        raise error
+    _check_form(row, where, plan)
     if plan.chat:
         messages = _messages(row.get(columns.messages), where, columns.messages)
         if messages[-1]["role"] != "assistant":

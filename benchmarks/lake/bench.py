@@ -194,8 +194,10 @@ def paired_ratios(seconds: dict[int, float], base: dict[int, float]) -> dict[int
     return {round_: t / base[round_] for round_, t in seconds.items()}
 
 
-def _median_of_logs(values: list[float]) -> float:
-    return float(np.exp(np.median(np.log(values))))
+def _order_medians(ratios: dict[int, float], first: set[int]) -> tuple[float, float]:
+    """The geometric medians of the per-round ratios in the rounds in `first` and in the others."""
+    halves = [[x for r, x in ratios.items() if (r in first) == ran] for ran in (True, False)]
+    return tuple(float(np.exp(np.median(np.log(half)))) for half in halves)
 
 
 def ratio_summary(ratios: dict[int, float], first: set[int] | None = None) -> tuple[float, str]:
@@ -207,11 +209,9 @@ def ratio_summary(ratios: dict[int, float], first: set[int] | None = None) -> tu
     rounds would land between the two clusters."""
     values = list(ratios.values())
     low, high = np.percentile(values, [25, 75])
-    if first is None:
-        center = float(np.median(values))
-    else:
-        halves = [[x for r, x in ratios.items() if (r in first) == ran_first] for ran_first in (True, False)]
-        center = float(np.sqrt(np.prod([_median_of_logs(half) for half in halves])))
+    center = (
+        float(np.median(values)) if first is None else float(np.sqrt(np.prod(_order_medians(ratios, first))))
+    )
     return round(center, 2), f"{low:.2f}-{high:.2f}"
 
 
@@ -239,11 +239,10 @@ def summarise_rounds(
             summary[q] = ratio_summary(ratios, first if name == paired[0] else None)
             row += [round(min(times[q].values()), 3), summary[q][0]]
         rows.append(row + [summary[q][1] for q in queries] + [len(times[queries[0]])])
-    by_order = []
-    for q in queries:
-        ratios = paired_ratios(seconds[paired[0]][q], base[q])
-        halves = [[x for r, x in ratios.items() if (r in first) == f] for f in (True, False)]
-        by_order.append(f"{q} {_median_of_logs(halves[0]):.2f} / {_median_of_logs(halves[1]):.2f}")
+    by_order = (
+        "{} {:.2f} / {:.2f}".format(q, *_order_medians(paired_ratios(seconds[paired[0]][q], base[q]), first))
+        for q in queries
+    )
     return rows, ", ".join(by_order)
 
 
@@ -289,7 +288,7 @@ def bench_queries(quick: bool) -> dict:
         "(explicit file lists, defined only for the tables a statement names), limits and a watchdog "
         "over raw DuckDB on the same files; both open a fresh connection per query. polars uses "
         "`top_k_by` per group; pandas sorts and takes the head of each group. Seconds are the best "
-        "of the engine's rounds (16 or 4: not comparable between the two). Ratios are of an engine's time "
+        f"of the engine's rounds ({PAIR_ROUNDS} or {PEER_ROUNDS}: not comparable between the two). Ratios are of an engine's time "
         "over raw DuckDB's in the same round; the table gives the median over the engine's rounds (for "
         "the gate, the geometric mean of its medians in the rounds it ran first and second, as a crossover "
         "trial averages its two sequences: the second of a pair can run faster, on memory the first just "
